@@ -1,0 +1,29 @@
+GO ?= go
+TEST_FLAGS ?= -race -timeout 15m
+
+.PHONY: build run test lint bench chaos clean deps
+
+build:
+	$(GO) build -o bin/balancer ./balancer
+	$(GO) build -o bin/node ./node
+
+# A local cluster: balancer on 127.0.0.1:8080 and three nodes. Ctrl-C stops it.
+run: build
+	scripts/run-local.sh
+
+deps:
+	scripts/install-test-deps.sh
+
+test: deps
+	$(GO) vet ./...
+	$(GO) test $(TEST_FLAGS) ./...
+
+lint:
+	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || (gofmt -l $$(git ls-files '*.go'); exit 1)
+	$(GO) vet ./...
+
+bench: build
+	$(GO) test -run '^$$' -bench . -benchtime 2s ./pkg/...
+
+clean:
+	rm -rf bin

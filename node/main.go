@@ -1,0 +1,71 @@
+// Command node runs a ringcast node: it terminates client WebSockets, joins
+// the cluster over gossip and bridges messages to the other nodes.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/ringcast/ringcast/pkg/flagenv"
+	"github.com/ringcast/ringcast/pkg/logging"
+	"github.com/ringcast/ringcast/pkg/node"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, os.Args[1:], os.Getenv, os.Stderr); err != nil {
+		fmt.Fprintln(os.Stderr, "node:", err)
+		stop()
+		os.Exit(1)
+	}
+}
+
+func run(ctx context.Context, args []string, env func(string) string, stderr io.Writer) error {
+	d := node.DefaultConfig()
+	fs := flag.NewFlagSet("node", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var cfg node.Config
+	var join, origins flagenv.List
+	fs.StringVar(&cfg.ID, "id", "", "node id, unique in the cluster (required)")
+	fs.StringVar(&cfg.Addr, "addr", d.Addr, "HTTP and WebSocket listen address (port 0 = any)")
+	fs.StringVar(&cfg.Advertise, "advertise", "", "WebSocket address balancers and peers dial, when it differs from -addr")
+	fs.StringVar(&cfg.Gossip, "gossip", d.Gossip, "gossip bind address")
+	fs.StringVar(&cfg.GossipAdv, "gossip-advertise", "", "gossip address peers use, when it differs from -gossip")
+	fs.Var(&join, "join", "comma-separated gossip seeds (host:port)")
+	fs.StringVar(&cfg.Bridge, "bridge", d.Bridge, "message bridge between nodes: mesh | redis://host:port[/db]")
+	fs.StringVar(&cfg.ClusterKey, "cluster-key", "", "shared secret: encrypts gossip and authenticates mesh links")
+	fs.StringVar(&cfg.Detect, "detect", d.Detect, "failure detection profile: lan (5-7 s) | fast (< 1 s, loopback/LAN)")
+	fs.IntVar(&cfg.HistorySize, "history-size", 0, "messages kept per channel (0 = history off)")
+	fs.DurationVar(&cfg.HistoryTTL, "history-ttl", 2*time.Minute, "how long channel history is kept")
+	fs.Var(&origins, "origins", "comma-separated allowed Origin values (empty = any)")
+	fs.DurationVar(&cfg.Heartbeat, "heartbeat", d.Heartbeat, "client heartbeat interval; silent links are closed after 3x")
+	fs.IntVar(&cfg.MaxMessage, "max-message", d.MaxMessage, "largest client message in bytes, summed over fragments")
+	fs.IntVar(&cfg.MaxChannels, "max-channels", d.MaxChannels, "channels one connection may subscribe to")
+	fs.IntVar(&cfg.SendQueue, "send-queue", d.SendQueue, "frames queued per connection before it is closed as slow (4008)")
+	fs.DurationVar(&cfg.DrainWindow, "drain", d.DrainWindow, "on SIGTERM, clients are asked to reconnect spread over this window")
+	fs.IntVar(&cfg.RebalanceRate, "rebalance-rate", d.RebalanceRate, "clients per second asked to move after a ring change")
+	logFormat := fs.String("log", "dev", "log format: dev | json")
+	logLevel := fs.String("log-level", "info", "log level: debug | info | warn | error")
+	if err := flagenv.Parse(fs, args, env); err != nil {
+		return err
+	}
+	cfg.Join, cfg.Origins = join, origins
+	log, err := logging.New(*logFormat, *logLevel)
+	if err != nil {
+		return err
+	}
+	defer log.Sync()
+	cfg.Log = log.Named(cfg.ID)
+	srv, err := node.New(cfg)
+	if err != nil {
+		return err
+	}
+	return srv.Run(ctx)
+}

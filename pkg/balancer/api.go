@@ -1,0 +1,177 @@
+package balancer
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"sort"
+
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"go.uber.org/zap"
+
+	"github.com/ringcast/ringcast/pkg/cluster"
+	"github.com/ringcast/ringcast/pkg/wire"
+)
+
+// maxBody bounds admin API request bodies.
+const maxBody = 1 << 20
+
+func (s *Server) routes() http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("GET /ws", s.proxy)
+	mux.HandleFunc("GET /v1/cluster", s.serveCluster)
+	mux.HandleFunc("GET /v1/owner", s.serveOwner)
+	mux.HandleFunc("POST /v1/publish", s.servePublish)
+	mux.HandleFunc("POST /v1/send", s.serveSend)
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { writeJSON(w, 200, map[string]any{"ok": true}) })
+	mux.HandleFunc("GET /readyz", s.serveReady)
+	mux.Handle("GET /metrics", promhttp.HandlerFor(s.reg, promhttp.HandlerOpts{}))
+	return mux
+}
+
+type nodeInfo struct {
+	ID          string `json:"id"`
+	Addr        string `json:"addr"`
+	State       string `json:"state"`
+	Connections int    `json:"connections"`
+}
+
+func (s *Server) serveCluster(w http.ResponseWriter, _ *http.Request) {
+	v := s.cluster.View()
+	conns := s.proxy.Connections()
+	nodes := []nodeInfo{}
+	for _, m := range v.Members {
+		if m.Role == cluster.RoleNode {
+			nodes = append(nodes, nodeInfo{ID: m.ID, Addr: m.Addr, State: string(m.State), Connections: conns[m.ID]})
+		}
+	}
+	sort.Slice(nodes, func(i, j int) bool { return nodes[i].ID < nodes[j].ID })
+	writeJSON(w, http.StatusOK, map[string]any{"epoch": v.Epoch, "nodes": nodes})
+}
+
+func (s *Server) serveOwner(w http.ResponseWriter, r *http.Request) {
+	id := r.URL.Query().Get("client_id")
+	if err := wire.ValidateClientID(id); err != nil {
+		writeError(w, http.StatusBadRequest, wire.CodeBadClientID, err.(*wire.Error).Message)
+		return
+	}
+	v := s.cluster.View()
+	if v.Ring == nil {
+		writeError(w, http.StatusServiceUnavailable, "no_nodes", "no node is alive")
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"node": v.Ring.Owner(id), "epoch": v.Epoch})
+}
+
+func (s *Server) serveReady(w http.ResponseWriter, _ *http.Request) {
+	if v := s.cluster.View(); v.Ring == nil {
+		writeError(w, http.StatusServiceUnavailable, "not_ready", "no node is alive")
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"ok": true})
+}
+
+// servePublish forwards to the ring owner of the channel, so HTTP publishes
+// to one channel keep their order.
+func (s *Server) servePublish(w http.ResponseWriter, r *http.Request) {
+	body, ok := readBody(w, r)
+	if !ok {
+		return
+	}
+	var req struct {
+		Channel string `json:"channel"`
+	}
+	if err := json.Unmarshal(body, &req); err != nil {
+		writeError(w, http.StatusBadRequest, wire.CodeBadJSON, err.Error())
+		return
+	}
+	if err := wire.ValidateChannel(req.Channel); err != nil {
+		writeError(w, http.StatusBadRequest, wire.CodeBadChannel, err.(*wire.Error).Message)
+		return
+	}
+	s.forward(w, r, "ch:"+req.Channel, body)
+}
+
+// serveSend forwards to the ring owner of the client id.
+func (s *Server) serveSend(w http.ResponseWriter, r *http.Request) {
+	body, ok := readBody(w, r)
+	if !ok {
+		return
+	}
+	var req struct {
+		ClientID string `json:"client_id"`
+	}
+	if err := json.Unmarshal(body, &req); err != nil {
+		writeError(w, http.StatusBadRequest, wire.CodeBadJSON, err.Error())
+		return
+	}
+	if err := wire.ValidateClientID(req.ClientID); err != nil {
+		writeError(w, http.StatusBadRequest, wire.CodeBadClientID, err.(*wire.Error).Message)
+		return
+	}
+	s.forward(w, r, req.ClientID, body)
+}
+
+// forward sends body to the ring owner of key. A request is sent at most
+// once: only a failed dial (nothing reached the node) moves on to the next
+// node for key.
+func (s *Server) forward(w http.ResponseWriter, r *http.Request, key string, body []byte) {
+	var tried []string
+	for attempt := 0; attempt < 3; attempt++ {
+		id, addr, err := picker{s}.Pick(key, tried)
+		if err != nil {
+			writeError(w, http.StatusServiceUnavailable, "no_nodes", err.Error())
+			return
+		}
+		req, err := http.NewRequestWithContext(r.Context(), http.MethodPost, "http://"+addr+r.URL.Path, bytes.NewReader(body))
+		if err != nil {
+			writeError(w, http.StatusInternalServerError, wire.CodeInternal, err.Error())
+			return
+		}
+		req.Header.Set("Content-Type", "application/json")
+		resp, err := s.api.Do(req)
+		if err != nil {
+			var oe *net.OpError
+			if errors.As(err, &oe) && oe.Op == "dial" {
+				tried = append(tried, id)
+				continue
+			}
+			s.log.Warn("forward api call", zap.String("node", id), zap.String("path", r.URL.Path), zap.Error(err))
+			writeError(w, http.StatusBadGateway, "node_unreachable", "node "+id+": "+err.Error())
+			return
+		}
+		w.Header().Set("Content-Type", resp.Header.Get("Content-Type"))
+		w.WriteHeader(resp.StatusCode)
+		io.Copy(w, io.LimitReader(resp.Body, maxBody))
+		resp.Body.Close()
+		return
+	}
+	writeError(w, http.StatusServiceUnavailable, "no_nodes", "no node answered")
+}
+
+func readBody(w http.ResponseWriter, r *http.Request) ([]byte, bool) {
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxBody))
+	if err != nil {
+		status := http.StatusBadRequest
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			status = http.StatusRequestEntityTooLarge
+		}
+		writeError(w, status, wire.CodeBadRequest, err.Error())
+		return nil, false
+	}
+	return body, true
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	json.NewEncoder(w).Encode(v)
+}
+
+func writeError(w http.ResponseWriter, status int, code, msg string) {
+	writeJSON(w, status, map[string]any{"ok": false, "code": code, "message": msg})
+}

@@ -1,0 +1,215 @@
+// Package balancer is a ringcast balancer: it joins the cluster, routes each
+// WebSocket to the ring owner of its client id, and serves the admin API,
+// the browser client and the demo page. The binary and the tests share it.
+package balancer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"go.uber.org/zap"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/ringcast/ringcast/pkg/cluster"
+	"github.com/ringcast/ringcast/pkg/proxy"
+	"github.com/ringcast/ringcast/pkg/ring"
+)
+
+// Config configures a balancer.
+type Config struct {
+	ID         string       // member id in gossip; default "balancer-" + the listen address
+	Addr       string       // HTTP/WebSocket listen address; default 127.0.0.1:8080 (port 0 = any)
+	Gossip     string       // gossip bind address; default 127.0.0.1:7000
+	GossipAdv  string       // gossip address others use when it differs from Gossip
+	Join       []string     // gossip seeds; the first process of a cluster joins nothing
+	ClusterKey string       // gossip encryption; empty = off
+	Detect     string       // failure detection profile: lan (default) | fast
+	Proxy      proxy.Config // WebSocket relay settings; zero fields take proxy defaults
+	APITimeout time.Duration // admin API calls forwarded to nodes; default 5s
+
+	Log      *zap.Logger
+	Registry *prometheus.Registry // nil = a fresh one
+}
+
+// DefaultConfig returns the defaults documented on Config.
+func DefaultConfig() Config {
+	return Config{
+		Addr:       "127.0.0.1:8080",
+		Gossip:     "127.0.0.1:7000",
+		Detect:     "lan",
+		Proxy:      proxy.DefaultConfig(),
+		APITimeout: 5 * time.Second,
+	}
+}
+
+// Server is a running balancer.
+type Server struct {
+	cfg     Config
+	log     *zap.Logger
+	ln      net.Listener
+	cluster *cluster.Cluster
+	proxy   *proxy.Proxy
+	reg     *prometheus.Registry
+	http    *http.Server
+	api     *http.Client
+	met     *metrics
+}
+
+// New binds the balancer's sockets; Run starts it.
+func New(cfg Config) (*Server, error) {
+	d := DefaultConfig()
+	if cfg.Addr == "" {
+		cfg.Addr = d.Addr
+	}
+	if cfg.Gossip == "" {
+		cfg.Gossip = d.Gossip
+	}
+	if cfg.APITimeout == 0 {
+		cfg.APITimeout = d.APITimeout
+	}
+	if cfg.Log == nil {
+		cfg.Log = zap.NewNop()
+	}
+	s := &Server{cfg: cfg, log: cfg.Log, reg: cfg.Registry}
+	if s.reg == nil {
+		s.reg = prometheus.NewRegistry()
+		s.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	}
+	ln, err := net.Listen("tcp", cfg.Addr)
+	if err != nil {
+		return nil, fmt.Errorf("listen %s: %w", cfg.Addr, err)
+	}
+	s.ln = ln
+	if s.cfg.ID == "" {
+		s.cfg.ID = "balancer-" + ln.Addr().String()
+	}
+	s.proxy, err = proxy.New(cfg.Proxy, picker{s}, cfg.Log.Named("proxy"), s.reg)
+	if err != nil {
+		ln.Close()
+		return nil, err
+	}
+	ccfg := cluster.DefaultConfig()
+	ccfg.ID, ccfg.Role, ccfg.Bind, ccfg.Advertise = s.cfg.ID, cluster.RoleBalancer, cfg.Gossip, cfg.GossipAdv
+	ccfg.Join, ccfg.Detect, ccfg.Log = cfg.Join, cfg.Detect, cfg.Log
+	if cfg.ClusterKey != "" {
+		ccfg.Key = []byte(cfg.ClusterKey)
+	}
+	s.cluster, err = cluster.New(ccfg)
+	if err != nil {
+		ln.Close()
+		return nil, err
+	}
+	s.met = newMetrics(s, s.reg)
+	s.api = &http.Client{
+		Timeout: cfg.APITimeout,
+		Transport: &http.Transport{
+			DialContext:         (&net.Dialer{Timeout: time.Second}).DialContext,
+			MaxIdleConnsPerHost: 16,
+			IdleConnTimeout:     30 * time.Second,
+		},
+	}
+	s.http = &http.Server{
+		Handler:           s.routes(),
+		ReadHeaderTimeout: 5 * time.Second,
+		IdleTimeout:       60 * time.Second,
+		ErrorLog:          zap.NewStdLog(cfg.Log.Named("http")),
+	}
+	return s, nil
+}
+
+// Addr is the address the balancer serves on.
+func (s *Server) Addr() string { return s.ln.Addr().String() }
+
+// GossipAddr is the balancer's bound gossip address.
+func (s *Server) GossipAddr() string { return s.cluster.GossipAddr() }
+
+// Cluster exposes the balancer's membership view.
+func (s *Server) Cluster() *cluster.Cluster { return s.cluster }
+
+// Run serves until ctx is done: then it leaves gossip, stops accepting and
+// closes every relayed connection.
+func (s *Server) Run(ctx context.Context) error {
+	g, gctx := errgroup.WithContext(context.Background())
+	cctx, stopCluster := context.WithCancel(context.Background())
+	wctx, stopWatch := context.WithCancel(context.Background())
+	g.Go(func() error { return s.cluster.Run(cctx) })
+	g.Go(func() error {
+		err := s.http.Serve(s.ln)
+		if errors.Is(err, http.ErrServerClosed) {
+			return nil
+		}
+		return fmt.Errorf("serve http: %w", err)
+	})
+	g.Go(func() error { s.watch(wctx); return nil })
+	s.log.Info("balancer up", zap.String("id", s.cfg.ID), zap.String("addr", s.Addr()), zap.String("gossip", s.GossipAddr()))
+
+	var err error
+	select {
+	case <-ctx.Done():
+	case <-gctx.Done():
+		err = errors.New("balancer part stopped")
+	}
+	if lerr := s.cluster.Leave(time.Second); lerr != nil {
+		s.log.Warn("leave gossip", zap.Error(lerr))
+	}
+	shctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	s.http.Shutdown(shctx)
+	cancel()
+	s.proxy.Close()
+	s.api.CloseIdleConnections()
+	stopWatch()
+	stopCluster()
+	if gerr := g.Wait(); err == nil {
+		err = gerr
+	}
+	s.log.Info("balancer stopped")
+	return err
+}
+
+// watch closes the relayed connections of nodes gossip declares dead, so
+// their clients reconnect at once instead of waiting for a heartbeat.
+func (s *Server) watch(ctx context.Context) {
+	for {
+		changes := s.cluster.Changes()
+		v := s.cluster.View()
+		s.met.epoch.Set(float64(v.Epoch))
+		for _, m := range v.Members {
+			if m.Role == cluster.RoleNode && m.State == cluster.StateDead {
+				if n := s.proxy.CloseNode(m.ID); n > 0 {
+					s.log.Info("closed connections of dead node", zap.String("node", m.ID), zap.Int("connections", n))
+				}
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-changes:
+		}
+	}
+}
+
+// picker routes a client id to its ring owner.
+type picker struct{ s *Server }
+
+func (p picker) Pick(clientID string, excluded []string) (string, string, error) {
+	v := p.s.cluster.View()
+	if v.Ring == nil {
+		return "", "", ring.ErrNoNodes
+	}
+	id, err := v.Ring.OwnerExcluding(clientID, excluded...)
+	if err != nil {
+		return "", "", err
+	}
+	m, ok := v.Node(id)
+	if !ok || m.Addr == "" {
+		return "", "", fmt.Errorf("node %s has no address", id)
+	}
+	return id, m.Addr, nil
+}
+

@@ -1,0 +1,361 @@
+// Package mesh is the built-in bridge: every pair of nodes shares one TCP
+// link, upgraded from the node's HTTP port, over which each side tells the
+// other which channels and client ids it holds and forwards only what the
+// other side asked for. Delivery over the mesh is at-most-once.
+package mesh
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/ringcast/ringcast/pkg/bridge"
+	"github.com/ringcast/ringcast/pkg/wire"
+)
+
+// Config configures a Mesh.
+type Config struct {
+	ID           string        // this node's id; required
+	Key          []byte        // shared secret authenticating links; empty = no auth
+	DialTimeout  time.Duration // connect + upgrade of a link; default 2s
+	WriteTimeout time.Duration // a link write that takes longer kills the link; default 5s
+	Ping         time.Duration // idle links send a ping this often; a link silent for 3× is dead; default 1s
+	QueueLen     int           // frames queued per link before it is declared stuck and closed; default 8192
+	MaxFrame     int           // largest frame accepted, bytes; default 1 MiB
+	AckTimeout   time.Duration // Subscribe/Hold wait this long for peers to confirm; default 2s
+	Redial       time.Duration // delay between attempts to re-establish a link; default 200ms
+	Log          *zap.Logger
+}
+
+// DefaultConfig returns the defaults documented on Config.
+func DefaultConfig() Config {
+	return Config{
+		DialTimeout:  2 * time.Second,
+		WriteTimeout: 5 * time.Second,
+		Ping:         time.Second,
+		QueueLen:     8192,
+		MaxFrame:     1 << 20,
+		AckTimeout:   2 * time.Second,
+		Redial:       200 * time.Millisecond,
+	}
+}
+
+func (c *Config) setDefaults() error {
+	d := DefaultConfig()
+	if c.ID == "" {
+		return errors.New("mesh: ID is required")
+	}
+	if c.DialTimeout <= 0 {
+		c.DialTimeout = d.DialTimeout
+	}
+	if c.WriteTimeout <= 0 {
+		c.WriteTimeout = d.WriteTimeout
+	}
+	if c.Ping <= 0 {
+		c.Ping = d.Ping
+	}
+	if c.QueueLen <= 0 {
+		c.QueueLen = d.QueueLen
+	}
+	if c.MaxFrame <= 0 {
+		c.MaxFrame = d.MaxFrame
+	}
+	if c.AckTimeout <= 0 {
+		c.AckTimeout = d.AckTimeout
+	}
+	if c.Redial <= 0 {
+		c.Redial = d.Redial
+	}
+	if c.Log == nil {
+		c.Log = zap.NewNop()
+	}
+	return nil
+}
+
+// Mesh implements bridge.Bridge over node-to-node links.
+type Mesh struct {
+	cfg  Config
+	recv bridge.Receiver
+	log  *zap.Logger
+
+	mu       sync.Mutex
+	peers    map[string]string   // id → addr, from membership
+	links    map[string]*link    // id → live link
+	interest map[string]struct{} // our keys: "c:<channel>", "u:<client>"
+	kick     chan struct{}       // peers changed
+
+	wg      sync.WaitGroup // link goroutines
+	stopped chan struct{}  // closed when Run returns
+}
+
+var _ bridge.Bridge = (*Mesh)(nil)
+
+// New returns a mesh for node cfg.ID delivering through recv.
+func New(cfg Config, recv bridge.Receiver) (*Mesh, error) {
+	if err := cfg.setDefaults(); err != nil {
+		return nil, err
+	}
+	if recv.Deliver == nil || recv.DeliverDirect == nil {
+		return nil, errors.New("mesh: receiver needs Deliver and DeliverDirect")
+	}
+	return &Mesh{
+		cfg:      cfg,
+		recv:     recv,
+		log:      cfg.Log.Named("mesh"),
+		peers:    map[string]string{},
+		links:    map[string]*link{},
+		interest: map[string]struct{}{},
+		kick:     make(chan struct{}, 1),
+		stopped:  make(chan struct{}),
+	}, nil
+}
+
+// SetPeers replaces the set of peer nodes (id → HTTP address). This node's
+// own id is ignored. Links to peers that left are closed. Does not block.
+func (m *Mesh) SetPeers(peers map[string]string) {
+	m.mu.Lock()
+	m.peers = make(map[string]string, len(peers))
+	for id, addr := range peers {
+		if id != m.cfg.ID {
+			m.peers[id] = addr
+		}
+	}
+	for id, l := range m.links {
+		if addr, ok := m.peers[id]; !ok || (l.dialed && addr != l.addr) {
+			l.close()
+		}
+	}
+	m.mu.Unlock()
+	select {
+	case m.kick <- struct{}{}:
+	default:
+	}
+}
+
+// Links returns the number of live links.
+func (m *Mesh) Links() int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return len(m.links)
+}
+
+// Run dials the peers this node is responsible for (those with a greater id)
+// and keeps the links up until ctx is done.
+func (m *Mesh) Run(ctx context.Context) error {
+	defer func() {
+		m.mu.Lock()
+		for _, l := range m.links {
+			l.close()
+		}
+		m.mu.Unlock()
+		close(m.stopped)
+		m.wg.Wait()
+	}()
+	dialing := map[string]bool{}
+	done := make(chan string)
+	t := time.NewTicker(m.cfg.Redial)
+	defer t.Stop()
+	for {
+		m.mu.Lock()
+		for id, addr := range m.peers {
+			if id > m.cfg.ID && m.links[id] == nil && !dialing[id] {
+				dialing[id] = true
+				m.wg.Add(1)
+				go m.dialPeer(ctx, id, addr, done)
+			}
+		}
+		m.mu.Unlock()
+		select {
+		case <-ctx.Done():
+			for len(dialing) > 0 {
+				delete(dialing, <-done)
+			}
+			return nil
+		case id := <-done:
+			delete(dialing, id)
+		case <-m.kick:
+		case <-t.C:
+		}
+	}
+}
+
+func (m *Mesh) dialPeer(ctx context.Context, id, addr string, done chan<- string) {
+	defer m.wg.Done()
+	defer func() { done <- id }()
+	nc, br, err := dial(ctx, m.cfg, id, addr)
+	if err != nil {
+		m.log.Debug("dial peer", zap.String("peer", id), zap.String("addr", addr), zap.Error(err))
+		select {
+		case <-ctx.Done():
+		case <-time.After(m.cfg.Redial):
+		}
+		return
+	}
+	m.start(newLink(m, id, addr, true, nc, br))
+}
+
+// Handler accepts links from peers with a smaller id. Mount it at /v1/mesh.
+func (m *Mesh) Handler() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		peer, err := verify(m.cfg, r)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusForbidden)
+			return
+		}
+		select {
+		case <-m.stopped:
+			http.Error(w, "mesh stopped", http.StatusServiceUnavailable)
+			return
+		default:
+		}
+		nc, br, err := accept(w)
+		if err != nil {
+			m.log.Debug("accept link", zap.String("peer", peer), zap.Error(err))
+			return
+		}
+		m.start(newLink(m, peer, "", false, nc, br))
+	})
+}
+
+// start registers l, replacing any older link to the same peer, sends it our
+// interest snapshot and runs it.
+func (m *Mesh) start(l *link) {
+	m.mu.Lock()
+	select {
+	case <-m.stopped:
+		m.mu.Unlock()
+		l.nc.Close()
+		return
+	default:
+	}
+	if old := m.links[l.peer]; old != nil {
+		old.close()
+	}
+	m.links[l.peer] = l
+	keys := make([]string, 0, len(m.interest))
+	for k := range m.interest {
+		keys = append(keys, k)
+	}
+	l.enqueue(frame{T: tSnap, Keys: keys})
+	m.wg.Add(2)
+	m.mu.Unlock()
+	m.log.Info("link up", zap.String("peer", l.peer), zap.Bool("dialed", l.dialed))
+	go l.readLoop()
+	go l.writeLoop()
+}
+
+// drop forgets l once it is dead.
+func (m *Mesh) drop(l *link) {
+	m.mu.Lock()
+	if m.links[l.peer] == l {
+		delete(m.links, l.peer)
+		m.log.Info("link down", zap.String("peer", l.peer))
+	}
+	m.mu.Unlock()
+	select {
+	case m.kick <- struct{}{}:
+	default:
+	}
+}
+
+// Publish implements bridge.Bridge.
+func (m *Mesh) Publish(_ context.Context, msg bridge.Message) (bridge.Message, error) {
+	m.recv.Deliver(msg)
+	key := "c:" + msg.Channel
+	m.mu.Lock()
+	for _, l := range m.links {
+		if l.has(key) {
+			l.enqueue(frame{T: tPub, Msg: &msg})
+		}
+	}
+	m.mu.Unlock()
+	return msg, nil
+}
+
+// Send implements bridge.Bridge.
+func (m *Mesh) Send(_ context.Context, d bridge.Direct) (bool, error) {
+	if m.recv.DeliverDirect(d) {
+		return true, nil
+	}
+	key := "u:" + d.To
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for _, l := range m.links {
+		if l.has(key) {
+			l.enqueue(frame{T: tDM, DM: &d})
+			return true, nil
+		}
+	}
+	return false, nil
+}
+
+// Subscribe implements bridge.Bridge.
+func (m *Mesh) Subscribe(ctx context.Context, channel string) error {
+	return m.add(ctx, "c:"+channel)
+}
+
+// Unsubscribe implements bridge.Bridge.
+func (m *Mesh) Unsubscribe(channel string) { m.remove("c:" + channel) }
+
+// Hold implements bridge.Bridge.
+func (m *Mesh) Hold(ctx context.Context, clientID string) error { return m.add(ctx, "u:"+clientID) }
+
+// Release implements bridge.Bridge.
+func (m *Mesh) Release(clientID string) { m.remove("u:" + clientID) }
+
+// add announces key to every linked peer and waits until each confirmed it,
+// its link died, or AckTimeout passed.
+func (m *Mesh) add(ctx context.Context, key string) error {
+	type wait struct {
+		l   *link
+		seq uint64
+	}
+	m.mu.Lock()
+	m.interest[key] = struct{}{}
+	waits := make([]wait, 0, len(m.links))
+	for _, l := range m.links {
+		waits = append(waits, wait{l, l.enqueue(frame{T: tAdd, Key: key})})
+	}
+	m.mu.Unlock()
+	wctx, cancel := context.WithTimeout(ctx, m.cfg.AckTimeout)
+	defer cancel()
+	for _, w := range waits {
+		if err := w.l.waitAck(wctx, w.seq); err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			m.log.Warn("peer did not confirm interest", zap.String("peer", w.l.peer), zap.String("key", key), zap.Error(err))
+		}
+	}
+	return nil
+}
+
+func (m *Mesh) remove(key string) {
+	m.mu.Lock()
+	delete(m.interest, key)
+	for _, l := range m.links {
+		l.enqueue(frame{T: tDel, Key: key})
+	}
+	m.mu.Unlock()
+}
+
+// History implements bridge.Bridge: the mesh keeps no history, so a gap can
+// never be filled.
+func (m *Mesh) History(context.Context, string, *wire.Position) ([]bridge.Message, wire.Position, bool, error) {
+	return nil, wire.Position{}, false, nil
+}
+
+// Ready implements bridge.Bridge: a node with peers needs at least one link.
+func (m *Mesh) Ready() error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if len(m.peers) > 0 && len(m.links) == 0 {
+		return fmt.Errorf("%w: no mesh link to any of %d peers", bridge.ErrUnavailable, len(m.peers))
+	}
+	return nil
+}

@@ -1,0 +1,678 @@
+package client
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"os"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+	"go.uber.org/zap/zaptest"
+
+	"github.com/ringcast/ringcast/pkg/wire"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// eventually polls cond every 5ms for up to within and reports whether it
+// held; the caller reports the state it found.
+func eventually(within time.Duration, cond func() bool) bool {
+	for deadline := time.Now().Add(within); !cond(); time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			return false
+		}
+	}
+	return true
+}
+
+// recorder collects what the client reports through its callbacks.
+type recorder struct {
+	mu         sync.Mutex
+	states     []State
+	errs       []error
+	welcomes   []wire.Frame
+	subscribed []wire.Frame
+	msgs       []Message
+	directs    []Direct
+	moves      []string
+}
+
+func (r *recorder) add(fn func()) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	fn()
+}
+
+func get[T any](r *recorder, fn func() T) T {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return fn()
+}
+
+func (r *recorder) onMessage(m Message) { r.add(func() { r.msgs = append(r.msgs, m) }) }
+
+func (r *recorder) messages() []Message {
+	return get(r, func() []Message { return slices.Clone(r.msgs) })
+}
+
+// testConfig returns a config for srv that records every callback, with short
+// backoffs.
+func testConfig(t testing.TB, url, id string) (Config, *recorder) {
+	r := &recorder{}
+	cfg := DefaultConfig()
+	cfg.URL, cfg.ClientID = url, id
+	cfg.MinBackoff, cfg.MaxBackoff = 10*time.Millisecond, 50*time.Millisecond
+	cfg.Log = zaptest.NewLogger(t)
+	cfg.OnState = func(s State, err error) {
+		r.add(func() { r.states, r.errs = append(r.states, s), append(r.errs, err) })
+	}
+	cfg.OnWelcome = func(f wire.Frame) { r.add(func() { r.welcomes = append(r.welcomes, f) }) }
+	cfg.OnSubscribed = func(f wire.Frame) { r.add(func() { r.subscribed = append(r.subscribed, f) }) }
+	cfg.OnDirect = func(d Direct) { r.add(func() { r.directs = append(r.directs, d) }) }
+	cfg.OnReconnectRequest = func(reason string, after time.Duration) {
+		r.add(func() { r.moves = append(r.moves, reason+" "+after.String()) })
+	}
+	return cfg, r
+}
+
+// start runs a client until the test ends; prep may adjust it before Run.
+func start(t testing.TB, cfg Config, prep ...func(*Client)) *Client {
+	t.Helper()
+	c, err := New(cfg)
+	if err != nil {
+		t.Fatalf("New: %v", err)
+	}
+	for _, p := range prep {
+		p(c)
+	}
+	done := make(chan error, 1)
+	go func() { done <- c.Run(context.Background()) }()
+	t.Cleanup(func() {
+		c.Close()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("Run = %v, want nil", err)
+			}
+		case <-time.After(5 * time.Second):
+			t.Errorf("Run still running 5s after Close")
+		}
+	})
+	return c
+}
+
+func connected(t testing.TB, c *Client) {
+	t.Helper()
+	if !eventually(2*time.Second, func() bool { return c.State() == StateConnected }) {
+		t.Fatalf("state = %v, want connected", c.State())
+	}
+}
+
+func subscribe(t testing.TB, c *Client, channel string, fn func(Message)) *Subscription {
+	t.Helper()
+	s, err := c.Subscribe(channel, fn)
+	if err != nil {
+		t.Fatalf("Subscribe(%q) = %v", channel, err)
+	}
+	select {
+	case <-s.Ready():
+	case <-time.After(2 * time.Second):
+		t.Fatalf("Subscribe(%q): no subscribed reply within 2s", channel)
+	}
+	return s
+}
+
+func TestConnectAndClose(t *testing.T) {
+	srv := startServer(t)
+	cfg, r := testConfig(t, srv.url, "alice")
+	c := start(t, cfg)
+	connected(t, c)
+	if got := c.Node(); got != "n1" {
+		t.Errorf("Node() = %q, want n1", got)
+	}
+	if w := get(r, func() []wire.Frame { return r.welcomes }); len(w) != 1 || w[0].ClientID != "alice" {
+		t.Errorf("welcomes = %+v, want one for alice", w)
+	}
+	c.Close()
+	want := []State{StateConnecting, StateConnected, StateClosed}
+	states := func() []State { return get(r, func() []State { return slices.Clone(r.states) }) }
+	if !eventually(2*time.Second, func() bool { return slices.Equal(states(), want) }) {
+		t.Fatalf("states = %v, want %v", states(), want)
+	}
+	if err := c.Publish(context.Background(), "room", 1); !errors.Is(err, ErrNotConnected) {
+		t.Errorf("Publish after Close = %v, want ErrNotConnected", err)
+	}
+	if _, err := c.Subscribe("room", func(Message) {}); !errors.Is(err, ErrClosed) {
+		t.Errorf("Subscribe after Close = %v, want ErrClosed", err)
+	}
+}
+
+func TestPublishAndSend(t *testing.T) {
+	srv := startServer(t)
+	aliceCfg, alice := testConfig(t, srv.url, "alice")
+	bobCfg, bob := testConfig(t, srv.url, "bob")
+	a, b := start(t, aliceCfg), start(t, bobCfg)
+	connected(t, a)
+	connected(t, b)
+	subscribe(t, a, "room", alice.onMessage)
+	subscribe(t, b, "room", bob.onMessage)
+
+	ctx := context.Background()
+	if err := a.Publish(ctx, "room", map[string]int{"n": 1}); err != nil {
+		t.Fatalf("Publish = %v, want nil", err)
+	}
+	want := Message{Channel: "room", Data: json.RawMessage(`{"n":1}`), From: "alice", Offset: 1, Epoch: "e1", HasOffset: true}
+	for name, r := range map[string]*recorder{"alice": alice, "bob": bob} {
+		if !eventually(2*time.Second, func() bool { return len(r.messages()) == 1 }) {
+			t.Fatalf("%s got %v, want 1 message", name, offsets(r.messages()))
+		}
+		if got := r.messages()[0]; !equalMessage(got, want) {
+			t.Errorf("%s got %+v, want %+v", name, got, want)
+		}
+	}
+
+	if err := b.Send(ctx, "alice", "hi"); err != nil {
+		t.Fatalf("Send = %v, want nil", err)
+	}
+	if !eventually(2*time.Second, func() bool { return len(get(alice, func() []Direct { return alice.directs })) == 1 }) {
+		t.Fatal("no direct message")
+	}
+	if d := get(alice, func() Direct { return alice.directs[0] }); d.From != "bob" || string(d.Data) != `"hi"` {
+		t.Errorf("direct = {%q %s}, want {bob \"hi\"}", d.From, d.Data)
+	}
+}
+
+func equalMessage(a, b Message) bool {
+	return a.Channel == b.Channel && string(a.Data) == string(b.Data) && a.From == b.From &&
+		a.Offset == b.Offset && a.Epoch == b.Epoch && a.HasOffset == b.HasOffset
+}
+
+func TestPublishErrors(t *testing.T) {
+	srv := startServer(t)
+	cfg, _ := testConfig(t, srv.url, "alice")
+	cfg.RequestTimeout = 200 * time.Millisecond
+	c := start(t, cfg)
+	connected(t, c)
+	ctx := context.Background()
+
+	srv.set(func(s *fakeServer) { s.publishErr = wire.CodeBridgeUnavailable })
+	var we *wire.Error
+	if err := c.Publish(ctx, "room", 1); !errors.As(err, &we) || we.Code != wire.CodeBridgeUnavailable {
+		t.Errorf("Publish refused by server = %v, want *wire.Error %s", err, wire.CodeBridgeUnavailable)
+	}
+	if err := c.Publish(ctx, "no room", 1); !errors.As(err, &we) || we.Code != wire.CodeBadChannel {
+		t.Errorf("Publish(%q) = %v, want *wire.Error %s", "no room", err, wire.CodeBadChannel)
+	}
+
+	srv.set(func(s *fakeServer) { s.noReply = true })
+	if err := c.Publish(ctx, "room", 1); !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("Publish without reply = %v, want DeadlineExceeded", err)
+	}
+
+	// A link that drops fails the pending request; the client does not re-send it.
+	before := srv.count(&srv.publishes)
+	done := make(chan error, 1)
+	go func() { done <- c.Publish(ctx, "room", 1) }()
+	if !eventually(2*time.Second, func() bool { return srv.count(&srv.publishes) == before+1 }) {
+		t.Fatal("publish never reached the server")
+	}
+	srv.drop()
+	if err := <-done; !errors.Is(err, ErrDisconnected) {
+		t.Errorf("Publish across a drop = %v, want ErrDisconnected", err)
+	}
+	if !eventually(2*time.Second, func() bool { return c.Reconnects() == 1 }) {
+		t.Fatalf("Reconnects() = %d, want 1", c.Reconnects())
+	}
+	if got := srv.count(&srv.publishes); got != before+1 {
+		t.Errorf("server got %d publishes, want %d: the client re-sent", got, before+1)
+	}
+
+	idle, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := idle.Publish(ctx, "room", 1); !errors.Is(err, ErrNotConnected) {
+		t.Errorf("Publish before Run = %v, want ErrNotConnected", err)
+	}
+}
+
+func offsets(msgs []Message) []string {
+	var out []string
+	for _, m := range msgs {
+		if m.HasOffset {
+			out = append(out, fmt.Sprintf("%s:%d", m.Epoch, m.Offset))
+		} else {
+			out = append(out, "-:"+string(m.Data))
+		}
+	}
+	return out
+}
+
+func TestResubscribeRecovers(t *testing.T) {
+	srv := startServer(t)
+	cfg, r := testConfig(t, srv.url, "alice")
+	c := start(t, cfg)
+	connected(t, c)
+	subscribe(t, c, "room", r.onMessage)
+	ctx := context.Background()
+	for i := range 2 {
+		if err := c.Publish(ctx, "room", i); err != nil {
+			t.Fatalf("Publish = %v", err)
+		}
+	}
+	if !eventually(2*time.Second, func() bool { return len(r.messages()) == 2 }) {
+		t.Fatalf("got %v, want 2 messages", offsets(r.messages()))
+	}
+
+	// Drop the link and publish while the client is away: it resubscribes
+	// from offset 2 and recovers offset 3.
+	srv.set(func(s *fakeServer) {
+		s.dropLocked()
+		s.publishLocked("room", json.RawMessage(`2`), "bob")
+	})
+	if !eventually(2*time.Second, func() bool { return len(r.messages()) == 3 }) {
+		t.Fatalf("got %v, want 3 messages", offsets(r.messages()))
+	}
+	if got := srv.lastSubscribe().Since; got == nil || *got != (wire.Position{Epoch: "e1", Offset: 2}) {
+		t.Errorf("resubscribe since = %+v, want {e1 2}", got)
+	}
+	if s := get(r, func() wire.Frame { return r.subscribed[len(r.subscribed)-1] }); s.Recovered == nil || !*s.Recovered {
+		t.Errorf("subscribed after drop = %+v, want recovered", s)
+	}
+
+	// History lost: recovered:false, and the new epoch's offsets count from
+	// the reply's position rather than being taken for duplicates.
+	srv.set(func(s *fakeServer) {
+		s.dropLocked()
+		s.epoch, s.history = "e2", map[string][]wire.Frame{}
+	})
+	if !eventually(2*time.Second, func() bool { return len(get(r, func() []wire.Frame { return r.subscribed })) == 3 }) {
+		t.Fatal("no subscribed reply after the history loss")
+	}
+	if s := get(r, func() wire.Frame { return r.subscribed[2] }); s.Recovered == nil || *s.Recovered || s.Epoch != "e2" {
+		t.Errorf("subscribed after history loss = %+v, want recovered false in e2", s)
+	}
+	if err := c.Publish(ctx, "room", 4); err != nil {
+		t.Fatalf("Publish = %v", err)
+	}
+	want := []string{"e1:1", "e1:2", "e1:3", "e2:1"}
+	if !eventually(2*time.Second, func() bool { return len(r.messages()) == 4 }) {
+		t.Fatalf("got %v, want %v", offsets(r.messages()), want)
+	}
+	if got := offsets(r.messages()); !slices.Equal(got, want) {
+		t.Errorf("delivered %v, want %v", got, want)
+	}
+	if got := c.Reconnects(); got != 2 {
+		t.Errorf("Reconnects() = %d, want 2", got)
+	}
+}
+
+func TestDuplicatesDropped(t *testing.T) {
+	srv := startServer(t)
+	cfg, r := testConfig(t, srv.url, "alice")
+	c := start(t, cfg)
+	connected(t, c)
+	subscribe(t, c, "room", r.onMessage) // position e1:0
+
+	msg := func(channel, epoch string, offset int, data string) wire.Frame {
+		f := wire.Frame{Op: wire.OpMessage, Channel: channel, Epoch: epoch, Data: json.RawMessage(data)}
+		if offset >= 0 {
+			f.Offset = wire.Uint64(uint64(offset))
+		}
+		return f
+	}
+	for _, f := range []wire.Frame{
+		msg("room", "e1", 1, "1"),
+		msg("room", "e1", 2, "2"),
+		msg("room", "e1", 2, "2"), // duplicate
+		msg("room", "e1", 1, "1"), // older
+		msg("room", "e1", 3, "3"),
+		msg("room", "e2", 1, "1"),  // new epoch
+		msg("room", "e2", 1, "1"),  // duplicate in the new epoch
+		msg("other", "e1", 9, "9"), // not subscribed
+		msg("room", "", -1, `"x"`), // no history: delivered as is
+		msg("room", "", -1, `"x"`),
+	} {
+		srv.inject(f)
+	}
+	want := []string{"e1:1", "e1:2", "e1:3", "e2:1", `-:"x"`, `-:"x"`}
+	if !eventually(2*time.Second, func() bool { return len(r.messages()) >= len(want) }) {
+		t.Fatalf("got %v, want %v", offsets(r.messages()), want)
+	}
+	if got := offsets(r.messages()); !slices.Equal(got, want) {
+		t.Errorf("delivered %v, want %v", got, want)
+	}
+}
+
+func TestUnsubscribe(t *testing.T) {
+	srv := startServer(t)
+	cfg, r := testConfig(t, srv.url, "alice")
+	c := start(t, cfg)
+	connected(t, c)
+	s := subscribe(t, c, "room", r.onMessage)
+	if _, err := c.Subscribe("room", r.onMessage); !errors.Is(err, ErrSubscribed) {
+		t.Errorf("second Subscribe(room) = %v, want ErrSubscribed", err)
+	}
+	if err := s.Unsubscribe(); err != nil {
+		t.Fatalf("Unsubscribe = %v", err)
+	}
+	if err := s.Unsubscribe(); err != nil {
+		t.Errorf("second Unsubscribe = %v, want nil", err)
+	}
+	// A message the server still sends is dropped; a reconnect does not
+	// bring the subscription back.
+	srv.inject(wire.Frame{Op: wire.OpMessage, Channel: "room", Data: json.RawMessage(`1`)})
+	srv.drop()
+	if !eventually(2*time.Second, func() bool { return c.Reconnects() == 1 }) {
+		t.Fatalf("Reconnects() = %d, want 1", c.Reconnects())
+	}
+	subscribe(t, c, "marker", func(Message) {}) // its reply follows anything sent before it
+	var channels []string
+	srv.set(func(s *fakeServer) {
+		for _, f := range s.subscribes {
+			channels = append(channels, f.Channel)
+		}
+	})
+	if want := []string{"room", "marker"}; !slices.Equal(channels, want) {
+		t.Errorf("server got subscribes %q, want %q", channels, want)
+	}
+	if got := r.messages(); len(got) != 0 {
+		t.Errorf("delivered %v after Unsubscribe, want nothing", offsets(got))
+	}
+}
+
+func TestSubscribeBeforeConnect(t *testing.T) {
+	srv := startServer(t)
+	cfg, r := testConfig(t, srv.url, "alice")
+	var sub *Subscription
+	c := start(t, cfg, func(c *Client) {
+		var err error
+		if sub, err = c.Subscribe("room", r.onMessage); err != nil {
+			t.Fatalf("Subscribe before Run = %v", err)
+		}
+	})
+	select {
+	case <-sub.Ready():
+	case <-time.After(2 * time.Second):
+		t.Fatal("no subscribed reply after connecting")
+	}
+	if f := srv.lastSubscribe(); f.Channel != "room" || f.Since != nil {
+		t.Errorf("subscribe = %+v, want room without since", f)
+	}
+	if err := c.Publish(context.Background(), "room", 1); err != nil {
+		t.Fatalf("Publish = %v", err)
+	}
+	if !eventually(2*time.Second, func() bool { return len(r.messages()) == 1 }) {
+		t.Fatalf("got %v, want 1 message", offsets(r.messages()))
+	}
+}
+
+// A handler may publish and wait for the ack: the ack does not queue behind
+// the handler.
+func TestPublishFromHandler(t *testing.T) {
+	srv := startServer(t)
+	cfg, r := testConfig(t, srv.url, "alice")
+	cfg.RequestTimeout = time.Second
+	c := start(t, cfg)
+	connected(t, c)
+	errc := make(chan error, 1)
+	subscribe(t, c, "in", func(m Message) { errc <- c.Publish(context.Background(), "out", m.Data) })
+	subscribe(t, c, "out", r.onMessage)
+	if err := c.Publish(context.Background(), "in", "x"); err != nil {
+		t.Fatalf("Publish = %v", err)
+	}
+	if err := <-errc; err != nil {
+		t.Errorf("Publish from handler = %v, want nil", err)
+	}
+	if !eventually(2*time.Second, func() bool { return len(r.messages()) == 1 }) {
+		t.Fatal("echo not delivered")
+	}
+}
+
+func TestReconnectWithoutBackoff(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		backoff  time.Duration // every backoff sleep takes exactly this long
+		fault    func(*fakeServer)
+		minDelay time.Duration // the reconnect cannot come sooner
+		moves    []string      // OnReconnectRequest calls
+	}{
+		{"reconnect frame", time.Minute, func(s *fakeServer) {
+			s.inject(wire.Frame{Op: wire.OpReconnect, Reason: wire.ReasonRebalance, AfterMS: wire.Int(150)})
+		}, 150 * time.Millisecond, []string{"rebalance 150ms"}},
+		{"close 4009 moved", time.Minute, func(s *fakeServer) { s.closeWith(wire.CloseMoved) }, 0, nil},
+		{"close 1001 going away", time.Minute, func(s *fakeServer) { s.closeWith(wire.CloseGoingAway) }, 0, nil},
+		{"close 1012 restart", time.Minute, func(s *fakeServer) { s.closeWith(wire.CloseServiceRestart) }, 0, nil},
+		{"close 1011 backs off", 300 * time.Millisecond, func(s *fakeServer) { s.closeWith(wire.CloseInternal) }, 300 * time.Millisecond, nil},
+		{"drop backs off", 300 * time.Millisecond, (*fakeServer).drop, 300 * time.Millisecond, nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			srv := startServer(t)
+			cfg, r := testConfig(t, srv.url, "alice")
+			cfg.MinBackoff, cfg.MaxBackoff = tc.backoff, tc.backoff
+			c := start(t, cfg, func(c *Client) { c.jitter = func(n int64) int64 { return n - 1 } })
+			connected(t, c)
+			t0 := time.Now()
+			tc.fault(srv)
+			if !eventually(3*time.Second, func() bool { return c.Reconnects() == 1 }) {
+				t.Fatalf("Reconnects() = %d, want 1", c.Reconnects())
+			}
+			d := time.Since(t0)
+			if d < tc.minDelay {
+				t.Errorf("reconnected after %v, want at least %v", d, tc.minDelay)
+			}
+			t.Logf("reconnected after %v", d)
+			if got := get(r, func() []string { return r.moves }); !slices.Equal(got, tc.moves) {
+				t.Errorf("OnReconnectRequest calls = %q, want %q", got, tc.moves)
+			}
+		})
+	}
+}
+
+func TestHeartbeatDetectsSilentServer(t *testing.T) {
+	const hb = 200 * time.Millisecond
+	srv := startServer(t)
+	srv.set(func(s *fakeServer) { s.heartbeatMS = int(hb / time.Millisecond) })
+	cfg, r := testConfig(t, srv.url, "alice")
+	c := start(t, cfg)
+	connected(t, c)
+
+	// Pongs keep the link alive past 2× heartbeat.
+	if !eventually(2*time.Second, func() bool { return srv.count(&srv.pings) >= 3 }) {
+		t.Fatalf("server got %d pings, want 3", srv.count(&srv.pings))
+	}
+	if n := c.Reconnects(); n != 0 {
+		t.Fatalf("Reconnects() = %d while the server answered, want 0", n)
+	}
+
+	t0 := time.Now()
+	srv.blackhole()
+	within := 2*hb + cfg.MaxBackoff + 300*time.Millisecond
+	if !eventually(within, func() bool { return c.Reconnects() == 1 }) {
+		t.Fatalf("Reconnects() = %d %v after the server went silent, want 1", c.Reconnects(), within)
+	}
+	t.Logf("heartbeat %v: reconnected %v after the server went silent", hb, time.Since(t0))
+	errs := get(r, func() []error { return slices.Clone(r.errs) })
+	if !slices.ContainsFunc(errs, func(err error) bool { return errors.Is(err, os.ErrDeadlineExceeded) }) {
+		t.Errorf("state errors = %v, want a read deadline", errs)
+	}
+}
+
+func TestHungHandshake(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		url  func(t *testing.T) string
+	}{
+		{"no handshake", func(t *testing.T) string {
+			ln, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			var conns []net.Conn
+			var wg sync.WaitGroup
+			wg.Go(func() {
+				for {
+					conn, err := ln.Accept()
+					if err != nil {
+						return
+					}
+					conns = append(conns, conn) // held open, never answered
+				}
+			})
+			t.Cleanup(func() {
+				ln.Close()
+				wg.Wait()
+				for _, c := range conns {
+					c.Close()
+				}
+			})
+			return "ws://" + ln.Addr().String() + "/ws"
+		}},
+		{"no welcome", func(t *testing.T) string {
+			srv := startServer(t)
+			srv.set(func(s *fakeServer) { s.noWelcome = true })
+			return srv.url
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			url := tc.url(t)
+			cfg, r := testConfig(t, url, "alice")
+			cfg.DialTimeout = 200 * time.Millisecond
+			start(t, cfg)
+			// Two attempts in 2s: the client gives up on each and keeps trying.
+			var errs []error
+			if !eventually(2*time.Second, func() bool {
+				errs = get(r, func() []error {
+					return slices.DeleteFunc(slices.Clone(r.errs), func(err error) bool { return err == nil })
+				})
+				return len(errs) >= 2
+			}) {
+				t.Fatalf("disconnects = %v, want two", errs)
+			}
+			for _, err := range errs {
+				if !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, os.ErrDeadlineExceeded) {
+					t.Errorf("disconnect error = %v, want a timeout", err)
+				}
+			}
+		})
+	}
+}
+
+func TestBackoff(t *testing.T) {
+	const minD, maxD = 100 * time.Millisecond, 20 * time.Second
+	top := func(n int64) int64 { return n - 1 }
+	for _, tc := range []struct {
+		attempt int
+		want    time.Duration // the ceiling
+	}{
+		{0, 100 * time.Millisecond},
+		{1, 200 * time.Millisecond},
+		{2, 400 * time.Millisecond},
+		{7, 12800 * time.Millisecond},
+		{8, maxD},
+		{62, maxD},
+		{63, maxD},
+		{1000, maxD},
+	} {
+		if got := backoff(minD, maxD, tc.attempt, top); got != tc.want {
+			t.Errorf("backoff(%d) ceiling = %v, want %v", tc.attempt, got, tc.want)
+		}
+		if got := backoff(minD, maxD, tc.attempt, func(int64) int64 { return 0 }); got != 0 {
+			t.Errorf("backoff(%d) floor = %v, want 0", tc.attempt, got)
+		}
+	}
+	// Full jitter: samples spread over [0, ceiling].
+	rng := rand.New(rand.NewPCG(1, 2))
+	for _, attempt := range []int{0, 3, 20} {
+		ceil := backoff(minD, maxD, attempt, top)
+		var lo, hi int
+		for range 1000 {
+			d := backoff(minD, maxD, attempt, rng.Int64N)
+			if d < 0 || d > ceil {
+				t.Fatalf("backoff(%d) = %v, outside [0, %v]", attempt, d, ceil)
+			}
+			if d < ceil/4 {
+				lo++
+			}
+			if d > ceil*3/4 {
+				hi++
+			}
+		}
+		if lo < 150 || hi < 150 {
+			t.Errorf("backoff(%d): %d samples in the lowest quarter, %d in the highest, want about 250 each", attempt, lo, hi)
+		}
+	}
+}
+
+func TestNewValidates(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		edit func(*Config)
+	}{
+		{"bad client id", func(c *Config) { c.ClientID = "a b" }},
+		{"empty client id", func(c *Config) { c.ClientID = "" }},
+		{"http url", func(c *Config) { c.URL = "http://127.0.0.1:8080/ws" }},
+		{"no host", func(c *Config) { c.URL = "ws:///ws" }},
+		{"unparsable url", func(c *Config) { c.URL = "ws://[::1/ws" }},
+		{"negative timeout", func(c *Config) { c.DialTimeout = -time.Second }},
+		{"negative heartbeat", func(c *Config) { c.Heartbeat = -time.Second }},
+		{"min above max backoff", func(c *Config) { c.MinBackoff, c.MaxBackoff = time.Minute, time.Second }},
+	} {
+		cfg := Config{URL: "ws://127.0.0.1:8080/ws", ClientID: "alice"}
+		if _, err := New(cfg); err != nil {
+			t.Fatalf("New(valid) = %v", err)
+		}
+		tc.edit(&cfg)
+		if _, err := New(cfg); err == nil {
+			t.Errorf("New(%s) = nil error, want one", tc.name)
+		}
+	}
+	c, err := New(Config{URL: "ws://h:1/ws?x=1", ClientID: "a@b", Token: "t&u"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := "ws://h:1/ws?client_id=a%40b&token=t%26u&x=1"; c.url != want {
+		t.Errorf("dial url = %q, want %q", c.url, want)
+	}
+	if c.cfg.DialTimeout != 5*time.Second || c.cfg.MaxMessageSize != 1<<20 {
+		t.Errorf("defaults not applied: %+v", c.cfg)
+	}
+}
+
+func TestStateString(t *testing.T) {
+	for s, want := range map[State]string{
+		StateDisconnected: "disconnected", StateConnecting: "connecting",
+		StateConnected: "connected", StateClosed: "closed", State(9): "state(9)",
+	} {
+		if got := s.String(); got != want {
+			t.Errorf("State(%d).String() = %q, want %q", int(s), got, want)
+		}
+	}
+}
+
+// BenchmarkPublish measures a publish round trip (publish, ack, delivery to
+// the publisher's own subscription) over loopback.
+func BenchmarkPublish(b *testing.B) {
+	srv := startServer(b)
+	cfg, _ := testConfig(b, srv.url, "alice")
+	cfg.Log = nil
+	got := make(chan struct{}, 1)
+	c := start(b, cfg)
+	connected(b, c)
+	subscribe(b, c, "room", func(Message) { got <- struct{}{} })
+	ctx := context.Background()
+	data := json.RawMessage(`{"text":"hello"}`)
+	for b.Loop() {
+		if err := c.Publish(ctx, "room", data); err != nil {
+			b.Fatal(err)
+		}
+		<-got
+	}
+}

@@ -1,0 +1,107 @@
+package client
+
+import (
+	"fmt"
+	"net/url"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/ringcast/ringcast/pkg/wire"
+)
+
+// defaultHeartbeat applies when neither Config.Heartbeat nor the welcome sets
+// one (DESIGN.md §6: heartbeat_ms defaults to 10000).
+const defaultHeartbeat = 10 * time.Second
+
+// Config configures a Client. Zero values mean the default.
+type Config struct {
+	URL            string        // ws://host:port/ws; client_id (and token) are added as query parameters
+	ClientID       string        // 1–128 bytes of [A-Za-z0-9_.:@-]
+	Token          string        // optional, sent as the token query parameter
+	DialTimeout    time.Duration // bounds TCP connect, handshake and the wait for the welcome
+	MinBackoff     time.Duration // ceiling of the first retry's random sleep
+	MaxBackoff     time.Duration // ceiling of every retry's random sleep
+	Heartbeat      time.Duration // ping interval; the link is dead after 2× with no frame received
+	WriteTimeout   time.Duration // deadline of every write
+	RequestTimeout time.Duration // how long Publish and Send wait for the ack or error
+	MaxMessageSize int           // bytes per incoming message, summed over fragments; larger drops the link
+	Log            *zap.Logger   // nil: no logging
+
+	// Hooks, each optional. They run on the Run goroutine, never concurrently
+	// with each other or with subscription handlers, and must not block long.
+	OnState            func(State, error)                       // every state change; err says why the link went down
+	OnWelcome          func(wire.Frame)                         // each welcome frame
+	OnDirect           func(Direct)                             // each direct message
+	OnSubscribed       func(wire.Frame)                         // each subscribed frame (recovered, epoch, offset)
+	OnReconnectRequest func(reason string, after time.Duration) // each reconnect frame from the server
+}
+
+// DefaultConfig returns the defaults; URL and ClientID must still be set.
+func DefaultConfig() Config {
+	return Config{
+		DialTimeout:    5 * time.Second,        // a hung handshake costs this much; lower fails over faster on lossy links
+		MinBackoff:     100 * time.Millisecond, // first retry within this; lower reconnects faster but piles onto a struggling cluster
+		MaxBackoff:     20 * time.Second,       // caps the sleep after long outages; lower retries a dead cluster more often
+		Heartbeat:      0,                      // 0: the welcome's heartbeat_ms (10 s by default); lower notices dead links sooner for more traffic
+		WriteTimeout:   5 * time.Second,        // a write stuck this long drops the link
+		RequestTimeout: 10 * time.Second,       // Publish/Send give up after this; the outcome is then unknown
+		MaxMessageSize: 1 << 20,                // 1 MiB; bounds the memory one incoming message can take
+	}
+}
+
+// withDefaults fills zero fields from DefaultConfig and validates the result.
+func (cfg Config) withDefaults() (Config, error) {
+	def := DefaultConfig()
+	for _, d := range []struct{ v, def *time.Duration }{
+		{&cfg.DialTimeout, &def.DialTimeout},
+		{&cfg.MinBackoff, &def.MinBackoff},
+		{&cfg.MaxBackoff, &def.MaxBackoff},
+		{&cfg.WriteTimeout, &def.WriteTimeout},
+		{&cfg.RequestTimeout, &def.RequestTimeout},
+	} {
+		if *d.v < 0 {
+			return cfg, fmt.Errorf("negative duration %v", *d.v)
+		}
+		if *d.v == 0 {
+			*d.v = *d.def
+		}
+	}
+	if cfg.Heartbeat < 0 {
+		return cfg, fmt.Errorf("negative heartbeat %v", cfg.Heartbeat)
+	}
+	if cfg.MaxMessageSize < 0 {
+		return cfg, fmt.Errorf("negative max message size %d", cfg.MaxMessageSize)
+	}
+	if cfg.MaxMessageSize == 0 {
+		cfg.MaxMessageSize = def.MaxMessageSize
+	}
+	if cfg.MinBackoff > cfg.MaxBackoff {
+		return cfg, fmt.Errorf("min backoff %v exceeds max backoff %v", cfg.MinBackoff, cfg.MaxBackoff)
+	}
+	if err := wire.ValidateClientID(cfg.ClientID); err != nil {
+		return cfg, err
+	}
+	if cfg.Log == nil {
+		cfg.Log = zap.NewNop()
+	}
+	return cfg, nil
+}
+
+// dialURL adds client_id and token to the configured URL.
+func (cfg Config) dialURL() (string, error) {
+	u, err := url.Parse(cfg.URL)
+	if err != nil {
+		return "", fmt.Errorf("parse url: %w", err)
+	}
+	if (u.Scheme != "ws" && u.Scheme != "wss") || u.Host == "" {
+		return "", fmt.Errorf("url %q: want ws://host:port/ws or wss://", cfg.URL)
+	}
+	q := u.Query()
+	q.Set("client_id", cfg.ClientID)
+	if cfg.Token != "" {
+		q.Set("token", cfg.Token)
+	}
+	u.RawQuery = q.Encode()
+	return u.String(), nil
+}

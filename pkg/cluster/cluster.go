@@ -1,0 +1,260 @@
+// Package cluster keeps the membership of a ringcast cluster over
+// memberlist gossip and publishes it as immutable views holding the ring.
+package cluster
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hashicorp/memberlist"
+	"go.uber.org/zap"
+)
+
+// leaveTimeout bounds the leave Run performs on shutdown.
+const leaveTimeout = 2 * time.Second
+
+// Cluster is this process's membership. Its methods are safe for concurrent use.
+type Cluster struct {
+	cfg    Config
+	log    *zap.Logger
+	ml     *memberlist.Memberlist
+	gossip string
+	meta   [2][]byte // encoded metadata: [0] normally, [1] once leaving
+
+	running atomic.Bool
+
+	mu      sync.Mutex        // guards records
+	records map[string]record // by member id, written by the delegate
+	dirty   chan struct{}     // 1-buffered: records changed since the last rebuild
+
+	snap atomic.Pointer[snapshot]
+
+	lifeMu sync.Mutex  // serialises Leave and shutdown: memberlist panics on Leave after Shutdown
+	left   atomic.Bool // Leave was called
+	down   atomic.Bool // memberlist is shut down
+}
+
+// New validates cfg, binds the gossip sockets and starts memberlist without
+// joining anyone. Run must be called to join and, in the end, to release
+// the sockets (Run with a cancelled context only shuts down).
+func New(cfg Config) (*Cluster, error) {
+	cfg = cfg.withDefaults()
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	c := &Cluster{
+		cfg:     cfg,
+		log:     cfg.Log.Named("cluster"),
+		records: make(map[string]record),
+		dirty:   make(chan struct{}, 1),
+	}
+	for i, leaving := range []bool{false, true} {
+		b, _ := json.Marshal(meta{Role: cfg.Role, WSAddr: cfg.WSAddr, Leaving: leaving}) // strings and a bool: cannot fail
+		if len(b) > memberlist.MetaMaxSize {
+			return nil, fmt.Errorf("metadata is %d bytes, over %d: shorten the websocket address", len(b), memberlist.MetaMaxSize)
+		}
+		c.meta[i] = b
+	}
+	c.snap.Store(&snapshot{view: &View{}, changed: make(chan struct{})})
+
+	mc, err := cfg.memberlistConfig()
+	if err != nil {
+		return nil, err
+	}
+	d := delegate{c}
+	mc.Delegate, mc.Events = d, d
+	if c.ml, err = memberlist.Create(mc); err != nil {
+		return nil, fmt.Errorf("start gossip on %s: %w", cfg.Bind, err)
+	}
+	c.gossip = c.ml.LocalNode().Address()
+	return c, nil
+}
+
+// Run joins the seeds, retrying with backoff until a peer answers, re-joins
+// them every RejoinInterval while a member is seen dead, and rebuilds the
+// view after membership churn. When ctx is done it leaves the cluster
+// (bounded by 2 s), shuts gossip down and returns nil. Run may be called
+// once; a process started before its seeds joins them when they come up.
+func (c *Cluster) Run(ctx context.Context) error {
+	if !c.running.CompareAndSwap(false, true) {
+		return errors.New("cluster already running")
+	}
+	c.rebuild()
+	var wg sync.WaitGroup
+	wg.Go(func() { c.coalesceLoop(ctx) })
+	wg.Go(func() { c.joinLoop(ctx) })
+	wg.Wait()
+	if err := c.Leave(leaveTimeout); err != nil {
+		c.log.Warn("leave cluster", zap.Error(err))
+	}
+	c.shutdown()
+	return nil
+}
+
+// View returns the current view, never nil.
+func (c *Cluster) View() *View { return c.snap.Load().view }
+
+// Changes returns a channel that is closed once the current view has been
+// replaced. Any number of consumers may wait on it; it never blocks the
+// cluster, and a slow consumer simply sees the latest view. Take the channel
+// before reading the view so no change is missed:
+//
+//	for {
+//		ch := c.Changes()
+//		use(c.View())
+//		select {
+//		case <-ch:
+//		case <-ctx.Done():
+//			return
+//		}
+//	}
+func (c *Cluster) Changes() <-chan struct{} { return c.snap.Load().changed }
+
+// Leave announces a graceful leave and waits up to timeout (≤ 0: 2 s) for
+// it to spread: peers then report this member as left and drop it from the
+// ring, as does this process's own view. Gossip keeps running until Run
+// returns. Leave is idempotent and a no-op after Run has returned.
+func (c *Cluster) Leave(timeout time.Duration) error {
+	c.lifeMu.Lock()
+	defer c.lifeMu.Unlock()
+	if c.left.Load() || c.down.Load() {
+		return nil
+	}
+	if timeout <= 0 {
+		timeout = leaveTimeout
+	}
+	deadline := time.Now().Add(timeout)
+	// Advertise the leave in the metadata first (NodeMeta reads left):
+	// memberlist does not tell peers' delegates whether a member left or failed.
+	c.left.Store(true)
+	if err := c.ml.UpdateNode(timeout / 2); err != nil {
+		c.log.Debug("announce leave", zap.Error(err))
+	}
+	if err := c.ml.Leave(max(time.Until(deadline), time.Millisecond)); err != nil {
+		return fmt.Errorf("leave gossip: %w", err)
+	}
+	return nil
+}
+
+// GossipAddr returns the gossip host:port peers use to reach this process,
+// with the actual port when Bind asked for port 0.
+func (c *Cluster) GossipAddr() string { return c.gossip }
+
+// LocalID returns this process's member id.
+func (c *Cluster) LocalID() string { return c.cfg.ID }
+
+func (c *Cluster) shutdown() {
+	c.lifeMu.Lock()
+	defer c.lifeMu.Unlock()
+	c.down.Store(true)
+	if err := c.ml.Shutdown(); err != nil {
+		c.log.Warn("shut down gossip", zap.Error(err))
+	}
+}
+
+// coalesceLoop rebuilds the view once membership has been quiet for
+// Coalesce, or after 5 × Coalesce of constant churn.
+func (c *Cluster) coalesceLoop(ctx context.Context) {
+	quiet := time.NewTimer(time.Hour)
+	limit := time.NewTimer(time.Hour)
+	defer quiet.Stop()
+	defer limit.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-c.dirty:
+		}
+		quiet.Reset(c.cfg.Coalesce)
+		limit.Reset(5 * c.cfg.Coalesce)
+	churn:
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-c.dirty:
+				quiet.Reset(c.cfg.Coalesce)
+			case <-quiet.C:
+				break churn
+			case <-limit.C:
+				break churn
+			}
+		}
+		c.rebuild()
+	}
+}
+
+// joinLoop joins the seeds until a peer answers, with backoff from 100 ms
+// up to RejoinInterval, then re-joins them every RejoinInterval while
+// needsRejoin says so.
+func (c *Cluster) joinLoop(ctx context.Context) {
+	if len(c.cfg.Join) == 0 {
+		return
+	}
+	const firstBackoff = 100 * time.Millisecond
+	backoff, joined := firstBackoff, false
+	t := time.NewTimer(0)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		next := c.cfg.RejoinInterval
+		if c.left.Load() {
+			return
+		}
+		if !joined || c.needsRejoin() {
+			// A seed list may name this process: only a peer counts.
+			if err := c.join(ctx); err != nil || c.ml.NumMembers() <= 1 {
+				c.log.Debug("join seeds", zap.Strings("seeds", c.cfg.Join), zap.Error(err))
+				next, backoff = backoff, min(2*backoff, c.cfg.RejoinInterval)
+			} else {
+				if !joined {
+					c.log.Info("joined cluster", zap.Strings("seeds", c.cfg.Join))
+				}
+				joined, backoff = true, firstBackoff
+			}
+		}
+		t.Reset(next)
+	}
+}
+
+// join contacts every seed, one at a time so that a cancelled ctx waits for
+// at most one (memberlist's TCPTimeout when a seed does not answer at all:
+// 10 s lan, 0.5 s fast). It succeeds when any seed answered.
+func (c *Cluster) join(ctx context.Context) error {
+	var errs []error
+	for _, seed := range c.cfg.Join {
+		if ctx.Err() != nil {
+			break
+		}
+		if _, err := c.ml.Join([]string{seed}); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if len(errs) == len(c.cfg.Join) {
+		return errors.Join(errs...)
+	}
+	return nil
+}
+
+// needsRejoin reports whether a member is seen dead: it may sit behind a
+// partition that has healed, which memberlist does not re-merge by itself.
+// Members that left do not count.
+func (c *Cluster) needsRejoin() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, r := range c.records {
+		if r.dead && r.member("").State == StateDead {
+			return true
+		}
+	}
+	return false
+}

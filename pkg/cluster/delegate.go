@@ -1,0 +1,74 @@
+package cluster
+
+import (
+	"encoding/json"
+
+	"github.com/hashicorp/memberlist"
+)
+
+// meta is the gossip metadata each process advertises (JSON, at most
+// memberlist.MetaMaxSize bytes).
+type meta struct {
+	Role    Role   `json:"role"`
+	WSAddr  string `json:"ws,omitempty"`
+	Leaving bool   `json:"leaving,omitempty"` // set just before a graceful leave
+}
+
+// record is what the event callbacks last heard about a member.
+type record struct {
+	meta   []byte
+	gossip string
+	dead   bool
+}
+
+// delegate receives memberlist's callbacks. They run on memberlist's
+// goroutines, some under its node lock: each records what it was told under
+// c.mu and pokes the coalescing loop without blocking.
+type delegate struct{ c *Cluster }
+
+var (
+	_ memberlist.Delegate      = delegate{}
+	_ memberlist.EventDelegate = delegate{}
+)
+
+func (d delegate) NodeMeta(limit int) []byte {
+	if d.c.left.Load() {
+		return d.c.meta[1]
+	}
+	return d.c.meta[0]
+}
+
+func (d delegate) NotifyJoin(n *memberlist.Node)   { d.c.record(n, false) }
+func (d delegate) NotifyUpdate(n *memberlist.Node) { d.c.record(n, false) }
+func (d delegate) NotifyLeave(n *memberlist.Node)  { d.c.record(n, true) }
+
+func (delegate) NotifyMsg([]byte)                           {}
+func (delegate) GetBroadcasts(overhead, limit int) [][]byte { return nil }
+func (delegate) LocalState(join bool) []byte                { return nil }
+func (delegate) MergeRemoteState(buf []byte, join bool)     {}
+
+func (c *Cluster) record(n *memberlist.Node, dead bool) {
+	c.mu.Lock()
+	c.records[n.Name] = record{meta: append([]byte(nil), n.Meta...), gossip: n.Address(), dead: dead}
+	c.mu.Unlock()
+	select {
+	case c.dirty <- struct{}{}:
+	default:
+	}
+}
+
+// member decodes r. memberlist does not tell a delegate whether a member
+// failed or left, so a dead member whose last metadata announced its leave
+// is reported as left.
+func (r record) member(id string) Member {
+	var md meta
+	_ = json.Unmarshal(r.meta, &md) // unreadable metadata: no role, never on the ring
+	m := Member{ID: id, Role: md.Role, Addr: md.WSAddr, Gossip: r.gossip, State: StateAlive}
+	switch {
+	case r.dead && md.Leaving:
+		m.State = StateLeft
+	case r.dead:
+		m.State = StateDead
+	}
+	return m
+}

@@ -1,0 +1,467 @@
+// Package clustertest starts real ringcast clusters — the balancer and node
+// binaries as separate processes on loopback — for end-to-end tests, the
+// browser tests and the chaos harness, and injects process faults.
+package clustertest
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// Options describe a cluster.
+type Options struct {
+	Nodes       int      // default 3
+	Balancers   int      // default 1
+	Bridge      string   // default mesh
+	Detect      string   // default fast
+	HistorySize int      // 0 = off
+	Heartbeat   string   // node -heartbeat; default the node's
+	NodeArgs    []string // extra node flags
+	Host        string   // bind address; default 127.0.0.1
+	LogDir      string   // where process logs go; default a temp dir
+	Stdout      io.Writer
+}
+
+// Proc is one cluster process.
+type Proc struct {
+	Name   string
+	Role   string // "node" or "balancer"
+	Addr   string // HTTP/WebSocket address
+	Gossip string
+	args   []string
+	bin    string
+	logf   string
+
+	mu  sync.Mutex
+	cmd *exec.Cmd
+	// exited is closed when the current process has been reaped.
+	exited chan struct{}
+}
+
+// Cluster is a running set of processes.
+type Cluster struct {
+	Opts      Options
+	Balancers []*Proc
+	Nodes     []*Proc
+	binDir    string
+}
+
+var (
+	buildOnce sync.Once
+	buildDir  string
+	buildErr  error
+)
+
+// Build compiles the balancer and node binaries once per process and returns
+// the directory holding them. RINGCAST_BIN, when set, names a directory with
+// binaries already built.
+func Build() (string, error) {
+	buildOnce.Do(func() {
+		if d := os.Getenv("RINGCAST_BIN"); d != "" {
+			buildDir = d
+			return
+		}
+		root, err := moduleRoot()
+		if err != nil {
+			buildErr = err
+			return
+		}
+		buildDir, err = os.MkdirTemp("", "ringcast-bin-")
+		if err != nil {
+			buildErr = err
+			return
+		}
+		for _, b := range []string{"balancer", "node"} {
+			cmd := exec.Command("go", "build", "-o", filepath.Join(buildDir, b), "./"+b)
+			cmd.Dir = root
+			if out, err := cmd.CombinedOutput(); err != nil {
+				buildErr = fmt.Errorf("go build %s: %v\n%s", b, err, out)
+				return
+			}
+		}
+	})
+	return buildDir, buildErr
+}
+
+func moduleRoot() (string, error) {
+	_, file, _, _ := runtime.Caller(0)
+	dir := filepath.Dir(file)
+	for d := dir; d != "/"; d = filepath.Dir(d) {
+		if _, err := os.Stat(filepath.Join(d, "go.mod")); err == nil {
+			return d, nil
+		}
+	}
+	return "", errors.New("go.mod not found above " + dir)
+}
+
+// FreePort returns a host:port that was free a moment ago, for both TCP and
+// UDP (gossip needs both).
+func FreePort(host string) (string, error) {
+	for range 50 {
+		l, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
+		if err != nil {
+			return "", err
+		}
+		addr := l.Addr().String()
+		u, err := net.ListenPacket("udp", addr)
+		l.Close()
+		if err != nil {
+			continue
+		}
+		u.Close()
+		return addr, nil
+	}
+	return "", errors.New("no free port")
+}
+
+// Start builds the binaries and starts the cluster, waiting until every
+// node is ready and every balancer sees them all. Stop it with Close.
+func Start(ctx context.Context, o Options) (*Cluster, error) {
+	if o.Nodes == 0 {
+		o.Nodes = 3
+	}
+	if o.Balancers == 0 {
+		o.Balancers = 1
+	}
+	if o.Bridge == "" {
+		o.Bridge = "mesh"
+	}
+	if o.Detect == "" {
+		o.Detect = "fast"
+	}
+	if o.Host == "" {
+		o.Host = "127.0.0.1"
+	}
+	bin, err := Build()
+	if err != nil {
+		return nil, err
+	}
+	if o.LogDir == "" {
+		if o.LogDir, err = os.MkdirTemp("", "ringcast-logs-"); err != nil {
+			return nil, err
+		}
+	}
+	c := &Cluster{Opts: o, binDir: bin}
+	port := func() string {
+		if err != nil {
+			return ""
+		}
+		var p string
+		p, err = FreePort(o.Host)
+		return p
+	}
+	var seeds []string
+	for i := range o.Balancers {
+		p := &Proc{Name: fmt.Sprintf("b%d", i+1), Role: "balancer", Addr: port(), Gossip: port(), bin: filepath.Join(bin, "balancer")}
+		p.args = []string{"-id", p.Name, "-addr", p.Addr, "-gossip", p.Gossip, "-detect", o.Detect, "-log", "json"}
+		seeds = append(seeds, p.Gossip)
+		c.Balancers = append(c.Balancers, p)
+	}
+	for i := range o.Balancers {
+		if i > 0 {
+			c.Balancers[i].args = append(c.Balancers[i].args, "-join", seeds[0])
+		}
+	}
+	for i := range o.Nodes {
+		p := &Proc{Name: fmt.Sprintf("n%d", i+1), Role: "node", Addr: port(), Gossip: port(), bin: filepath.Join(bin, "node")}
+		p.args = []string{"-id", p.Name, "-addr", p.Addr, "-gossip", p.Gossip, "-join", strings.Join(seeds, ","),
+			"-bridge", o.Bridge, "-detect", o.Detect, "-log", "json", "-drain", "2s"}
+		if o.HistorySize > 0 {
+			p.args = append(p.args, "-history-size", strconv.Itoa(o.HistorySize))
+		}
+		if o.Heartbeat != "" {
+			p.args = append(p.args, "-heartbeat", o.Heartbeat)
+		}
+		p.args = append(p.args, o.NodeArgs...)
+		c.Nodes = append(c.Nodes, p)
+	}
+	if err != nil {
+		return nil, err
+	}
+	for _, p := range c.All() {
+		p.logf = filepath.Join(o.LogDir, p.Name+".log")
+		if err := p.Start(); err != nil {
+			c.Close()
+			return nil, err
+		}
+	}
+	if err := c.WaitConverged(ctx, len(c.Nodes)); err != nil {
+		c.Close()
+		return nil, fmt.Errorf("cluster did not converge: %w (logs in %s)", err, o.LogDir)
+	}
+	return c, nil
+}
+
+// All returns every process, balancers first.
+func (c *Cluster) All() []*Proc { return append(append([]*Proc{}, c.Balancers...), c.Nodes...) }
+
+// URL is the WebSocket endpoint of the first balancer.
+func (c *Cluster) URL() string { return "ws://" + c.Balancers[0].Addr + "/ws" }
+
+// HTTP is the base URL of the first balancer.
+func (c *Cluster) HTTP() string { return "http://" + c.Balancers[0].Addr }
+
+// Node returns the node process named id.
+func (c *Cluster) Node(id string) *Proc {
+	for _, p := range c.Nodes {
+		if p.Name == id {
+			return p
+		}
+	}
+	return nil
+}
+
+// Close stops every process (SIGKILL) and waits for them.
+func (c *Cluster) Close() {
+	for _, p := range c.All() {
+		p.Kill()
+	}
+}
+
+// ClusterInfo is the balancer's /v1/cluster answer.
+type ClusterInfo struct {
+	Epoch uint64 `json:"epoch"`
+	Nodes []struct {
+		ID          string `json:"id"`
+		Addr        string `json:"addr"`
+		State       string `json:"state"`
+		Connections int    `json:"connections"`
+	} `json:"nodes"`
+}
+
+// Alive returns the ids of nodes in state alive.
+func (ci ClusterInfo) Alive() []string {
+	var out []string
+	for _, n := range ci.Nodes {
+		if n.State == "alive" {
+			out = append(out, n.ID)
+		}
+	}
+	return out
+}
+
+// Info fetches /v1/cluster from balancer b.
+func (c *Cluster) Info(ctx context.Context, b int) (ClusterInfo, error) {
+	var ci ClusterInfo
+	err := GetJSON(ctx, "http://"+c.Balancers[b].Addr+"/v1/cluster", &ci)
+	return ci, err
+}
+
+// Owner asks balancer 0 which node owns clientID.
+func (c *Cluster) Owner(ctx context.Context, clientID string) (string, error) {
+	var o struct {
+		Node string `json:"node"`
+	}
+	err := GetJSON(ctx, c.HTTP()+"/v1/owner?client_id="+clientID, &o)
+	return o.Node, err
+}
+
+// WaitConverged waits until every balancer sees n alive nodes and every
+// running node reports ready.
+func (c *Cluster) WaitConverged(ctx context.Context, n int) error {
+	return Eventually(ctx, 30*time.Second, func() error {
+		for i := range c.Balancers {
+			ci, err := c.Info(ctx, i)
+			if err != nil {
+				return err
+			}
+			if a := ci.Alive(); len(a) != n {
+				return fmt.Errorf("balancer %d sees %d alive nodes %v, want %d", i, len(a), a, n)
+			}
+		}
+		for _, p := range c.Nodes {
+			if !p.Running() {
+				continue
+			}
+			if err := GetJSON(ctx, "http://"+p.Addr+"/readyz", nil); err != nil {
+				return fmt.Errorf("%s: %w", p.Name, err)
+			}
+		}
+		return nil
+	})
+}
+
+// Eventually polls f every 20 ms until it returns nil or timeout passes,
+// returning f's last error.
+func Eventually(ctx context.Context, timeout time.Duration, f func() error) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	t := time.NewTicker(20 * time.Millisecond)
+	defer t.Stop()
+	for {
+		err := f()
+		if err == nil {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-t.C:
+		}
+	}
+}
+
+var httpClient = &http.Client{Timeout: 5 * time.Second}
+
+// GetJSON fetches url and decodes a 200 answer into v (v may be nil).
+func GetJSON(ctx context.Context, url string, v any) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return err
+	}
+	resp, err := httpClient.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("GET %s: %s: %s", url, resp.Status, bytes.TrimSpace(body))
+	}
+	if v == nil {
+		return nil
+	}
+	return json.Unmarshal(body, v)
+}
+
+// PostJSON posts v to url and decodes the answer into out (may be nil). It
+// returns the status code.
+func PostJSON(ctx context.Context, url string, v, out any) (int, error) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return 0, err
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, bytes.NewReader(b))
+	if err != nil {
+		return 0, err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := httpClient.Do(req)
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	if out != nil {
+		if err := json.Unmarshal(body, out); err != nil {
+			return resp.StatusCode, fmt.Errorf("decode %s answer %q: %w", url, body, err)
+		}
+	}
+	return resp.StatusCode, nil
+}
+
+// Start starts the process (again).
+func (p *Proc) Start() error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.cmd != nil {
+		return fmt.Errorf("%s already running", p.Name)
+	}
+	f, err := os.OpenFile(p.logf, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return err
+	}
+	cmd := exec.Command(p.bin, p.args...)
+	cmd.Stdout, cmd.Stderr = f, f
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		f.Close()
+		return fmt.Errorf("start %s: %w", p.Name, err)
+	}
+	exited := make(chan struct{})
+	p.cmd, p.exited = cmd, exited
+	go func() {
+		cmd.Wait()
+		f.Close()
+		p.mu.Lock()
+		if p.cmd == cmd {
+			p.cmd = nil
+		}
+		p.mu.Unlock()
+		close(exited)
+	}()
+	return nil
+}
+
+// Running reports whether the process is up (possibly stopped by SIGSTOP).
+func (p *Proc) Running() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.cmd != nil
+}
+
+// Pid returns the process id, or 0.
+func (p *Proc) Pid() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.cmd == nil {
+		return 0
+	}
+	return p.cmd.Process.Pid
+}
+
+// Signal sends sig to the process.
+func (p *Proc) Signal(sig syscall.Signal) error {
+	p.mu.Lock()
+	cmd := p.cmd
+	p.mu.Unlock()
+	if cmd == nil {
+		return fmt.Errorf("%s is not running", p.Name)
+	}
+	return cmd.Process.Signal(sig)
+}
+
+// Kill SIGKILLs the process and waits until it is reaped.
+func (p *Proc) Kill() {
+	p.mu.Lock()
+	cmd, exited := p.cmd, p.exited
+	p.mu.Unlock()
+	if cmd == nil {
+		return
+	}
+	cmd.Process.Signal(syscall.SIGCONT)
+	cmd.Process.Kill()
+	<-exited
+}
+
+// Term sends SIGTERM and waits up to timeout for a clean exit, then kills.
+func (p *Proc) Term(timeout time.Duration) error {
+	p.mu.Lock()
+	cmd, exited := p.cmd, p.exited
+	p.mu.Unlock()
+	if cmd == nil {
+		return nil
+	}
+	cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-exited:
+		if !cmd.ProcessState.Success() {
+			return fmt.Errorf("%s exited: %v", p.Name, cmd.ProcessState)
+		}
+		return nil
+	case <-time.After(timeout):
+		p.Kill()
+		return fmt.Errorf("%s did not exit within %v of SIGTERM", p.Name, timeout)
+	}
+}
+
+// Log returns the process's log so far.
+func (p *Proc) Log() string {
+	b, _ := os.ReadFile(p.logf)
+	return string(b)
+}

@@ -1,0 +1,316 @@
+package clustertest
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"slices"
+	"sort"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/ringcast/ringcast/pkg/client"
+)
+
+func startCluster(t *testing.T, o Options) *Cluster {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("end-to-end: starts processes")
+	}
+	c, err := Start(context.Background(), o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			for _, p := range c.All() {
+				t.Logf("--- %s log (tail)\n%s", p.Name, tail(p.Log(), 4000))
+			}
+		}
+		c.Close()
+	})
+	return c
+}
+
+func tail(s string, n int) string {
+	if len(s) > n {
+		return s[len(s)-n:]
+	}
+	return s
+}
+
+func newFleet(t *testing.T, c *Cluster, prefix string, n int, channels ...string) *Fleet {
+	t.Helper()
+	f, err := NewFleet(context.Background(), c.URL(), prefix, n, channels, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(f.Close)
+	return f
+}
+
+func TestCrossNodeDelivery(t *testing.T) {
+	ctx := context.Background()
+	c := startCluster(t, Options{Nodes: 3})
+	f := newFleet(t, c, "u", 30, "room")
+
+	nodes := map[string]int{}
+	for _, m := range f.Clients {
+		owner, err := c.Owner(ctx, m.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if m.Node() != owner {
+			t.Errorf("client %s is on %s, want its owner %s", m.ID, m.Node(), owner)
+		}
+		nodes[m.Node()]++
+	}
+	if len(nodes) != 3 {
+		t.Fatalf("30 clients landed on %d nodes %v, want all 3", len(nodes), nodes)
+	}
+
+	// A WebSocket publish reaches every subscriber on every node, the
+	// publisher included.
+	if err := f.Clients[0].Client.Publish(ctx, "room", "hello"); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.WaitAll(ctx, 5*time.Second, "given hello", func(m *Member) bool { return m.HasData("room", "hello") }); err != nil {
+		t.Fatal(err)
+	}
+	for _, msg := range f.Clients[1].Messages("room") {
+		if msg.From != f.Clients[0].ID {
+			t.Errorf("message from = %q, want %q", msg.From, f.Clients[0].ID)
+		}
+	}
+
+	// So does an HTTP publish through the balancer.
+	var ok struct{ OK bool }
+	if code, err := PostJSON(ctx, c.HTTP()+"/v1/publish", map[string]any{"channel": "room", "data": map[string]int{"n": 1}}, &ok); err != nil || code != 200 || !ok.OK {
+		t.Fatalf("POST /v1/publish = %d %v %+v", code, err, ok)
+	}
+	if err := f.WaitAll(ctx, 5*time.Second, "given the HTTP publish", func(m *Member) bool { return m.HasData("room", map[string]int{"n": 1}) }); err != nil {
+		t.Fatal(err)
+	}
+
+	// Direct messages cross nodes, over the socket and over HTTP.
+	from, to := f.Clients[0], f.Clients[0]
+	for _, m := range f.Clients {
+		if m.Node() != from.Node() {
+			to = m
+			break
+		}
+	}
+	if err := from.Client.Send(ctx, to.ID, "psst"); err != nil {
+		t.Fatal(err)
+	}
+	var sent struct {
+		OK        bool `json:"ok"`
+		Delivered bool `json:"delivered"`
+	}
+	if code, err := PostJSON(ctx, c.HTTP()+"/v1/send", map[string]any{"client_id": to.ID, "data": "over http"}, &sent); err != nil || code != 200 || !sent.Delivered {
+		t.Fatalf("POST /v1/send = %d %v %+v, want delivered", code, err, sent)
+	}
+	err := Eventually(ctx, 5*time.Second, func() error {
+		if d := to.Directs(); len(d) != 2 {
+			return fmt.Errorf("%s got %d directs, want 2", to.ID, len(d))
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := to.Directs(); d[0].From != from.ID || string(d[0].Data) != `"psst"` || d[1].From != "" {
+		t.Errorf("directs = %+v, want psst from %s then one from HTTP", d, from.ID)
+	}
+	if code, _ := PostJSON(ctx, c.HTTP()+"/v1/send", map[string]any{"client_id": "nobody", "data": 1}, &sent); code != 200 || sent.Delivered {
+		t.Errorf("send to nobody = %d %+v, want 200 delivered:false", code, sent)
+	}
+
+	// Bad input gets clear errors.
+	for _, tc := range []struct {
+		url  string
+		body any
+		want int
+	}{
+		{"/v1/publish", map[string]any{"channel": "bad channel", "data": 1}, 400},
+		{"/v1/publish", map[string]any{"channel": "ok"}, 400},
+		{"/v1/send", map[string]any{"client_id": "", "data": 1}, 400},
+	} {
+		if code, _ := PostJSON(ctx, c.HTTP()+tc.url, tc.body, nil); code != tc.want {
+			t.Errorf("POST %s %v = %d, want %d", tc.url, tc.body, code, tc.want)
+		}
+	}
+	if err := GetJSON(ctx, c.HTTP()+"/v1/owner?client_id=a%20b", nil); err == nil {
+		t.Error("GET /v1/owner with a bad id succeeded, want 400")
+	}
+}
+
+// failoverClients is the fleet size of TestFailover; RINGCAST_FAILOVER_CLIENTS
+// raises it for the README figure.
+func failoverClients() int {
+	if n, err := strconv.Atoi(os.Getenv("RINGCAST_FAILOVER_CLIENTS")); err == nil && n > 0 {
+		return n
+	}
+	return 90
+}
+
+func TestFailover(t *testing.T) {
+	ctx := context.Background()
+	c := startCluster(t, Options{Nodes: 3})
+	f := newFleet(t, c, "f", failoverClients(), "room")
+
+	victim := f.Clients[0].Node()
+	var moved []*Member
+	for _, m := range f.Clients {
+		if m.Node() == victim {
+			moved = append(moved, m)
+		}
+	}
+	t.Logf("killing %s, which holds %d of %d clients", victim, len(moved), len(f.Clients))
+	killed := time.Now()
+	c.Node(victim).Kill()
+
+	err := f.WaitAll(ctx, 15*time.Second, "resubscribed on a live node", func(m *Member) bool {
+		return m.Node() != victim && m.Client.State() == client.StateConnected &&
+			(m.WelcomedAt().Before(killed) || m.SubscribedAt("room").After(m.WelcomedAt()))
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var took []time.Duration
+	for _, m := range moved {
+		took = append(took, m.SubscribedAt("room").Sub(killed))
+	}
+	p50, p99 := percentile(took, 50), percentile(took, 99)
+	t.Logf("failover of %d clients: p50 %v p99 %v max %v", len(took), p50, p99, percentile(took, 100))
+	// The fallback must not wait for gossip (which takes ~1 s even with
+	// -detect fast): a generous bound that only a gossip wait would break.
+	if p99 > 3*time.Second {
+		t.Errorf("failover p99 = %v, want well under the gossip timeout", p99)
+	}
+
+	// The next publish reaches everyone.
+	if err := f.Clients[len(f.Clients)-1].Client.Publish(ctx, "room", "after"); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.WaitAll(ctx, 5*time.Second, "given the publish after the kill", func(m *Member) bool { return m.HasData("room", "after") }); err != nil {
+		t.Fatal(err)
+	}
+
+	// Gossip confirms the death: nobody moves a second time.
+	if err := Eventually(ctx, 10*time.Second, func() error {
+		ci, err := c.Info(ctx, 0)
+		if err != nil {
+			return err
+		}
+		if a := ci.Alive(); len(a) != 2 {
+			return fmt.Errorf("alive = %v", a)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range f.Clients {
+		owner, err := c.Owner(ctx, m.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if m.Node() != owner {
+			t.Errorf("after the death was confirmed, %s sits on %s, want owner %s", m.ID, m.Node(), owner)
+		}
+	}
+}
+
+func TestRestartMovesBackOnlyItsClients(t *testing.T) {
+	ctx := context.Background()
+	c := startCluster(t, Options{Nodes: 3})
+	f := newFleet(t, c, "r", 60, "room")
+
+	victim := c.Nodes[1]
+	victim.Kill()
+	if err := c.WaitConverged(ctx, 2); err != nil {
+		t.Fatal(err)
+	}
+	err := f.WaitAll(ctx, 15*time.Second, "on their owner", func(m *Member) bool {
+		o, err := c.Owner(ctx, m.ID)
+		return err == nil && m.Node() == o && m.Client.State() == client.StateConnected
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	before := map[string]int{}
+	for _, m := range f.Clients {
+		before[m.ID] = m.Client.Reconnects()
+	}
+
+	if err := victim.Start(); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.WaitConverged(ctx, 3); err != nil {
+		t.Fatal(err)
+	}
+	var back []string
+	err = f.WaitAll(ctx, 20*time.Second, "on their owner after the restart", func(m *Member) bool {
+		o, err := c.Owner(ctx, m.ID)
+		return err == nil && m.Node() == o && m.Client.State() == client.StateConnected
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range f.Clients {
+		moved := m.Client.Reconnects() != before[m.ID]
+		if m.Node() == victim.Name {
+			back = append(back, m.ID)
+			if !moved {
+				t.Errorf("%s is on %s without reconnecting", m.ID, victim.Name)
+			}
+		} else if moved {
+			t.Errorf("%s reconnected %d times but its owner %s did not change", m.ID, m.Client.Reconnects()-before[m.ID], m.Node())
+		}
+	}
+	if len(back) == 0 {
+		t.Fatalf("no client moved back to %s", victim.Name)
+	}
+	t.Logf("%d clients moved back to %s, the other %d stayed", len(back), victim.Name, len(f.Clients)-len(back))
+
+	// Everyone still receives.
+	if err := f.Clients[0].Client.Publish(ctx, "room", "together"); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.WaitAll(ctx, 5*time.Second, "given the publish", func(m *Member) bool { return m.HasData("room", "together") }); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestGracefulDrain(t *testing.T) {
+	ctx := context.Background()
+	c := startCluster(t, Options{Nodes: 3})
+	f := newFleet(t, c, "d", 30, "room")
+	victim := f.Clients[0].Node()
+	if err := c.Node(victim).Term(10 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	err := f.WaitAll(ctx, 10*time.Second, "moved off the drained node", func(m *Member) bool {
+		return m.Node() != victim && m.Client.State() == client.StateConnected && !m.SubscribedAt("room").Before(m.WelcomedAt())
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Clients[0].Client.Publish(ctx, "room", "drained"); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.WaitAll(ctx, 5*time.Second, "given the publish", func(m *Member) bool { return m.HasData("room", "drained") }); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func percentile(d []time.Duration, p int) time.Duration {
+	if len(d) == 0 {
+		return 0
+	}
+	s := slices.Clone(d)
+	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
+	i := (len(s)*p + 99) / 100
+	return s[max(0, min(len(s)-1, i-1))]
+}

@@ -1,0 +1,348 @@
+// Package hub keeps a node's local connections: channel → subscribers and
+// client id → connection. Every publish goes hub → bridge → hub, so local
+// and cross-node fan-out share one path; fan-out never blocks the publisher.
+package hub
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap"
+
+	"github.com/ringcast/ringcast/pkg/bridge"
+	"github.com/ringcast/ringcast/pkg/wire"
+)
+
+// Sink is one local connection as the hub sees it.
+type Sink interface {
+	// ClientID is the connection's client id. It never changes.
+	ClientID() string
+	// Send queues an encoded frame without blocking. A sink that cannot
+	// keep up closes itself (4008) and returns false. Called concurrently.
+	Send(frame []byte) bool
+}
+
+// Config configures a Hub.
+type Config struct {
+	MaxChannels int // channels one connection may subscribe to; default 128
+}
+
+// DefaultConfig returns the defaults documented on Config.
+func DefaultConfig() Config { return Config{MaxChannels: 128} }
+
+// Hub is a node's local fan-out. Safe for concurrent use.
+type Hub struct {
+	cfg Config
+	br  bridge.Bridge
+	log *zap.Logger
+	met *metrics
+
+	mu       sync.RWMutex
+	channels map[string]*channel
+	clients  map[string]Sink
+	subs     map[Sink]map[string]*member
+}
+
+type channel struct {
+	members map[Sink]*member
+	ready   chan struct{} // closed once the bridge subscription settled
+	err     error         // the bridge subscription's error, set before ready closes
+}
+
+// member is one sink's subscription to one channel. Until it is live,
+// deliveries are parked in pending so that recovered history and live
+// messages meet without gap or duplicate.
+type member struct {
+	live    atomic.Bool
+	mu      sync.Mutex
+	pending []bridge.Message
+}
+
+// ErrTooManyChannels is returned by Subscribe past Config.MaxChannels.
+var ErrTooManyChannels = errors.New("too many channels")
+
+// New returns a hub publishing into br.
+func New(cfg Config, br bridge.Bridge, log *zap.Logger, reg prometheus.Registerer) (*Hub, error) {
+	if cfg.MaxChannels == 0 {
+		cfg.MaxChannels = DefaultConfig().MaxChannels
+	}
+	if cfg.MaxChannels < 0 {
+		return nil, fmt.Errorf("hub: MaxChannels %d < 0", cfg.MaxChannels)
+	}
+	if br == nil {
+		return nil, errors.New("hub: bridge is required")
+	}
+	if log == nil {
+		log = zap.NewNop()
+	}
+	h := &Hub{
+		cfg:      cfg,
+		br:       br,
+		log:      log.Named("hub"),
+		channels: map[string]*channel{},
+		clients:  map[string]Sink{},
+		subs:     map[Sink]map[string]*member{},
+	}
+	h.met = newMetrics(h, reg)
+	return h, nil
+}
+
+// Attach registers s under its client id and announces it to the bridge. If
+// another sink held that id here, it is detached and returned: the caller
+// closes it.
+func (h *Hub) Attach(ctx context.Context, s Sink) (Sink, error) {
+	id := s.ClientID()
+	h.mu.Lock()
+	prev := h.clients[id]
+	h.clients[id] = s
+	h.subs[s] = map[string]*member{}
+	h.mu.Unlock()
+	if prev != nil {
+		h.detach(prev, false)
+	}
+	if err := h.br.Hold(ctx, id); err != nil {
+		h.Detach(s)
+		return prev, fmt.Errorf("announce client: %w", err)
+	}
+	return prev, nil
+}
+
+// Detach removes s and its subscriptions.
+func (h *Hub) Detach(s Sink) { h.detach(s, true) }
+
+func (h *Hub) detach(s Sink, release bool) {
+	var empty []string
+	h.mu.Lock()
+	if h.clients[s.ClientID()] == s {
+		delete(h.clients, s.ClientID())
+	} else {
+		release = false
+	}
+	for name := range h.subs[s] {
+		if ch := h.channels[name]; ch != nil {
+			delete(ch.members, s)
+			if len(ch.members) == 0 {
+				delete(h.channels, name)
+				empty = append(empty, name)
+			}
+		}
+	}
+	delete(h.subs, s)
+	h.mu.Unlock()
+	for _, name := range empty {
+		h.br.Unsubscribe(name)
+	}
+	if release {
+		h.br.Release(s.ClientID())
+	}
+}
+
+// Subscribe subscribes s to name. With since, it recovers missed messages:
+// s receives the subscribed reply, then every recovered message, then live
+// messages, with no gap and no duplicate at the seam.
+func (h *Hub) Subscribe(ctx context.Context, s Sink, name string, since *wire.Position, id json.RawMessage) error {
+	h.mu.Lock()
+	mine, ok := h.subs[s]
+	if !ok {
+		h.mu.Unlock()
+		return errors.New("connection is not attached")
+	}
+	if _, dup := mine[name]; !dup && len(mine) >= h.cfg.MaxChannels {
+		h.mu.Unlock()
+		return fmt.Errorf("%w: the limit is %d", ErrTooManyChannels, h.cfg.MaxChannels)
+	}
+	ch := h.channels[name]
+	first := ch == nil
+	if first {
+		ch = &channel{members: map[Sink]*member{}, ready: make(chan struct{})}
+		h.channels[name] = ch
+	}
+	m := mine[name]
+	if m == nil {
+		m = &member{}
+		mine[name] = m
+		ch.members[s] = m
+	} else {
+		m.mu.Lock()
+		m.live.Store(false)
+		m.mu.Unlock()
+	}
+	h.mu.Unlock()
+
+	if first {
+		ch.err = h.br.Subscribe(ctx, name)
+		close(ch.ready)
+	}
+	select {
+	case <-ch.ready:
+	case <-ctx.Done():
+		h.Unsubscribe(s, name)
+		return ctx.Err()
+	}
+	if ch.err != nil {
+		h.Unsubscribe(s, name)
+		h.mu.Lock()
+		if h.channels[name] == ch && len(ch.members) == 0 {
+			delete(h.channels, name)
+		}
+		h.mu.Unlock()
+		return ch.err
+	}
+
+	backlog, top, recovered, err := h.br.History(ctx, name, since)
+	if err != nil {
+		h.Unsubscribe(s, name)
+		return err
+	}
+	reply := &wire.Frame{Op: wire.OpSubscribed, ID: id, Channel: name, Epoch: top.Epoch}
+	if top.Epoch != "" {
+		reply.Offset = wire.Uint64(top.Offset)
+	}
+	if since != nil {
+		reply.Recovered = wire.Bool(recovered)
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if !s.Send(wire.Encode(reply)) {
+		return nil
+	}
+	var last wire.Position
+	if since != nil && recovered {
+		last = *since
+	}
+	send := func(msg bridge.Message) bool {
+		if msg.Epoch != "" && msg.Epoch == last.Epoch && msg.Offset <= last.Offset {
+			return true // already delivered
+		}
+		if msg.Epoch != "" {
+			last = wire.Position{Epoch: msg.Epoch, Offset: msg.Offset}
+		}
+		return s.Send(messageFrame(msg))
+	}
+	if recovered {
+		for _, msg := range backlog {
+			if !send(msg) {
+				return nil
+			}
+		}
+	}
+	if last.Epoch == "" && top.Epoch != "" {
+		last = top
+	}
+	for _, msg := range m.pending {
+		if !send(msg) {
+			return nil
+		}
+	}
+	m.pending = nil
+	m.live.Store(true)
+	return nil
+}
+
+// Unsubscribe removes s from name and reports whether it was subscribed.
+func (h *Hub) Unsubscribe(s Sink, name string) bool {
+	h.mu.Lock()
+	_, ok := h.subs[s][name]
+	delete(h.subs[s], name)
+	empty := false
+	if ch := h.channels[name]; ch != nil {
+		delete(ch.members, s)
+		if len(ch.members) == 0 {
+			delete(h.channels, name)
+			empty = true
+		}
+	}
+	h.mu.Unlock()
+	if empty {
+		h.br.Unsubscribe(name)
+	}
+	return ok
+}
+
+// Publish sends m to every subscriber in the cluster.
+func (h *Hub) Publish(ctx context.Context, m bridge.Message) (bridge.Message, error) {
+	h.met.published.Inc()
+	return h.br.Publish(ctx, m)
+}
+
+// Send sends d to the client d.To wherever it is connected.
+func (h *Hub) Send(ctx context.Context, d bridge.Direct) (bool, error) {
+	return h.br.Send(ctx, d)
+}
+
+// Deliver fans m out to local subscribers. It is the bridge's return leg:
+// it never blocks and may be called concurrently.
+func (h *Hub) Deliver(msg bridge.Message) {
+	h.mu.RLock()
+	ch := h.channels[msg.Channel]
+	if ch == nil {
+		h.mu.RUnlock()
+		return
+	}
+	frame := messageFrame(msg)
+	n := 0
+	for s, m := range ch.members {
+		if m.live.Load() {
+			s.Send(frame)
+			n++
+			continue
+		}
+		m.mu.Lock()
+		if m.live.Load() {
+			s.Send(frame)
+			n++
+		} else if len(m.pending) < pendingLimit {
+			m.pending = append(m.pending, msg)
+		}
+		m.mu.Unlock()
+	}
+	h.mu.RUnlock()
+	h.met.delivered.Add(float64(n))
+}
+
+// pendingLimit bounds messages parked for one recovering subscription.
+const pendingLimit = 10000
+
+// DeliverDirect hands d to the local connection of d.To.
+func (h *Hub) DeliverDirect(d bridge.Direct) bool {
+	h.mu.RLock()
+	s := h.clients[d.To]
+	h.mu.RUnlock()
+	if s == nil {
+		return false
+	}
+	h.met.delivered.Inc()
+	return s.Send(wire.Encode(&wire.Frame{Op: wire.OpDirect, From: d.From, Data: d.Data}))
+}
+
+// Sinks returns a snapshot of the attached connections.
+func (h *Hub) Sinks() []Sink {
+	h.mu.RLock()
+	defer h.mu.RUnlock()
+	out := make([]Sink, 0, len(h.clients))
+	for _, s := range h.clients {
+		out = append(out, s)
+	}
+	return out
+}
+
+// Len returns the number of attached connections.
+func (h *Hub) Len() int {
+	h.mu.RLock()
+	defer h.mu.RUnlock()
+	return len(h.clients)
+}
+
+func messageFrame(m bridge.Message) []byte {
+	f := &wire.Frame{Op: wire.OpMessage, Channel: m.Channel, Data: m.Data, From: m.From}
+	if m.Epoch != "" {
+		f.Epoch = m.Epoch
+		f.Offset = wire.Uint64(m.Offset)
+	}
+	return wire.Encode(f)
+}

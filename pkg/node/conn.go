@@ -1,0 +1,377 @@
+package node
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"io"
+	"net"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+	"unicode/utf8"
+
+	"github.com/gobwas/ws"
+	"go.uber.org/zap"
+
+	"github.com/ringcast/ringcast/pkg/bridge"
+	"github.com/ringcast/ringcast/pkg/hub"
+	"github.com/ringcast/ringcast/pkg/wire"
+)
+
+// conn is one client WebSocket. Its reader goroutine (serve) owns the socket
+// and closes it; a writer goroutine runs only while frames are queued, so an
+// idle connection costs one parked goroutine and no buffers.
+type conn struct {
+	srv     *Server
+	id      string
+	since   time.Time // when the connection was accepted
+	nc      net.Conn
+	raw     syscall.RawConn
+	pending []byte // bytes the upgrade read ahead
+	log     *zap.Logger
+
+	mu      sync.Mutex
+	queue   []outFrame
+	queued  int  // bytes in queue
+	writing bool // a writer goroutine is running
+	closing bool // a close frame is queued: nothing more is accepted
+
+	asked atomic.Bool // told to reconnect elsewhere
+}
+
+type outFrame struct {
+	op ws.OpCode
+	b  []byte
+}
+
+var _ hub.Sink = (*conn)(nil)
+
+func (c *conn) ClientID() string { return c.id }
+
+// Send implements hub.Sink.
+func (c *conn) Send(b []byte) bool { return c.enqueue(ws.OpText, b) }
+
+func (c *conn) enqueue(op ws.OpCode, b []byte) bool {
+	c.mu.Lock()
+	if c.closing {
+		c.mu.Unlock()
+		return false
+	}
+	if len(c.queue) >= c.srv.cfg.SendQueue || c.queued+len(b) > c.srv.cfg.SendQueueBytes {
+		c.mu.Unlock()
+		c.srv.met.slow.Inc()
+		c.close(wire.CloseSlowConsumer, "slow consumer")
+		return false
+	}
+	c.queue = append(c.queue, outFrame{op, b})
+	c.queued += len(b)
+	c.startWriter()
+	c.mu.Unlock()
+	return true
+}
+
+// close queues a close frame; the socket is shut once it is written (or the
+// write times out). Idempotent.
+func (c *conn) close(code int, reason string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closing {
+		return
+	}
+	c.closing = true
+	c.queue = append(c.queue, outFrame{ws.OpClose, ws.NewCloseFrameBody(ws.StatusCode(code), reason)})
+	c.startWriter()
+}
+
+// startWriter starts the writer if none runs. Called with c.mu held.
+func (c *conn) startWriter() {
+	if c.writing {
+		return
+	}
+	c.writing = true
+	c.srv.wg.Add(1)
+	go c.writeLoop()
+}
+
+func (c *conn) writeLoop() {
+	defer c.srv.wg.Done()
+	var hdrs [][14]byte
+	var bufs net.Buffers
+	for {
+		c.mu.Lock()
+		batch := c.queue
+		c.queue, c.queued = nil, 0
+		if len(batch) == 0 {
+			c.writing = false
+			c.mu.Unlock()
+			return
+		}
+		c.mu.Unlock()
+
+		if cap(hdrs) < len(batch) {
+			hdrs = make([][14]byte, len(batch))
+		}
+		hdrs, bufs = hdrs[:len(batch)], bufs[:0]
+		closed := false
+		for i, f := range batch {
+			n := putHeader(hdrs[i][:], f.op, len(f.b))
+			bufs = append(bufs, hdrs[i][:n], f.b)
+			closed = closed || f.op == ws.OpClose
+		}
+		c.nc.SetWriteDeadline(time.Now().Add(c.srv.cfg.WriteTimeout))
+		if _, err := bufs.WriteTo(c.nc); err != nil {
+			c.nc.Close() // the reader sees it and cleans up
+			c.markWriterDone()
+			return
+		}
+		if closed {
+			// Half-close and let the reader drain the peer's close frame
+			// briefly, so the peer sees our code rather than 1006.
+			if tc, ok := c.nc.(*net.TCPConn); ok {
+				tc.CloseWrite()
+			}
+			c.nc.SetReadDeadline(time.Now().Add(time.Second))
+			c.markWriterDone()
+			return
+		}
+	}
+}
+
+// markWriterDone stops accepting frames after the socket is finished with.
+func (c *conn) markWriterDone() {
+	c.mu.Lock()
+	c.closing = true
+	c.queue, c.queued = nil, 0
+	c.writing = false
+	c.mu.Unlock()
+}
+
+// putHeader writes a server (unmasked, final) frame header into b.
+func putHeader(b []byte, op ws.OpCode, n int) int {
+	b[0] = 0x80 | byte(op)
+	switch {
+	case n <= 125:
+		b[1] = byte(n)
+		return 2
+	case n <= 0xffff:
+		b[1] = 126
+		binary.BigEndian.PutUint16(b[2:], uint16(n))
+		return 4
+	default:
+		b[1] = 127
+		binary.BigEndian.PutUint64(b[2:], uint64(n))
+		return 10
+	}
+}
+
+// Read reads the upgrade's read-ahead first, then the socket.
+func (c *conn) Read(p []byte) (int, error) {
+	if len(c.pending) > 0 {
+		n := copy(p, c.pending)
+		c.pending = c.pending[n:]
+		if len(c.pending) == 0 {
+			c.pending = nil
+		}
+		return n, nil
+	}
+	return c.nc.Read(p)
+}
+
+// waitReadable parks until the socket has data (or EOF, or the deadline),
+// without holding a buffer.
+func (c *conn) waitReadable() error {
+	if len(c.pending) > 0 || c.raw == nil {
+		return nil
+	}
+	return c.raw.Read(func(fd uintptr) bool {
+		var b [1]byte
+		_, _, err := syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
+		return err != syscall.EAGAIN // data, EOF or an error the next Read reports
+	})
+}
+
+// serve runs the connection: announce it, welcome, then read frames until
+// the peer goes away, the heartbeat lapses or the server drains.
+func (c *conn) serve(ctx context.Context) {
+	defer c.srv.wg.Done()
+	defer c.srv.forget(c)
+	defer c.nc.Close()
+
+	actx, cancel := context.WithTimeout(ctx, c.srv.cfg.RequestTimeout)
+	prev, err := c.srv.hub.Attach(actx, c)
+	cancel()
+	if prev != nil {
+		prev.(*conn).close(wire.CloseMoved, "replaced by a newer connection")
+	}
+	if err != nil {
+		c.log.Warn("attach", zap.Error(err))
+		c.close(wire.CloseTryAgainLater, "bridge unavailable")
+		c.drain()
+		return
+	}
+	defer c.srv.hub.Detach(c)
+	view := c.srv.cluster.View()
+	c.Send(wire.Encode(&wire.Frame{
+		Op: wire.OpWelcome, ClientID: c.id, Node: c.srv.cfg.ID,
+		RingEpoch: wire.Uint64(view.Epoch), HeartbeatMS: int(c.srv.cfg.Heartbeat / time.Millisecond),
+	}))
+
+	var msg []byte
+	var msgOp ws.OpCode
+	for {
+		c.nc.SetReadDeadline(time.Now().Add(3 * c.srv.cfg.Heartbeat))
+		if err := c.waitReadable(); err != nil {
+			c.end(err)
+			return
+		}
+		h, err := ws.ReadHeader(c)
+		if err != nil {
+			c.end(err)
+			return
+		}
+		if !h.Masked || h.Rsv != 0 {
+			c.closeNow(int(ws.StatusProtocolError), "frames must be masked, no extensions")
+			return
+		}
+		if h.OpCode.IsControl() {
+			if h.Length > 125 || !h.Fin {
+				c.closeNow(int(ws.StatusProtocolError), "bad control frame")
+				return
+			}
+			var b [125]byte
+			p := b[:h.Length]
+			if _, err := io.ReadFull(c, p); err != nil {
+				c.end(err)
+				return
+			}
+			ws.Cipher(p, h.Mask, 0)
+			switch h.OpCode {
+			case ws.OpPing:
+				c.enqueue(ws.OpPong, append([]byte(nil), p...))
+			case ws.OpClose:
+				c.close(wire.CloseNormal, "")
+				c.drain()
+				return
+			}
+			continue
+		}
+		switch {
+		case h.OpCode == ws.OpContinuation && msg == nil:
+			c.closeNow(int(ws.StatusProtocolError), "continuation without a message")
+			return
+		case h.OpCode != ws.OpContinuation && msg != nil:
+			c.closeNow(int(ws.StatusProtocolError), "new message inside a fragmented one")
+			return
+		case h.OpCode != ws.OpContinuation:
+			msgOp = h.OpCode
+		}
+		if h.Length > int64(c.srv.cfg.MaxMessage-len(msg)) {
+			c.closeNow(wire.CloseTooBig, "message too big")
+			return
+		}
+		start := len(msg)
+		msg = append(msg, make([]byte, h.Length)...)
+		if _, err := io.ReadFull(c, msg[start:]); err != nil {
+			c.end(err)
+			return
+		}
+		ws.Cipher(msg[start:], h.Mask, 0)
+		if msg == nil {
+			msg = []byte{} // an empty first fragment still opens a message
+		}
+		if !h.Fin {
+			continue
+		}
+		if msgOp == ws.OpText && !utf8.Valid(msg) {
+			c.closeNow(int(ws.StatusInvalidFramePayloadData), "invalid UTF-8")
+			return
+		}
+		c.srv.met.in.Inc()
+		c.handle(ctx, msg)
+		msg = nil
+	}
+}
+
+// closeNow sends a close frame and drains the peer briefly.
+func (c *conn) closeNow(code int, reason string) {
+	c.close(code, reason)
+	c.drain()
+}
+
+// drain waits, bounded by the deadline the writer sets after the close
+// frame, for the peer to close its side.
+func (c *conn) drain() {
+	c.nc.SetReadDeadline(time.Now().Add(time.Second))
+	var b [512]byte
+	for {
+		if _, err := c.Read(b[:]); err != nil {
+			return
+		}
+	}
+}
+
+func (c *conn) end(err error) {
+	var ne net.Error
+	switch {
+	case errors.As(err, &ne) && ne.Timeout():
+		c.log.Debug("connection timed out")
+		c.closeNow(wire.CloseGoingAway, "heartbeat timeout")
+	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, net.ErrClosed):
+	default:
+		c.log.Debug("read", zap.Error(err))
+	}
+}
+
+// handle runs one client request. Requests run in order; fan-out to this
+// connection runs concurrently through Send.
+func (c *conn) handle(ctx context.Context, b []byte) {
+	f, err := wire.Decode(b)
+	if err != nil {
+		c.Send(wire.ErrorFrame(f.ID, err))
+		return
+	}
+	rctx, cancel := context.WithTimeout(ctx, c.srv.cfg.RequestTimeout)
+	defer cancel()
+	switch f.Op {
+	case wire.OpPing:
+		c.Send(wire.Encode(&wire.Frame{Op: wire.OpPong, ID: f.ID}))
+	case wire.OpSubscribe:
+		if err := c.srv.hub.Subscribe(rctx, c, f.Channel, f.Since, f.ID); err != nil {
+			c.Send(wire.ErrorFrame(f.ID, requestError(err)))
+		}
+	case wire.OpUnsubscribe:
+		c.srv.hub.Unsubscribe(c, f.Channel)
+		c.Send(wire.Encode(&wire.Frame{Op: wire.OpUnsubscribed, ID: f.ID, Channel: f.Channel}))
+	case wire.OpPublish:
+		_, err := c.srv.hub.Publish(rctx, bridge.Message{Channel: f.Channel, Data: f.Data, From: c.id})
+		c.reply(f, err)
+	case wire.OpSend:
+		_, err := c.srv.hub.Send(rctx, bridge.Direct{To: f.To, From: c.id, Data: f.Data})
+		c.reply(f, err)
+	}
+}
+
+func (c *conn) reply(f wire.Frame, err error) {
+	switch {
+	case err != nil:
+		c.Send(wire.ErrorFrame(f.ID, requestError(err)))
+	case len(f.ID) > 0:
+		c.Send(wire.Encode(&wire.Frame{Op: wire.OpAck, ID: f.ID}))
+	}
+}
+
+// requestError maps internal errors to protocol errors.
+func requestError(err error) error {
+	var we *wire.Error
+	switch {
+	case errors.As(err, &we):
+		return we
+	case errors.Is(err, hub.ErrTooManyChannels):
+		return &wire.Error{Code: wire.CodeTooManyChannels, Message: err.Error()}
+	case errors.Is(err, bridge.ErrUnavailable), errors.Is(err, context.DeadlineExceeded):
+		return &wire.Error{Code: wire.CodeBridgeUnavailable, Message: err.Error()}
+	}
+	return &wire.Error{Code: wire.CodeInternal, Message: err.Error()}
+}

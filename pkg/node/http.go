@@ -1,0 +1,198 @@
+package node
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"net/http"
+	"slices"
+	"syscall"
+	"time"
+
+	"github.com/gobwas/ws"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"go.uber.org/zap"
+
+	"github.com/ringcast/ringcast/pkg/bridge"
+	"github.com/ringcast/ringcast/pkg/wire"
+)
+
+func (s *Server) routes() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /ws", s.serveWS)
+	mux.HandleFunc("POST /v1/publish", s.servePublish)
+	mux.HandleFunc("POST /v1/send", s.serveSend)
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { writeJSON(w, 200, map[string]any{"ok": true}) })
+	mux.HandleFunc("GET /readyz", s.serveReady)
+	mux.Handle("GET /metrics", promhttp.HandlerFor(s.reg, promhttp.HandlerOpts{}))
+	if s.mesh != nil {
+		mux.Handle("GET /v1/mesh", s.mesh.Handler())
+	}
+	return mux
+}
+
+func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
+	id := r.URL.Query().Get("client_id")
+	if err := wire.ValidateClientID(id); err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+	if len(s.cfg.Origins) > 0 {
+		if o := r.Header.Get("Origin"); o != "" && !slices.Contains(s.cfg.Origins, o) {
+			http.Error(w, "origin not allowed", http.StatusForbidden)
+			return
+		}
+	}
+	s.mu.Lock()
+	draining := s.draining
+	s.mu.Unlock()
+	if draining {
+		http.Error(w, "node draining", http.StatusServiceUnavailable)
+		return
+	}
+	nc, rw, _, err := ws.HTTPUpgrader{Timeout: 5 * time.Second}.Upgrade(r, w)
+	if err != nil {
+		s.log.Debug("upgrade", zap.Error(err))
+		return
+	}
+	c := &conn{srv: s, id: id, nc: nc, since: time.Now(), log: s.log.With(zap.String("client_id", id))}
+	if n := rw.Reader.Buffered(); n > 0 {
+		c.pending, _ = rw.Reader.Peek(n)
+		c.pending = append([]byte(nil), c.pending...)
+	}
+	if sc, ok := nc.(syscall.Conn); ok {
+		c.raw, _ = sc.SyscallConn()
+	}
+	if !s.track(c) {
+		nc.Write(ws.CompiledCloseGoingAway)
+		nc.Close()
+		return
+	}
+	go c.serve(context.Background())
+}
+
+type publishRequest struct {
+	Channel string          `json:"channel"`
+	Data    json.RawMessage `json:"data"`
+}
+
+type sendRequest struct {
+	ClientID string          `json:"client_id"`
+	Data     json.RawMessage `json:"data"`
+}
+
+// decodeBody reads a JSON body bounded by MaxMessage.
+func (s *Server) decodeBody(w http.ResponseWriter, r *http.Request, v any) bool {
+	r.Body = http.MaxBytesReader(w, r.Body, int64(s.cfg.MaxMessage))
+	if err := json.NewDecoder(r.Body).Decode(v); err != nil {
+		status := http.StatusBadRequest
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			status = http.StatusRequestEntityTooLarge
+		}
+		writeError(w, status, wire.CodeBadJSON, err.Error())
+		return false
+	}
+	return true
+}
+
+func (s *Server) servePublish(w http.ResponseWriter, r *http.Request) {
+	var req publishRequest
+	if !s.decodeBody(w, r, &req) {
+		return
+	}
+	if err := wire.ValidateChannel(req.Channel); err != nil {
+		writeWireError(w, err)
+		return
+	}
+	if len(req.Data) == 0 {
+		writeError(w, http.StatusBadRequest, wire.CodeBadRequest, "publish needs data")
+		return
+	}
+	ctx, cancel := s.requestCtx(r)
+	defer cancel()
+	m, err := s.hub.Publish(ctx, bridge.Message{Channel: req.Channel, Data: req.Data})
+	if err != nil {
+		writeWireError(w, requestError(err))
+		return
+	}
+	out := map[string]any{"ok": true}
+	if m.Epoch != "" {
+		out["epoch"], out["offset"] = m.Epoch, m.Offset
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+func (s *Server) serveSend(w http.ResponseWriter, r *http.Request) {
+	var req sendRequest
+	if !s.decodeBody(w, r, &req) {
+		return
+	}
+	if err := wire.ValidateClientID(req.ClientID); err != nil {
+		writeWireError(w, err)
+		return
+	}
+	if len(req.Data) == 0 {
+		writeError(w, http.StatusBadRequest, wire.CodeBadRequest, "send needs data")
+		return
+	}
+	ctx, cancel := s.requestCtx(r)
+	defer cancel()
+	ok, err := s.hub.Send(ctx, bridge.Direct{To: req.ClientID, Data: req.Data})
+	if err != nil {
+		writeWireError(w, requestError(err))
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"ok": true, "delivered": ok})
+}
+
+func (s *Server) serveReady(w http.ResponseWriter, _ *http.Request) {
+	if err := s.ready(); err != nil {
+		writeError(w, http.StatusServiceUnavailable, "not_ready", err.Error())
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"ok": true})
+}
+
+func (s *Server) ready() error {
+	s.mu.Lock()
+	draining := s.draining
+	s.mu.Unlock()
+	if draining {
+		return errors.New("draining")
+	}
+	if v := s.cluster.View(); v.Ring == nil || !v.Ring.Has(s.cfg.ID) {
+		return errors.New("not joined: this node is not in the ring yet")
+	}
+	return s.bridge.Ready()
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	json.NewEncoder(w).Encode(v)
+}
+
+func writeError(w http.ResponseWriter, status int, code, msg string) {
+	writeJSON(w, status, map[string]any{"ok": false, "code": code, "message": msg})
+}
+
+// writeWireError maps a protocol error to an HTTP status.
+func writeWireError(w http.ResponseWriter, err error) {
+	var we *wire.Error
+	if !errors.As(err, &we) {
+		we = &wire.Error{Code: wire.CodeInternal, Message: err.Error()}
+	}
+	status := http.StatusBadRequest
+	switch we.Code {
+	case wire.CodeBridgeUnavailable:
+		status = http.StatusServiceUnavailable
+	case wire.CodeInternal:
+		status = http.StatusInternalServerError
+	}
+	writeError(w, status, we.Code, we.Message)
+}
+
+func (s *Server) requestCtx(r *http.Request) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(r.Context(), s.cfg.RequestTimeout)
+}

@@ -1,0 +1,37 @@
+package node
+
+import "github.com/prometheus/client_golang/prometheus"
+
+type metrics struct {
+	in    prometheus.Counter
+	slow  prometheus.Counter
+	moved prometheus.Counter
+	epoch prometheus.Gauge
+}
+
+func newMetrics(s *Server, reg prometheus.Registerer) *metrics {
+	m := &metrics{
+		in: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "ringcast_node_frames_in_total", Help: "Client messages read.",
+		}),
+		slow: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "ringcast_node_slow_consumers_total", Help: "Connections closed 4008 because their send queue overflowed.",
+		}),
+		moved: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "ringcast_node_clients_moved_total", Help: "Clients asked to reconnect elsewhere (rebalance or drain).",
+		}),
+		epoch: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "ringcast_node_ring_epoch", Help: "Ring epoch of this node's membership view.",
+		}),
+	}
+	reg.MustRegister(m.in, m.slow, m.moved, m.epoch,
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "ringcast_node_bridge_links", Help: "Live mesh links to other nodes.",
+		}, func() float64 {
+			if s.mesh == nil {
+				return 0
+			}
+			return float64(s.mesh.Links())
+		}))
+	return m
+}

@@ -1,0 +1,309 @@
+// Package node is a ringcast node: it terminates client WebSockets, runs the
+// hub, joins the cluster and bridges messages to other nodes. New + Run is
+// the whole process; the node binary and the end-to-end tests share it.
+package node
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"go.uber.org/zap"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/ringcast/ringcast/pkg/bridge"
+	"github.com/ringcast/ringcast/pkg/bridge/mesh"
+	"github.com/ringcast/ringcast/pkg/cluster"
+	"github.com/ringcast/ringcast/pkg/hub"
+)
+
+// Config configures a node.
+type Config struct {
+	ID          string        // node id, unique in the cluster; required
+	Addr        string        // HTTP/WebSocket listen address; default 127.0.0.1:9001 (port 0 = any)
+	Advertise   string        // WebSocket address others dial when it differs from Addr
+	Gossip      string        // gossip bind address; default 127.0.0.1:7001
+	GossipAdv   string        // gossip address others use when it differs from Gossip
+	Join        []string      // gossip seeds
+	Bridge      string        // "mesh" (default) or redis://host:port[/db]
+	ClusterKey  string        // gossip encryption + mesh link auth; empty = off
+	Detect      string        // failure detection profile: lan (default) | fast
+	HistorySize int           // messages kept per channel; 0 = history off
+	HistoryTTL  time.Duration // how long history is kept; default 2m when HistorySize > 0
+	Origins     []string      // allowed Origin header values; empty = any
+
+	Heartbeat       time.Duration // heartbeat_ms told to clients; the node closes links silent for 3×; default 10s
+	MaxMessage      int           // largest client message summed over fragments, bytes; default 64 KiB
+	MaxChannels     int           // channels per connection; default 128
+	SendQueue       int           // frames queued per connection before it is closed 4008; default 1024
+	SendQueueBytes  int           // bytes queued per connection before it is closed 4008; default 4 MiB
+	WriteTimeout    time.Duration // a write to a client that takes longer closes it; default 10s
+	RequestTimeout  time.Duration // bridge work per request (subscribe, publish); default 5s
+	DrainWindow     time.Duration // on shutdown clients are asked to reconnect spread over this; default 5s
+	RebalanceRate   int           // clients per second asked to move after a ring change; default 500
+	RebalanceSpread time.Duration // reconnect after_ms is jittered over this; default 1s
+
+	Log      *zap.Logger
+	Registry *prometheus.Registry // nil = a fresh one
+}
+
+// DefaultConfig returns the defaults documented on Config.
+func DefaultConfig() Config {
+	return Config{
+		Addr:            "127.0.0.1:9001",
+		Gossip:          "127.0.0.1:7001",
+		Bridge:          "mesh",
+		Detect:          "lan",
+		Heartbeat:       10 * time.Second,
+		MaxMessage:      64 << 10,
+		MaxChannels:     128,
+		SendQueue:       1024,
+		SendQueueBytes:  4 << 20,
+		WriteTimeout:    10 * time.Second,
+		RequestTimeout:  5 * time.Second,
+		DrainWindow:     5 * time.Second,
+		RebalanceRate:   500,
+		RebalanceSpread: time.Second,
+	}
+}
+
+func (c *Config) validate() error {
+	d := DefaultConfig()
+	if c.ID == "" {
+		return errors.New("node: -id is required")
+	}
+	setDur := func(v *time.Duration, def time.Duration) {
+		if *v == 0 {
+			*v = def
+		}
+	}
+	setInt := func(v *int, def int) {
+		if *v == 0 {
+			*v = def
+		}
+	}
+	if c.Addr == "" {
+		c.Addr = d.Addr
+	}
+	if c.Gossip == "" {
+		c.Gossip = d.Gossip
+	}
+	if c.Bridge == "" {
+		c.Bridge = d.Bridge
+	}
+	if c.Detect == "" {
+		c.Detect = d.Detect
+	}
+	setDur(&c.Heartbeat, d.Heartbeat)
+	setInt(&c.MaxMessage, d.MaxMessage)
+	setInt(&c.MaxChannels, d.MaxChannels)
+	setInt(&c.SendQueue, d.SendQueue)
+	setInt(&c.SendQueueBytes, d.SendQueueBytes)
+	setDur(&c.WriteTimeout, d.WriteTimeout)
+	setDur(&c.RequestTimeout, d.RequestTimeout)
+	setDur(&c.DrainWindow, d.DrainWindow)
+	setInt(&c.RebalanceRate, d.RebalanceRate)
+	setDur(&c.RebalanceSpread, d.RebalanceSpread)
+	if c.HistorySize > 0 && c.HistoryTTL == 0 {
+		c.HistoryTTL = 2 * time.Minute
+	}
+	switch {
+	case c.Heartbeat < 0, c.MaxMessage < 0, c.MaxChannels < 0, c.SendQueue < 0, c.SendQueueBytes < 0,
+		c.WriteTimeout < 0, c.RequestTimeout < 0, c.DrainWindow < 0, c.RebalanceRate < 0,
+		c.RebalanceSpread < 0, c.HistorySize < 0, c.HistoryTTL < 0:
+		return errors.New("node: sizes and durations must not be negative")
+	}
+	if c.Log == nil {
+		c.Log = zap.NewNop()
+	}
+	return nil
+}
+
+// Server is a running node.
+type Server struct {
+	cfg     Config
+	log     *zap.Logger
+	ln      net.Listener
+	cluster *cluster.Cluster
+	bridge  bridge.Bridge
+	mesh    *mesh.Mesh // nil unless the bridge is the mesh
+	hub     *hub.Hub
+	reg     *prometheus.Registry
+	met     *metrics
+	http    *http.Server
+	probe   *http.Client // health checks of peers
+
+	wg       sync.WaitGroup // connection goroutines
+	mu       sync.Mutex
+	conns    map[*conn]struct{}
+	draining bool
+}
+
+// New binds the node's sockets and wires its parts; Run starts it.
+func New(cfg Config) (*Server, error) {
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	s := &Server{cfg: cfg, log: cfg.Log, conns: map[*conn]struct{}{}, reg: cfg.Registry}
+	if s.reg == nil {
+		s.reg = prometheus.NewRegistry()
+		s.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	}
+	s.met = newMetrics(s, s.reg)
+
+	ln, err := net.Listen("tcp", cfg.Addr)
+	if err != nil {
+		return nil, fmt.Errorf("listen %s: %w", cfg.Addr, err)
+	}
+	s.ln = ln
+	adv := cfg.Advertise
+	if adv == "" {
+		adv = ln.Addr().String()
+	}
+	s.cfg.Advertise = adv
+
+	var join []string
+	for _, j := range cfg.Join {
+		if j = strings.TrimSpace(j); j != "" {
+			join = append(join, j)
+		}
+	}
+	recv := bridge.Receiver{
+		Deliver:       func(m bridge.Message) { s.hub.Deliver(m) },
+		DeliverDirect: func(d bridge.Direct) bool { return s.hub.DeliverDirect(d) },
+	}
+	switch {
+	case cfg.Bridge == "mesh":
+		mcfg := mesh.DefaultConfig()
+		mcfg.ID, mcfg.Key, mcfg.Log = cfg.ID, []byte(cfg.ClusterKey), cfg.Log
+		s.mesh, err = mesh.New(mcfg, recv)
+		s.bridge = s.mesh
+	default:
+		err = fmt.Errorf("node: unknown -bridge %q: want mesh or redis://host:port/db", cfg.Bridge)
+	}
+	if err == nil {
+		s.hub, err = hub.New(hub.Config{MaxChannels: cfg.MaxChannels}, s.bridge, cfg.Log, s.reg)
+	}
+	ccfg := cluster.DefaultConfig()
+	ccfg.ID, ccfg.Role, ccfg.Bind, ccfg.Advertise = cfg.ID, cluster.RoleNode, cfg.Gossip, cfg.GossipAdv
+	ccfg.Join, ccfg.WSAddr, ccfg.Detect, ccfg.Log = join, adv, cfg.Detect, cfg.Log
+	if cfg.ClusterKey != "" {
+		ccfg.Key = []byte(cfg.ClusterKey)
+	}
+	if err == nil {
+		s.cluster, err = cluster.New(ccfg)
+	}
+	if err != nil {
+		ln.Close()
+		return nil, err
+	}
+
+	s.probe = &http.Client{Timeout: time.Second}
+	s.http = &http.Server{
+		Handler:           s.routes(),
+		ReadHeaderTimeout: 5 * time.Second,
+		IdleTimeout:       60 * time.Second,
+		ErrorLog:          zap.NewStdLog(cfg.Log.Named("http")),
+	}
+	return s, nil
+}
+
+// Addr is the address the node serves HTTP and WebSockets on.
+func (s *Server) Addr() string { return s.ln.Addr().String() }
+
+// GossipAddr is the node's bound gossip address.
+func (s *Server) GossipAddr() string { return s.cluster.GossipAddr() }
+
+// Cluster exposes the node's membership view.
+func (s *Server) Cluster() *cluster.Cluster { return s.cluster }
+
+// Run serves until ctx is done, then drains: leave gossip, stop accepting,
+// ask clients to reconnect over DrainWindow, close.
+func (s *Server) Run(ctx context.Context) error {
+	g, gctx := errgroup.WithContext(context.Background())
+	cctx, stopCluster := context.WithCancel(context.Background())
+	bctx, stopBridge := context.WithCancel(context.Background())
+	g.Go(func() error { return s.cluster.Run(cctx) })
+	g.Go(func() error { return s.bridge.Run(bctx) })
+	g.Go(func() error {
+		err := s.http.Serve(s.ln)
+		if errors.Is(err, http.ErrServerClosed) {
+			return nil
+		}
+		return fmt.Errorf("serve http: %w", err)
+	})
+	wctx, stopWatch := context.WithCancel(context.Background())
+	g.Go(func() error { s.watch(wctx); return nil })
+	s.log.Info("node up", zap.String("id", s.cfg.ID), zap.String("addr", s.Addr()),
+		zap.String("gossip", s.GossipAddr()), zap.String("bridge", s.cfg.Bridge))
+
+	var err error
+	select {
+	case <-ctx.Done():
+	case <-gctx.Done():
+		err = errors.New("node part stopped")
+	}
+	s.log.Info("node draining", zap.Duration("window", s.cfg.DrainWindow))
+	if lerr := s.cluster.Leave(time.Second); lerr != nil {
+		s.log.Warn("leave gossip", zap.Error(lerr))
+	}
+	s.mu.Lock()
+	s.draining = true
+	s.mu.Unlock()
+	shctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	s.http.Shutdown(shctx)
+	cancel()
+	if err == nil {
+		s.drain(s.cfg.DrainWindow)
+	}
+	s.closeAll()
+	stopWatch()
+	s.wg.Wait()
+	stopBridge()
+	stopCluster()
+	if gerr := g.Wait(); err == nil {
+		err = gerr
+	}
+	s.log.Info("node stopped")
+	return err
+}
+
+func (s *Server) track(c *conn) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.draining {
+		return false
+	}
+	s.conns[c] = struct{}{}
+	s.wg.Add(1)
+	return true
+}
+
+func (s *Server) forget(c *conn) {
+	s.mu.Lock()
+	delete(s.conns, c)
+	s.mu.Unlock()
+}
+
+func (s *Server) snapshot() []*conn {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]*conn, 0, len(s.conns))
+	for c := range s.conns {
+		out = append(out, c)
+	}
+	return out
+}
+
+func (s *Server) closeAll() {
+	for _, c := range s.snapshot() {
+		c.close(1001, "node shutting down")
+	}
+}

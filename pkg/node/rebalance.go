@@ -1,0 +1,160 @@
+package node
+
+import (
+	"context"
+	"math/rand/v2"
+	"net/http"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/ringcast/ringcast/pkg/cluster"
+	"github.com/ringcast/ringcast/pkg/wire"
+)
+
+// watch follows membership: it keeps the mesh's peer set current and, after
+// each ring change, asks the clients that now belong elsewhere to move.
+func (s *Server) watch(ctx context.Context) {
+	var epoch uint64
+	sweep := time.NewTicker(sweepAge)
+	defer sweep.Stop()
+	for {
+		changes := s.cluster.Changes()
+		v := s.cluster.View()
+		if v.Epoch != epoch {
+			epoch = v.Epoch
+			s.met.epoch.Set(float64(epoch))
+			if s.mesh != nil {
+				peers := map[string]string{}
+				for _, m := range v.Members {
+					if m.Role == cluster.RoleNode && v.Ring != nil && v.Ring.Has(m.ID) {
+						peers[m.ID] = m.Addr
+					}
+				}
+				s.mesh.SetPeers(peers)
+			}
+			if !s.rebalance(ctx, v, changes, 0) {
+				continue // a newer view arrived mid-pass
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-changes:
+		case <-sweep.C:
+			// Clients that landed here while a balancer's view lagged
+			// behind ours get no ring change to move them: sweep.
+			if !s.rebalance(ctx, v, changes, sweepAge) {
+				continue
+			}
+		}
+	}
+}
+
+// sweepAge is how long a client must have sat on a node that does not own it
+// before a periodic sweep asks it to move.
+const sweepAge = 3 * time.Second
+
+// rebalance asks every local client connected for at least minAge whose
+// owner is now another, reachable node to reconnect, paced at RebalanceRate
+// per second with jittered after_ms. It returns false when a newer view
+// interrupted it.
+func (s *Server) rebalance(ctx context.Context, v *cluster.View, changes <-chan struct{}, minAge time.Duration) bool {
+	if v.Ring == nil || !v.Ring.Has(s.cfg.ID) {
+		return true
+	}
+	var movers []*conn
+	reachable := map[string]bool{}
+	for _, c := range s.snapshot() {
+		owner := v.Ring.Owner(c.id)
+		if owner == s.cfg.ID || time.Since(c.since) < minAge {
+			continue
+		}
+		ok, seen := reachable[owner]
+		if !seen {
+			ok = s.reachable(ctx, v, owner)
+			reachable[owner] = ok
+		}
+		if ok {
+			movers = append(movers, c)
+		}
+	}
+	if len(movers) == 0 {
+		return true
+	}
+	s.log.Info("rebalancing", zap.Uint64("ring_epoch", v.Epoch), zap.Int("clients", len(movers)))
+	const tick = 50 * time.Millisecond
+	perTick := max(1, s.cfg.RebalanceRate*int(tick)/int(time.Second))
+	t := time.NewTicker(tick)
+	defer t.Stop()
+	for i, c := range movers {
+		if i > 0 && i%perTick == 0 {
+			select {
+			case <-ctx.Done():
+				return true
+			case <-changes:
+				return false
+			case <-t.C:
+			}
+		}
+		s.askMove(c, wire.ReasonRebalance, wire.CloseMoved, s.cfg.RebalanceSpread)
+	}
+	return true
+}
+
+// askMove sends c a reconnect frame with after_ms jittered over spread and
+// closes it with code if it is still here well after that.
+func (s *Server) askMove(c *conn, reason string, code int, spread time.Duration) {
+	if !c.asked.CompareAndSwap(false, true) {
+		return
+	}
+	after := time.Duration(rand.Int64N(int64(spread) + 1))
+	s.met.moved.Inc()
+	c.Send(wire.Encode(&wire.Frame{Op: wire.OpReconnect, Reason: reason, AfterMS: wire.Int(int(after / time.Millisecond))}))
+	time.AfterFunc(after+2*time.Second, func() { c.close(code, reason) })
+}
+
+// drain asks every client to reconnect, spread over window, and waits for
+// them to leave, at most window plus a grace second.
+func (s *Server) drain(window time.Duration) {
+	conns := s.snapshot()
+	if len(conns) == 0 {
+		return
+	}
+	for _, c := range conns {
+		s.askMove(c, wire.ReasonDrain, wire.CloseGoingAway, window)
+	}
+	deadline := time.Now().Add(window + time.Second)
+	t := time.NewTicker(20 * time.Millisecond)
+	defer t.Stop()
+	for time.Now().Before(deadline) {
+		s.mu.Lock()
+		n := len(s.conns)
+		s.mu.Unlock()
+		if n == 0 {
+			return
+		}
+		<-t.C
+	}
+}
+
+// reachable reports whether node id answers its health check: a node that
+// crashed but is not yet declared dead must not attract clients.
+func (s *Server) reachable(ctx context.Context, v *cluster.View, id string) bool {
+	m, ok := v.Node(id)
+	if !ok || m.Addr == "" {
+		return false
+	}
+	ctx, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+m.Addr+"/healthz", nil)
+	if err != nil {
+		return false
+	}
+	resp, err := s.probe.Do(req)
+	if err != nil {
+		return false
+	}
+	resp.Body.Close()
+	return resp.StatusCode == http.StatusOK
+}

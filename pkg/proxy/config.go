@@ -1,0 +1,86 @@
+package proxy
+
+import (
+	"fmt"
+	"time"
+)
+
+// Config tunes a Proxy. A zero field means its default.
+type Config struct {
+	// DialTimeout bounds the TCP dial to a node. Default 1s: a loopback or LAN
+	// dial takes well under a millisecond, a longer wait only delays fallback.
+	DialTimeout time.Duration
+	// HandshakeTimeout is how long a node has to answer the forwarded upgrade.
+	// Default 5s: a node that accepted TCP but is frozen (SIGSTOP, overload)
+	// costs the client this much before it gets 502.
+	HandshakeTimeout time.Duration
+	// MaxAttempts is how many nodes are dialled per client connection. Default
+	// 3: one failed owner plus two fallbacks; more only delays the 503.
+	MaxAttempts int
+	// DownFor is how long a node whose dial failed (or that did not answer the
+	// upgrade) is skipped locally, without waiting for gossip. Default 3s: long
+	// enough for gossip to confirm a death, short enough that a restarted node
+	// gets its clients back soon.
+	DownFor time.Duration
+	// BufferSize is the relay buffer in bytes, taken from a pool only while
+	// bytes are moving. Default 16 KiB: larger moves big messages in fewer
+	// syscalls, smaller costs less under many concurrently busy connections.
+	BufferSize int
+	// IdleTimeout closes a relayed connection that moved no bytes in either
+	// direction for this long. Default 0 = never: the node enforces the
+	// WebSocket heartbeat.
+	IdleTimeout time.Duration
+	// WriteTimeout bounds every write to the client or the node. Default 10s:
+	// a peer that takes longer to accept one buffer is treated as dead.
+	WriteTimeout time.Duration
+}
+
+// DefaultConfig returns the defaults documented on Config.
+func DefaultConfig() Config {
+	return Config{
+		DialTimeout:      time.Second,
+		HandshakeTimeout: 5 * time.Second,
+		MaxAttempts:      3,
+		DownFor:          3 * time.Second,
+		BufferSize:       16 << 10,
+		IdleTimeout:      0,
+		WriteTimeout:     10 * time.Second,
+	}
+}
+
+// withDefaults fills zero fields with their defaults and rejects negative ones.
+func (c Config) withDefaults() (Config, error) {
+	d := DefaultConfig()
+	durations := []struct {
+		name string
+		v    *time.Duration
+		def  time.Duration
+	}{
+		{"DialTimeout", &c.DialTimeout, d.DialTimeout},
+		{"HandshakeTimeout", &c.HandshakeTimeout, d.HandshakeTimeout},
+		{"DownFor", &c.DownFor, d.DownFor},
+		{"IdleTimeout", &c.IdleTimeout, d.IdleTimeout},
+		{"WriteTimeout", &c.WriteTimeout, d.WriteTimeout},
+	}
+	for _, f := range durations {
+		if *f.v < 0 {
+			return c, fmt.Errorf("proxy config: %s is %v, must not be negative", f.name, *f.v)
+		}
+		if *f.v == 0 {
+			*f.v = f.def
+		}
+	}
+	if c.MaxAttempts < 0 {
+		return c, fmt.Errorf("proxy config: MaxAttempts is %d, must not be negative", c.MaxAttempts)
+	}
+	if c.MaxAttempts == 0 {
+		c.MaxAttempts = d.MaxAttempts
+	}
+	if c.BufferSize < 0 {
+		return c, fmt.Errorf("proxy config: BufferSize is %d, must not be negative", c.BufferSize)
+	}
+	if c.BufferSize == 0 {
+		c.BufferSize = d.BufferSize
+	}
+	return c, nil
+}

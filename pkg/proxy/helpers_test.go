@@ -1,0 +1,354 @@
+package proxy
+
+import (
+	"bufio"
+	"crypto/sha1"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/goleak"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// ioTimeout bounds every socket operation in tests.
+const ioTimeout = 5 * time.Second
+
+// backend stands in for a node: it answers the upgrade with 101 (or status),
+// sends its name and a newline right behind the 101 in the same write, then
+// echoes bytes.
+type backend struct {
+	name     string
+	ln       net.Listener
+	status   int  // answer with this status instead of 101
+	hang     bool // never answer
+	hold     bool // after the 101, keep the connection without a goroutine and record nothing
+	accepted atomic.Int32
+
+	mu      sync.Mutex
+	conns   map[net.Conn]struct{}
+	headers []http.Header
+	uris    []string
+	wg      sync.WaitGroup
+}
+
+func startBackend(tb testing.TB, name string, opt func(*backend)) *backend {
+	tb.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	b := &backend{name: name, ln: ln, conns: make(map[net.Conn]struct{})}
+	if opt != nil {
+		opt(b)
+	}
+	b.wg.Add(1)
+	go b.accept()
+	tb.Cleanup(b.close)
+	return b
+}
+
+func (b *backend) addr() string { return b.ln.Addr().String() }
+
+func (b *backend) accept() {
+	defer b.wg.Done()
+	for {
+		c, err := b.ln.Accept()
+		if err != nil {
+			return
+		}
+		b.accepted.Add(1)
+		b.mu.Lock()
+		b.conns[c] = struct{}{}
+		b.mu.Unlock()
+		b.wg.Add(1)
+		go b.serve(c)
+	}
+}
+
+func (b *backend) serve(c net.Conn) {
+	defer b.wg.Done()
+	keep := false
+	defer func() {
+		if !keep {
+			b.drop(c)
+		}
+	}()
+	br := bufio.NewReader(c)
+	req, err := http.ReadRequest(br)
+	if err != nil {
+		return
+	}
+	if !b.hold {
+		b.mu.Lock()
+		b.headers = append(b.headers, req.Header)
+		b.uris = append(b.uris, req.Host+" "+req.RequestURI)
+		b.mu.Unlock()
+	}
+	switch {
+	case b.hang:
+		_, _ = c.Read(make([]byte, 1)) // until the proxy gives up
+		return
+	case b.status != 0:
+		body := "refused by " + b.name
+		fmt.Fprintf(c, "HTTP/1.1 %d %s\r\nContent-Type: text/plain\r\nX-Node: %s\r\nContent-Length: %d\r\n\r\n%s",
+			b.status, http.StatusText(b.status), b.name, len(body), body)
+		return
+	}
+	h := sha1.Sum([]byte(req.Header.Get("Sec-WebSocket-Key") + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"))
+	_, err = c.Write([]byte("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n" +
+		"Sec-WebSocket-Accept: " + base64.StdEncoding.EncodeToString(h[:]) + "\r\n\r\n" + b.name + "\n"))
+	if err != nil || b.hold {
+		keep = err == nil
+		return
+	}
+	// A plain loop: io.Copy between TCP sockets would splice and add pipe fds.
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := br.Read(buf)
+		if n > 0 {
+			if _, werr := c.Write(buf[:n]); werr != nil {
+				return
+			}
+		}
+		if err != nil {
+			return
+		}
+	}
+}
+
+func (b *backend) drop(c net.Conn) {
+	c.Close()
+	b.mu.Lock()
+	delete(b.conns, c)
+	b.mu.Unlock()
+}
+
+func (b *backend) close() {
+	b.ln.Close()
+	b.mu.Lock()
+	for c := range b.conns {
+		c.Close()
+	}
+	b.mu.Unlock()
+	b.wg.Wait()
+}
+
+// lastRequest returns the headers and the "host uri" of the last upgrade.
+func (b *backend) lastRequest() (http.Header, string) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if len(b.headers) == 0 {
+		return nil, ""
+	}
+	return b.headers[len(b.headers)-1], b.uris[len(b.uris)-1]
+}
+
+// closedAddr returns a loopback address nothing listens on.
+func closedAddr(tb testing.TB) string {
+	tb.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	return addr
+}
+
+type testNode struct{ id, addr string }
+
+var errNoNodes = errors.New("no nodes")
+
+// fakePicker prefers the node whose id prefixes the client id, then the
+// nodes in order, skipping excluded ones. It records every call.
+type fakePicker struct {
+	nodes []testNode
+
+	mu    sync.Mutex
+	calls [][]string // excluded, per call
+}
+
+func (f *fakePicker) Pick(clientID string, excluded []string) (string, string, error) {
+	f.mu.Lock()
+	f.calls = append(f.calls, slices.Clone(excluded))
+	f.mu.Unlock()
+	for _, ownerOnly := range []bool{true, false} {
+		for _, n := range f.nodes {
+			if (!ownerOnly || strings.HasPrefix(clientID, n.id)) && !slices.Contains(excluded, n.id) {
+				return n.id, n.addr, nil
+			}
+		}
+	}
+	return "", "", errNoNodes
+}
+
+func (f *fakePicker) pickCalls() [][]string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return slices.Clone(f.calls)
+}
+
+// startProxy serves a Proxy on loopback; it returns the proxy, its address
+// and the registry its metrics are in.
+func startProxy(tb testing.TB, cfg Config, pick Picker) (*Proxy, string, *prometheus.Registry) {
+	tb.Helper()
+	reg := prometheus.NewRegistry()
+	p, err := New(cfg, pick, nil, reg)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	srv := httptest.NewServer(p)
+	tb.Cleanup(func() {
+		srv.Close()
+		p.Close()
+	})
+	return p, srv.Listener.Addr().String(), reg
+}
+
+// upgradeRequest is a well-formed upgrade for clientID; extra lines go
+// before the blank line.
+func upgradeRequest(clientID string, extra ...string) string {
+	return "GET /ws?client_id=" + clientID + " HTTP/1.1\r\nHost: ringcast.test\r\n" +
+		"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n" +
+		"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n" + strings.Join(extra, "") + "\r\n"
+}
+
+// rawConn is a client connection whose handshake has been read.
+type rawConn struct {
+	net.Conn
+	r    *bufio.Reader
+	resp *http.Response
+	body string
+}
+
+// dialRaw sends raw (a request head, plus any bytes behind it) to addr and
+// reads the response; for a non-101 answer it also reads the body.
+func dialRaw(tb testing.TB, addr, raw string) *rawConn {
+	tb.Helper()
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return handshakeRaw(tb, c, raw)
+}
+
+// handshakeRaw is dialRaw over an established connection.
+func handshakeRaw(tb testing.TB, c net.Conn, raw string) *rawConn {
+	tb.Helper()
+	tb.Cleanup(func() { c.Close() })
+	var err error
+	if err := c.SetDeadline(time.Now().Add(ioTimeout)); err != nil {
+		tb.Fatal(err)
+	}
+	if _, err := io.WriteString(c, raw); err != nil {
+		tb.Fatal(err)
+	}
+	rc := &rawConn{Conn: c, r: bufio.NewReader(c)}
+	rc.resp, err = http.ReadResponse(rc.r, nil)
+	if err != nil {
+		tb.Fatalf("read response: %v", err)
+	}
+	if rc.resp.StatusCode != http.StatusSwitchingProtocols {
+		b, err := io.ReadAll(rc.resp.Body)
+		if err != nil {
+			tb.Fatalf("read response body: %v", err)
+		}
+		rc.body = string(b)
+	}
+	return rc
+}
+
+// connect upgrades through the proxy and returns the connection after the
+// node's greeting, checking it came from wantNode.
+func connect(tb testing.TB, addr, clientID, wantNode string) *rawConn {
+	tb.Helper()
+	c := dialRaw(tb, addr, upgradeRequest(clientID))
+	if c.resp.StatusCode != http.StatusSwitchingProtocols {
+		tb.Fatalf("upgrade %s: status %d %q, want 101", clientID, c.resp.StatusCode, c.body)
+	}
+	if got := c.greeting(tb); got != wantNode {
+		tb.Fatalf("client %s landed on %q, want %q", clientID, got, wantNode)
+	}
+	return c
+}
+
+func (c *rawConn) greeting(tb testing.TB) string {
+	tb.Helper()
+	line, err := c.r.ReadString('\n')
+	if err != nil {
+		tb.Fatalf("read greeting: %v", err)
+	}
+	return strings.TrimSuffix(line, "\n")
+}
+
+// echo writes msg and checks it comes back. It returns an error instead of
+// failing so that it can run outside the test goroutine.
+func (c *rawConn) echo(msg []byte) error {
+	if err := c.SetDeadline(time.Now().Add(ioTimeout)); err != nil {
+		return err
+	}
+	if _, err := c.Write(msg); err != nil {
+		return fmt.Errorf("write: %w", err)
+	}
+	got := make([]byte, len(msg))
+	if _, err := io.ReadFull(c.r, got); err != nil {
+		return fmt.Errorf("read: %w", err)
+	}
+	if string(got) != string(msg) {
+		return fmt.Errorf("echo of %d bytes differs", len(msg))
+	}
+	return nil
+}
+
+// eventually polls cond until it holds or a bounded deadline passes.
+func eventually(tb testing.TB, what string, cond func() bool) {
+	tb.Helper()
+	deadline := time.Now().Add(ioTimeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			tb.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// metric returns the value of the counter or gauge name with the given
+// label values, and whether it exists.
+func metric(tb testing.TB, reg *prometheus.Registry, name string, labels ...string) (float64, bool) {
+	tb.Helper()
+	families, err := reg.Gather()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	for _, f := range families {
+		if f.GetName() != name {
+			continue
+		}
+	next:
+		for _, m := range f.GetMetric() {
+			for i, lp := range m.GetLabel() {
+				if i >= len(labels) || lp.GetValue() != labels[i] {
+					continue next
+				}
+			}
+			if m.Counter != nil {
+				return m.Counter.GetValue(), true
+			}
+			return m.Gauge.GetValue(), true
+		}
+	}
+	return 0, false
+}

@@ -1,0 +1,471 @@
+// Package proxy relays each client WebSocket to the node that owns its client
+// id: it picks the owner, forwards the upgrade, then copies bytes both ways.
+package proxy
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap"
+
+	"github.com/ringcast/ringcast/pkg/wire"
+)
+
+// Picker chooses the node a client connects to.
+type Picker interface {
+	// Pick returns the node id and dial address (host:port) for clientID,
+	// skipping the node ids in excluded. It is called once per attempt,
+	// concurrently from many requests, and must not block.
+	Pick(clientID string, excluded []string) (nodeID, addr string, err error)
+}
+
+// maxNodeResponse bounds what is read from a node before the relay starts:
+// the upgrade response head, or a refusal and its body.
+const maxNodeResponse = 64 << 10
+
+// Proxy is the balancer's /ws handler. It is safe for concurrent use. Each
+// relayed connection runs two goroutines owned by the Proxy until either side
+// ends, CloseNode or Close; Close waits for them.
+type Proxy struct {
+	cfg     Config
+	pick    Picker
+	log     *zap.Logger
+	dialer  net.Dialer
+	bufs    sync.Pool // *[]byte of cfg.BufferSize, held only while bytes move
+	readers sync.Pool // *bufio.Reader for node handshakes
+
+	connections *prometheus.GaugeVec
+	fallbacks   prometheus.Counter
+	toNode      prometheus.Counter
+	toClient    prometheus.Counter
+
+	mu     sync.Mutex
+	closed bool
+	links  map[string]map[*link]struct{} // node id → live relays
+	down   map[string]time.Time          // node id → skipped until
+	wg     sync.WaitGroup                // relay goroutines
+}
+
+// New returns a Proxy that routes with pick. reg may be nil, log may be nil.
+func New(cfg Config, pick Picker, log *zap.Logger, reg prometheus.Registerer) (*Proxy, error) {
+	cfg, err := cfg.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	if pick == nil {
+		return nil, errors.New("proxy: nil picker")
+	}
+	if log == nil {
+		log = zap.NewNop()
+	}
+	bytesTotal := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "ringcast_balancer_proxied_bytes_total",
+		Help: "Bytes relayed between clients and nodes, by direction (to_node, to_client).",
+	}, []string{"direction"})
+	p := &Proxy{
+		cfg:    cfg,
+		pick:   pick,
+		log:    log.Named("proxy"),
+		dialer: net.Dialer{Timeout: cfg.DialTimeout},
+		connections: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "ringcast_balancer_connections",
+			Help: "Client connections currently relayed, by node id.",
+		}, []string{"node"}),
+		fallbacks: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "ringcast_balancer_dial_fallbacks_total",
+			Help: "Failed dials to a node; the node is skipped locally and the next owner is tried.",
+		}),
+		toNode:   bytesTotal.WithLabelValues("to_node"),
+		toClient: bytesTotal.WithLabelValues("to_client"),
+		links:    make(map[string]map[*link]struct{}),
+		down:     make(map[string]time.Time),
+	}
+	p.bufs.New = func() any { b := make([]byte, cfg.BufferSize); return &b }
+	if reg != nil {
+		for _, c := range []prometheus.Collector{p.connections, p.fallbacks, bytesTotal} {
+			if err := reg.Register(c); err != nil {
+				return nil, fmt.Errorf("register proxy metrics: %w", err)
+			}
+		}
+	}
+	return p, nil
+}
+
+// ServeHTTP relays one WebSocket upgrade to the owner of its client_id.
+func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if p.isClosed() {
+		http.Error(w, "balancer is shutting down", http.StatusServiceUnavailable)
+		return
+	}
+	if reason := checkUpgrade(r); reason != "" {
+		http.Error(w, reason, http.StatusBadRequest)
+		return
+	}
+	clientID := r.URL.Query().Get("client_id")
+	if err := wire.ValidateClientID(clientID); err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+	nodeID, node, err := p.dialOwner(r.Context(), clientID)
+	if err != nil {
+		if r.Context().Err() == nil {
+			http.Error(w, "no node available: "+err.Error(), http.StatusServiceUnavailable)
+		}
+		return
+	}
+	if err := p.upgrade(w, r, clientID, nodeID, node); err != nil {
+		node.Close()
+		if ce := p.log.Check(zap.DebugLevel, "upgrade not relayed"); ce != nil {
+			ce.Write(zap.String("client_id", clientID), zap.String("node", nodeID), zap.Error(err))
+		}
+	}
+}
+
+// dialOwner dials the owner of clientID, falling back to the next owner for
+// up to MaxAttempts nodes. A node whose dial fails is marked down.
+func (p *Proxy) dialOwner(ctx context.Context, clientID string) (string, net.Conn, error) {
+	tried := make([]string, 0, p.cfg.MaxAttempts)
+	var lastErr error
+	for range p.cfg.MaxAttempts {
+		nodeID, addr, err := p.pick.Pick(clientID, p.excluded(tried))
+		if err != nil {
+			if lastErr == nil {
+				lastErr = fmt.Errorf("pick node: %w", err)
+			}
+			break
+		}
+		if slices.Contains(tried, nodeID) {
+			break
+		}
+		tried = append(tried, nodeID)
+		c, err := p.dialer.DialContext(ctx, "tcp", addr)
+		if err == nil {
+			return nodeID, c, nil
+		}
+		if ctx.Err() != nil {
+			return "", nil, ctx.Err()
+		}
+		p.fallbacks.Inc()
+		lastErr = fmt.Errorf("dial node %s at %s: %w", nodeID, addr, err)
+		if p.markDown(nodeID) {
+			p.log.Warn("node marked down", zap.String("node", nodeID), zap.String("addr", addr), zap.Error(err))
+		}
+	}
+	return "", nil, lastErr
+}
+
+// upgrade forwards r to node and answers the client with the node's
+// response. On a 101 it hijacks the client and starts the relay. It writes
+// the client's response itself; a returned error means node must be closed.
+func (p *Proxy) upgrade(w http.ResponseWriter, r *http.Request, clientID, nodeID string, node net.Conn) error {
+	br := p.reader(node)
+	defer p.putReader(br)
+	resp, err := p.handshake(r, node, br)
+	if err != nil {
+		if p.markDown(nodeID) {
+			p.log.Warn("node marked down", zap.String("node", nodeID), zap.Error(err))
+		}
+		http.Error(w, "bad gateway: "+err.Error(), http.StatusBadGateway)
+		return err
+	}
+	if resp.StatusCode != http.StatusSwitchingProtocols {
+		return p.refuse(w, resp)
+	}
+	if p.isClosed() {
+		http.Error(w, "balancer is shutting down", http.StatusServiceUnavailable)
+		return errors.New("proxy closed")
+	}
+	client, cbuf, err := http.NewResponseController(w).Hijack()
+	if err != nil {
+		http.Error(w, "cannot take over the connection", http.StatusInternalServerError)
+		return fmt.Errorf("hijack client: %w", err)
+	}
+	if err := p.forwardSwitch(client, node, resp, br, cbuf.Reader); err != nil {
+		client.Close()
+		return err
+	}
+	if !p.track(newLink(p, clientID, nodeID, client, node)) {
+		client.Close()
+		return errors.New("proxy closed")
+	}
+	return nil
+}
+
+// handshake writes the rewritten upgrade request to node and reads its
+// answer, both within HandshakeTimeout.
+func (p *Proxy) handshake(r *http.Request, node net.Conn, br *bufio.Reader) (*http.Response, error) {
+	if err := node.SetDeadline(time.Now().Add(p.cfg.HandshakeTimeout)); err != nil {
+		return nil, fmt.Errorf("set node deadline: %w", err)
+	}
+	if _, err := node.Write(requestHead(r)); err != nil {
+		return nil, fmt.Errorf("write upgrade to node: %w", err)
+	}
+	resp, err := http.ReadResponse(br, r)
+	if err != nil {
+		return nil, fmt.Errorf("read upgrade response from node: %w", err)
+	}
+	return resp, nil
+}
+
+// refuse relays a node's non-101 answer to the client as a plain response.
+func (p *Proxy) refuse(w http.ResponseWriter, resp *http.Response) error {
+	defer resp.Body.Close()
+	for k, vs := range resp.Header {
+		if !hopByHop(k) {
+			w.Header()[k] = vs
+		}
+	}
+	_ = http.NewResponseController(w).SetWriteDeadline(time.Now().Add(p.cfg.WriteTimeout))
+	w.WriteHeader(resp.StatusCode)
+	_, err := io.Copy(w, resp.Body)
+	if err != nil {
+		return fmt.Errorf("relay node refusal: %w", err)
+	}
+	return fmt.Errorf("node answered %s", resp.Status)
+}
+
+// forwardSwitch sends the node's 101 (and whatever the node sent after it)
+// to the client, then the bytes the client sent after its request, and
+// clears the handshake deadlines.
+func (p *Proxy) forwardSwitch(client, node net.Conn, resp *http.Response, nodeBuf, clientBuf *bufio.Reader) error {
+	var head bytes.Buffer
+	head.WriteString("HTTP/1.1 " + resp.Status + "\r\n")
+	if err := resp.Header.Write(&head); err != nil {
+		return fmt.Errorf("encode upgrade response: %w", err)
+	}
+	head.WriteString("\r\n")
+	early, _ := nodeBuf.Peek(nodeBuf.Buffered())
+	head.Write(early)
+	if err := writeAll(client, head.Bytes(), p.cfg.WriteTimeout); err != nil {
+		return fmt.Errorf("write upgrade response to client: %w", err)
+	}
+	pipelined, _ := clientBuf.Peek(clientBuf.Buffered())
+	if err := writeAll(node, pipelined, p.cfg.WriteTimeout); err != nil {
+		return fmt.Errorf("write early client bytes to node: %w", err)
+	}
+	if err := node.SetDeadline(time.Time{}); err != nil {
+		return fmt.Errorf("clear node deadline: %w", err)
+	}
+	return client.SetDeadline(time.Time{})
+}
+
+func writeAll(c net.Conn, b []byte, timeout time.Duration) error {
+	if len(b) == 0 {
+		return nil
+	}
+	if err := c.SetWriteDeadline(time.Now().Add(timeout)); err != nil {
+		return err
+	}
+	_, err := c.Write(b)
+	return err
+}
+
+func (p *Proxy) putReader(br *bufio.Reader) {
+	br.Reset(nil)
+	p.readers.Put(br)
+}
+
+func (p *Proxy) reader(node net.Conn) *bufio.Reader {
+	lr := &io.LimitedReader{R: node, N: maxNodeResponse}
+	if br, ok := p.readers.Get().(*bufio.Reader); ok {
+		br.Reset(lr)
+		return br
+	}
+	return bufio.NewReader(lr)
+}
+
+// checkUpgrade returns why r is not a WebSocket upgrade the proxy can relay,
+// or "".
+func checkUpgrade(r *http.Request) string {
+	switch {
+	case r.Method != http.MethodGet:
+		return "websocket upgrade needs GET, got " + r.Method
+	case r.ProtoMajor != 1 || r.ProtoMinor < 1:
+		return "websocket upgrade needs HTTP/1.1, got " + r.Proto
+	case !hasToken(r.Header, "Connection", "upgrade"):
+		return "not a websocket upgrade: missing Connection: upgrade"
+	case !hasToken(r.Header, "Upgrade", "websocket"):
+		return "not a websocket upgrade: missing Upgrade: websocket"
+	case r.ContentLength != 0 || len(r.TransferEncoding) > 0:
+		return "websocket upgrade must not have a body"
+	}
+	return ""
+}
+
+// hasToken reports whether the comma-separated header name lists token.
+func hasToken(h http.Header, name, token string) bool {
+	for _, v := range h.Values(name) {
+		for t := range strings.SplitSeq(v, ",") {
+			if strings.EqualFold(strings.TrimSpace(t), token) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// hopByHop reports whether the canonical header key k applies to one
+// connection only.
+func hopByHop(k string) bool {
+	switch k {
+	case "Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate",
+		"Proxy-Authorization", "Te", "Trailer", "Transfer-Encoding", "Upgrade":
+		return true
+	}
+	return false
+}
+
+// requestHead renders the upgrade request sent to the node: hop-by-hop and
+// client-supplied forwarding headers removed, the upgrade and forwarding
+// headers set by the proxy.
+func requestHead(r *http.Request) []byte {
+	h := r.Header.Clone()
+	for _, v := range r.Header.Values("Connection") {
+		for t := range strings.SplitSeq(v, ",") {
+			if k := http.CanonicalHeaderKey(strings.TrimSpace(t)); !strings.HasPrefix(k, "Sec-Websocket-") {
+				delete(h, k)
+			}
+		}
+	}
+	for k := range h {
+		if hopByHop(k) || k == "Forwarded" || k == "X-Real-Ip" || strings.HasPrefix(k, "X-Forwarded-") {
+			delete(h, k)
+		}
+	}
+	h.Set("Connection", "Upgrade")
+	h.Set("Upgrade", "websocket")
+	if ip, _, err := net.SplitHostPort(r.RemoteAddr); err == nil {
+		h.Set("X-Forwarded-For", ip)
+	}
+	proto := "http"
+	if r.TLS != nil {
+		proto = "https"
+	}
+	h.Set("X-Forwarded-Proto", proto)
+
+	var b bytes.Buffer
+	b.WriteString("GET " + r.URL.RequestURI() + " HTTP/1.1\r\nHost: " + r.Host + "\r\n")
+	_ = h.Write(&b)
+	b.WriteString("\r\n")
+	return b.Bytes()
+}
+
+// excluded returns tried plus the nodes marked down now, forgetting expired marks.
+func (p *Proxy) excluded(tried []string) []string {
+	now := time.Now()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	out := slices.Clip(tried)
+	for id, until := range p.down {
+		if !now.Before(until) {
+			delete(p.down, id)
+		} else if !slices.Contains(tried, id) {
+			out = append(out, id)
+		}
+	}
+	return out
+}
+
+// markDown skips nodeID for DownFor; it reports whether the node was up.
+func (p *Proxy) markDown(nodeID string) bool {
+	now := time.Now()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	until, ok := p.down[nodeID]
+	p.down[nodeID] = now.Add(p.cfg.DownFor)
+	return !ok || !now.Before(until)
+}
+
+// Down reports whether nodeID is locally marked down now.
+func (p *Proxy) Down(nodeID string) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	until, ok := p.down[nodeID]
+	return ok && time.Now().Before(until)
+}
+
+func (p *Proxy) isClosed() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.closed
+}
+
+// track registers l and starts its relay; it returns false once Close was called.
+func (p *Proxy) track(l *link) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed {
+		return false
+	}
+	set := p.links[l.node]
+	if set == nil {
+		set = make(map[*link]struct{})
+		p.links[l.node] = set
+	}
+	set[l] = struct{}{}
+	p.connections.WithLabelValues(l.node).Inc()
+	p.wg.Add(2)
+	go l.toNode()
+	go l.toClient()
+	return true
+}
+
+func (p *Proxy) untrack(l *link) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	set := p.links[l.node]
+	delete(set, l)
+	if len(set) == 0 {
+		delete(p.links, l.node)
+		p.connections.DeleteLabelValues(l.node)
+		return
+	}
+	p.connections.WithLabelValues(l.node).Dec()
+}
+
+// CloseNode closes every connection relayed to nodeID, so its clients
+// reconnect at once; it returns how many it closed.
+func (p *Proxy) CloseNode(nodeID string) int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for l := range p.links[nodeID] {
+		l.close()
+	}
+	return len(p.links[nodeID])
+}
+
+// Connections returns the number of live relayed connections per node id.
+func (p *Proxy) Connections() map[string]int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	out := make(map[string]int, len(p.links))
+	for id, set := range p.links {
+		out[id] = len(set)
+	}
+	return out
+}
+
+// Close closes every relayed connection and waits for their relays to end.
+// ServeHTTP refuses with 503 afterwards.
+func (p *Proxy) Close() {
+	p.mu.Lock()
+	p.closed = true
+	for _, set := range p.links {
+		for l := range set {
+			l.close()
+		}
+	}
+	p.mu.Unlock()
+	p.wg.Wait()
+}

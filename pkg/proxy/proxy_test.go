@@ -1,0 +1,503 @@
+package proxy
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"maps"
+	"math/rand/v2"
+	"net/http"
+	"net/http/httptest"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/gobwas/ws"
+)
+
+func TestConfigDefaults(t *testing.T) {
+	custom := Config{DialTimeout: time.Millisecond, HandshakeTimeout: time.Second, MaxAttempts: 1,
+		DownFor: time.Minute, BufferSize: 512, IdleTimeout: time.Hour, WriteTimeout: time.Second}
+	tests := []struct {
+		name    string
+		cfg     Config
+		want    Config
+		wantErr bool
+	}{
+		{"zero means defaults", Config{}, DefaultConfig(), false},
+		{"explicit values kept", custom, custom, false},
+		{"negative dial timeout", Config{DialTimeout: -1}, Config{}, true},
+		{"negative attempts", Config{MaxAttempts: -1}, Config{}, true},
+		{"negative buffer", Config{BufferSize: -1}, Config{}, true},
+		{"negative idle timeout", Config{IdleTimeout: -time.Second}, Config{}, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p, err := New(tt.cfg, &fakePicker{}, nil, nil)
+			if (err != nil) != tt.wantErr {
+				t.Fatalf("New(%+v) error = %v, want error %v", tt.cfg, err, tt.wantErr)
+			}
+			if err == nil && p.cfg != tt.want {
+				t.Errorf("New(%+v) config = %+v, want %+v", tt.cfg, p.cfg, tt.want)
+			}
+		})
+	}
+	if _, err := New(Config{}, nil, nil, nil); err == nil {
+		t.Error("New with nil picker: error = nil, want one")
+	}
+}
+
+func TestRejectsBeforeDial(t *testing.T) {
+	b := startBackend(t, "n1", nil)
+	pick := &fakePicker{nodes: []testNode{{"n1", b.addr()}}}
+	_, addr, _ := startProxy(t, Config{}, pick)
+
+	tests := []struct {
+		name, req, wantBody string
+	}{
+		{"missing client id", strings.Replace(upgradeRequest("x"), "?client_id=x", "", 1), "client_id is empty"},
+		{"empty client id", upgradeRequest(""), "client_id is empty"},
+		{"bad byte", upgradeRequest("a%2Fb"), "byte 0x2f"},
+		{"too long", upgradeRequest(strings.Repeat("a", 129)), "129 bytes"},
+		{"plain get", "GET /ws?client_id=alice HTTP/1.1\r\nHost: x\r\n\r\n", "missing Connection: upgrade"},
+		{"no upgrade header", "GET /ws?client_id=alice HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\n\r\n", "missing Upgrade: websocket"},
+		{"post", strings.Replace(upgradeRequest("alice"), "GET", "POST", 1), "needs GET"},
+		{"http/1.0", strings.Replace(upgradeRequest("alice"), "HTTP/1.1", "HTTP/1.0", 1), "needs HTTP/1.1"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c := dialRaw(t, addr, tt.req)
+			if c.resp.StatusCode != http.StatusBadRequest || !strings.Contains(c.body, tt.wantBody) {
+				t.Errorf("status %d body %q, want 400 containing %q", c.resp.StatusCode, c.body, tt.wantBody)
+			}
+		})
+	}
+	if n := b.accepted.Load(); n != 0 {
+		t.Errorf("backend accepted %d connections, want 0", n)
+	}
+	if calls := pick.pickCalls(); len(calls) != 0 {
+		t.Errorf("Pick called %d times, want 0", len(calls))
+	}
+}
+
+func TestForwardingHeaders(t *testing.T) {
+	b := startBackend(t, "n1", nil)
+	_, addr, _ := startProxy(t, Config{}, &fakePicker{nodes: []testNode{{"n1", b.addr()}}})
+
+	c := dialRaw(t, addr, strings.Replace(upgradeRequest("alice",
+		"X-Forwarded-For: 6.6.6.6\r\n",
+		"X-Forwarded-Proto: https\r\n",
+		"X-Forwarded-Host: evil.test\r\n",
+		"Forwarded: for=6.6.6.6\r\n",
+		"X-Real-IP: 6.6.6.6\r\n",
+		"Keep-Alive: timeout=5\r\n",
+		"X-Secret: hop\r\n",
+		"Origin: http://app.test\r\n",
+		"Sec-WebSocket-Protocol: ringcast.v1\r\n",
+	), "Connection: Upgrade", "Connection: keep-alive, Upgrade, X-Secret", 1))
+	if c.resp.StatusCode != http.StatusSwitchingProtocols {
+		t.Fatalf("status %d %q, want 101", c.resp.StatusCode, c.body)
+	}
+	h, uri := b.lastRequest()
+	for _, tt := range []struct{ key, want string }{
+		{"X-Forwarded-For", "127.0.0.1"},
+		{"X-Forwarded-Proto", "http"},
+		{"X-Forwarded-Host", ""},
+		{"Forwarded", ""},
+		{"X-Real-Ip", ""},
+		{"Keep-Alive", ""},
+		{"X-Secret", ""},
+		{"Connection", "Upgrade"},
+		{"Upgrade", "websocket"},
+		{"Origin", "http://app.test"},
+		{"Sec-Websocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="},
+		{"Sec-Websocket-Version", "13"},
+		{"Sec-Websocket-Protocol", "ringcast.v1"},
+	} {
+		if got := strings.Join(h.Values(tt.key), ","); got != tt.want {
+			t.Errorf("node saw %s = %q, want %q", tt.key, got, tt.want)
+		}
+	}
+	if want := "ringcast.test /ws?client_id=alice"; uri != want {
+		t.Errorf("node saw host and uri %q, want %q", uri, want)
+	}
+	if got := c.resp.Header.Get("Sec-WebSocket-Accept"); got != "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=" {
+		t.Errorf("client got Sec-WebSocket-Accept %q, want the node's", got)
+	}
+}
+
+func TestFallbackMarksDown(t *testing.T) {
+	b := startBackend(t, "n2", nil)
+	pick := &fakePicker{nodes: []testNode{{"n1", closedAddr(t)}, {"n2", b.addr()}}}
+	p, addr, reg := startProxy(t, Config{DownFor: time.Minute}, pick)
+
+	connect(t, addr, "alice", "n2")
+	if !p.Down("n1") || p.Down("n2") {
+		t.Errorf("Down(n1), Down(n2) = %v, %v, want true, false", p.Down("n1"), p.Down("n2"))
+	}
+	if v, _ := metric(t, reg, "ringcast_balancer_dial_fallbacks_total"); v != 1 {
+		t.Errorf("dial fallbacks = %v, want 1", v)
+	}
+	if calls := pick.pickCalls(); !slices.Equal(calls[1], []string{"n1"}) {
+		t.Errorf("second Pick excluded %q, want [n1]", calls[1])
+	}
+
+	// The next client skips n1 without dialling it.
+	connect(t, addr, "bob", "n2")
+	calls := pick.pickCalls()
+	if got := calls[len(calls)-1]; !slices.Equal(got, []string{"n1"}) {
+		t.Errorf("Pick for bob excluded %q, want [n1]", got)
+	}
+	if v, _ := metric(t, reg, "ringcast_balancer_dial_fallbacks_total"); v != 1 {
+		t.Errorf("dial fallbacks after bob = %v, want 1", v)
+	}
+}
+
+func TestNoNodeAnswers(t *testing.T) {
+	tests := []struct {
+		name      string
+		nodes     []testNode
+		wantBody  string
+		wantDown  []string
+		wantPicks int
+	}{
+		{"all refuse", []testNode{{"n1", closedAddr(t)}, {"n2", closedAddr(t)}}, "dial node n2", []string{"n1", "n2"}, 3},
+		{"attempts bounded", []testNode{{"n1", closedAddr(t)}, {"n2", closedAddr(t)}, {"n3", closedAddr(t)}, {"n4", closedAddr(t)}}, "dial node n3", []string{"n1", "n2", "n3"}, 3},
+		{"no nodes", nil, "pick node: no nodes", nil, 1},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			pick := &fakePicker{nodes: tt.nodes}
+			p, addr, _ := startProxy(t, Config{}, pick)
+			c := dialRaw(t, addr, upgradeRequest("alice"))
+			if c.resp.StatusCode != http.StatusServiceUnavailable || !strings.Contains(c.body, tt.wantBody) {
+				t.Errorf("status %d body %q, want 503 containing %q", c.resp.StatusCode, c.body, tt.wantBody)
+			}
+			for _, id := range tt.wantDown {
+				if !p.Down(id) {
+					t.Errorf("Down(%q) = false, want true", id)
+				}
+			}
+			if got := len(pick.pickCalls()); got != tt.wantPicks {
+				t.Errorf("Pick called %d times, want %d", got, tt.wantPicks)
+			}
+		})
+	}
+}
+
+func TestNodeRefusalRelayed(t *testing.T) {
+	tests := []struct {
+		name       string
+		opt        func(*backend)
+		wantStatus int
+		wantBody   string
+		wantDown   bool
+	}{
+		{"400 stays 400", func(b *backend) { b.status = http.StatusBadRequest }, http.StatusBadRequest, "refused by n1", false},
+		{"403 stays 403", func(b *backend) { b.status = http.StatusForbidden }, http.StatusForbidden, "refused by n1", false},
+		{"silent node is 502", func(b *backend) { b.hang = true }, http.StatusBadGateway, "read upgrade response", true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			b := startBackend(t, "n1", tt.opt)
+			p, addr, _ := startProxy(t, Config{HandshakeTimeout: 100 * time.Millisecond},
+				&fakePicker{nodes: []testNode{{"n1", b.addr()}, {"n2", closedAddr(t)}}})
+			c := dialRaw(t, addr, upgradeRequest("alice"))
+			if c.resp.StatusCode != tt.wantStatus || !strings.Contains(c.body, tt.wantBody) {
+				t.Errorf("status %d body %q, want %d containing %q", c.resp.StatusCode, c.body, tt.wantStatus, tt.wantBody)
+			}
+			if got := p.Down("n1"); got != tt.wantDown {
+				t.Errorf("Down(n1) = %v, want %v", got, tt.wantDown)
+			}
+			if n := b.accepted.Load(); n != 1 {
+				t.Errorf("node got %d connections, want 1 (a request that reached a node is never re-sent)", n)
+			}
+			if got := p.Connections(); len(got) != 0 {
+				t.Errorf("Connections() = %v, want none", got)
+			}
+		})
+	}
+	t.Run("node headers kept", func(t *testing.T) {
+		b := startBackend(t, "n1", func(b *backend) { b.status = http.StatusForbidden })
+		_, addr, _ := startProxy(t, Config{}, &fakePicker{nodes: []testNode{{"n1", b.addr()}}})
+		c := dialRaw(t, addr, upgradeRequest("alice"))
+		if got := c.resp.Header.Get("X-Node"); got != "n1" {
+			t.Errorf("X-Node = %q, want n1", got)
+		}
+	})
+}
+
+func TestEchoRoundTrips(t *testing.T) {
+	b := startBackend(t, "n1", nil)
+	p, addr, reg := startProxy(t, Config{BufferSize: 4096}, &fakePicker{nodes: []testNode{{"n1", b.addr()}}})
+
+	const clients, rounds = 8, 200
+	conns := make([]*rawConn, clients)
+	for i := range conns {
+		conns[i] = connect(t, addr, fmt.Sprintf("c%d", i), "n1")
+	}
+	eventually(t, "8 connections on n1", func() bool { return p.Connections()["n1"] == clients })
+	if v, _ := metric(t, reg, "ringcast_balancer_connections", "n1"); v != clients {
+		t.Errorf("connections gauge = %v, want %d", v, clients)
+	}
+
+	var wg sync.WaitGroup
+	errs := make(chan error, clients)
+	var sent int64
+	for i, c := range conns {
+		rng := rand.New(rand.NewPCG(uint64(i), 1))
+		sizes := make([]int, rounds)
+		for j := range sizes {
+			sizes[j] = 1 + rng.IntN(200)
+		}
+		sizes[0] = 100 << 10 // larger than the relay buffer
+		for _, n := range sizes {
+			sent += int64(n)
+		}
+		wg.Go(func() {
+			for j, n := range sizes {
+				msg := bytes.Repeat([]byte{byte('a' + (i+j)%26)}, n)
+				if err := c.echo(msg); err != nil {
+					errs <- fmt.Errorf("client %d round %d: %w", i, j, err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	toNode, _ := metric(t, reg, "ringcast_balancer_proxied_bytes_total", "to_node")
+	toClient, _ := metric(t, reg, "ringcast_balancer_proxied_bytes_total", "to_client")
+	if int64(toNode) != sent || int64(toClient) < sent {
+		t.Errorf("proxied bytes to_node %v, to_client %v, want %d and at least %d", toNode, toClient, sent, sent)
+	}
+}
+
+func TestRealWebSocketClient(t *testing.T) {
+	b := startBackend(t, "n1", nil)
+	_, addr, _ := startProxy(t, Config{}, &fakePicker{nodes: []testNode{{"n1", b.addr()}}})
+
+	ctx, cancel := context.WithTimeout(context.Background(), ioTimeout)
+	defer cancel()
+	// gobwas/ws checks the Sec-WebSocket-Accept the node computed.
+	conn, br, _, err := ws.Dialer{}.Dial(ctx, "ws://"+addr+"/ws?client_id=alice")
+	if err != nil {
+		t.Fatalf("ws dial through proxy: %v", err)
+	}
+	defer conn.Close()
+	if br == nil {
+		t.Fatal("greeting sent with the 101 did not arrive with it")
+	}
+	if line, err := br.ReadString('\n'); err != nil || line != "n1\n" {
+		t.Errorf("greeting = %q, %v, want %q", line, err, "n1\n")
+	}
+}
+
+func TestPipelinedClientBytes(t *testing.T) {
+	b := startBackend(t, "n1", nil)
+	_, addr, _ := startProxy(t, Config{}, &fakePicker{nodes: []testNode{{"n1", b.addr()}}})
+
+	// Bytes sent right behind the request may sit in the server's read buffer.
+	c := dialRaw(t, addr, upgradeRequest("alice")+"early")
+	if got := c.greeting(t); got != "n1" {
+		t.Fatalf("greeting %q, want n1", got)
+	}
+	got := make([]byte, 5)
+	if _, err := io.ReadFull(c.r, got); err != nil || string(got) != "early" {
+		t.Errorf("echo of pipelined bytes = %q, %v, want %q", got, err, "early")
+	}
+}
+
+func TestHalfClose(t *testing.T) {
+	b := startBackend(t, "n1", nil)
+	p, addr, _ := startProxy(t, Config{}, &fakePicker{nodes: []testNode{{"n1", b.addr()}}})
+
+	c := connect(t, addr, "alice", "n1")
+	if _, err := io.WriteString(c, "last words"); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Conn.(interface{ CloseWrite() error }).CloseWrite(); err != nil {
+		t.Fatal(err)
+	}
+	// The node echoes what it got before the FIN, then closes.
+	rest, err := io.ReadAll(c.r)
+	if err != nil || string(rest) != "last words" {
+		t.Errorf("after half-close read %q, %v, want %q then EOF", rest, err, "last words")
+	}
+	eventually(t, "no connections", func() bool { return len(p.Connections()) == 0 })
+}
+
+func TestCloseNode(t *testing.T) {
+	b1 := startBackend(t, "n1", nil)
+	b2 := startBackend(t, "n2", nil)
+	p, addr, reg := startProxy(t, Config{}, &fakePicker{nodes: []testNode{{"n1", b1.addr()}, {"n2", b2.addr()}}})
+
+	var on1, on2 []*rawConn
+	for i := range 3 {
+		on1 = append(on1, connect(t, addr, fmt.Sprintf("n1-%d", i), "n1"))
+	}
+	for i := range 2 {
+		on2 = append(on2, connect(t, addr, fmt.Sprintf("n2-%d", i), "n2"))
+	}
+	want := map[string]int{"n1": 3, "n2": 2}
+	eventually(t, "3 on n1 and 2 on n2", func() bool { return maps.Equal(p.Connections(), want) })
+
+	if got := p.CloseNode("n1"); got != 3 {
+		t.Errorf("CloseNode(n1) = %d, want 3", got)
+	}
+	for i, c := range on1 {
+		if _, err := c.r.ReadByte(); !errors.Is(err, io.EOF) {
+			t.Errorf("n1 client %d read error %v, want EOF", i, err)
+		}
+	}
+	for i, c := range on2 {
+		if err := c.echo([]byte("still here")); err != nil {
+			t.Errorf("n2 client %d: %v", i, err)
+		}
+	}
+	want = map[string]int{"n2": 2}
+	eventually(t, "only n2 connections", func() bool { return maps.Equal(p.Connections(), want) })
+	if _, ok := metric(t, reg, "ringcast_balancer_connections", "n1"); ok {
+		t.Error("connections gauge for n1 still exported, want it removed")
+	}
+	if got := p.CloseNode("n1"); got != 0 {
+		t.Errorf("second CloseNode(n1) = %d, want 0", got)
+	}
+}
+
+func TestCloseAll(t *testing.T) {
+	b1 := startBackend(t, "n1", nil)
+	b2 := startBackend(t, "n2", nil)
+	p, addr, _ := startProxy(t, Config{}, &fakePicker{nodes: []testNode{{"n1", b1.addr()}, {"n2", b2.addr()}}})
+
+	conns := []*rawConn{connect(t, addr, "n1-a", "n1"), connect(t, addr, "n2-a", "n2")}
+	p.Close()
+	for i, c := range conns {
+		if _, err := c.r.ReadByte(); !errors.Is(err, io.EOF) {
+			t.Errorf("client %d read error %v, want EOF", i, err)
+		}
+	}
+	if got := p.Connections(); len(got) != 0 {
+		t.Errorf("Connections() after Close = %v, want none", got)
+	}
+	c := dialRaw(t, addr, upgradeRequest("alice"))
+	if c.resp.StatusCode != http.StatusServiceUnavailable {
+		t.Errorf("status after Close %d, want 503", c.resp.StatusCode)
+	}
+}
+
+func TestIdleTimeout(t *testing.T) {
+	b := startBackend(t, "n1", nil)
+	const idle = 300 * time.Millisecond
+	p, addr, _ := startProxy(t, Config{IdleTimeout: idle}, &fakePicker{nodes: []testNode{{"n1", b.addr()}}})
+
+	quiet := connect(t, addr, "quiet", "n1")
+	busy := connect(t, addr, "busy", "n1")
+	// The busy client talks well within the idle timeout for several timeouts.
+	for start := time.Now(); time.Since(start) < 4*idle; time.Sleep(idle / 6) {
+		if err := busy.echo([]byte("ping")); err != nil {
+			t.Fatalf("busy client: %v", err)
+		}
+	}
+	if _, err := quiet.r.ReadByte(); !errors.Is(err, io.EOF) {
+		t.Errorf("quiet client read error %v, want EOF", err)
+	}
+	if err := busy.echo([]byte("ping")); err != nil {
+		t.Errorf("busy client after quiet one closed: %v", err)
+	}
+	eventually(t, "one connection on n1", func() bool { return p.Connections()["n1"] == 1 })
+}
+
+func TestNodeCrash(t *testing.T) {
+	b := startBackend(t, "n1", nil)
+	p, addr, _ := startProxy(t, Config{}, &fakePicker{nodes: []testNode{{"n1", b.addr()}}})
+
+	c := connect(t, addr, "alice", "n1")
+	b.close()
+	if _, err := c.r.ReadByte(); !errors.Is(err, io.EOF) {
+		t.Errorf("client read error %v after the node went away, want EOF", err)
+	}
+	// The client keeps its side open: the relay ends after drainTimeout.
+	eventually(t, "no connections", func() bool { return len(p.Connections()) == 0 })
+}
+
+// TestTLSClient covers a client connection without a usable file descriptor
+// (*tls.Conn), relayed with blocking reads.
+func TestTLSClient(t *testing.T) {
+	b := startBackend(t, "n1", nil)
+	p, err := New(Config{}, &fakePicker{nodes: []testNode{{"n1", b.addr()}}}, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewTLSServer(p)
+	t.Cleanup(func() {
+		srv.Close()
+		p.Close()
+	})
+	tc, err := tls.Dial("tcp", srv.Listener.Addr().String(), srv.Client().Transport.(*http.Transport).TLSClientConfig)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := handshakeRaw(t, tc, upgradeRequest("alice"))
+	if c.resp.StatusCode != http.StatusSwitchingProtocols {
+		t.Fatalf("status %d %q, want 101", c.resp.StatusCode, c.body)
+	}
+	if got := c.greeting(t); got != "n1" {
+		t.Fatalf("greeting %q, want n1", got)
+	}
+	for i := range 50 {
+		if err := c.echo(bytes.Repeat([]byte("t"), 1+i*100)); err != nil {
+			t.Fatalf("round %d: %v", i, err)
+		}
+	}
+	if h, _ := b.lastRequest(); h.Get("X-Forwarded-Proto") != "https" {
+		t.Errorf("X-Forwarded-Proto = %q, want https", h.Get("X-Forwarded-Proto"))
+	}
+	if got := p.CloseNode("n1"); got != 1 {
+		t.Errorf("CloseNode(n1) = %d, want 1", got)
+	}
+	if _, err := c.r.ReadByte(); err == nil {
+		t.Error("read after CloseNode succeeded, want an error")
+	}
+}
+
+// FuzzRequestHead checks that whatever upgrade a client sends, the request
+// forwarded to the node parses, keeps the client id and carries only the
+// forwarding headers the proxy set.
+func FuzzRequestHead(f *testing.F) {
+	f.Add(upgradeRequest("alice", "X-Forwarded-For: 6.6.6.6\r\n", "Forwarded: for=x\r\n"))
+	f.Add(strings.Replace(upgradeRequest("bob", "X-Real-IP: 1.1.1.1\r\n"), "Connection: Upgrade",
+		"Connection: keep-alive, Upgrade, X-Forwarded-For, Sec-WebSocket-Key", 1))
+	f.Fuzz(func(t *testing.T, raw string) {
+		r, err := http.ReadRequest(bufio.NewReader(strings.NewReader(raw)))
+		if err != nil || checkUpgrade(r) != "" {
+			return
+		}
+		r.RemoteAddr = "192.0.2.1:4321"
+		head := requestHead(r)
+		out, err := http.ReadRequest(bufio.NewReader(bytes.NewReader(head)))
+		if err != nil {
+			t.Fatalf("forwarded request does not parse: %v\n%q", err, head)
+		}
+		if got, want := out.URL.Query().Get("client_id"), r.URL.Query().Get("client_id"); got != want {
+			t.Errorf("client_id %q forwarded as %q", want, got)
+		}
+		for key, want := range map[string]string{
+			"X-Forwarded-For": "192.0.2.1", "X-Forwarded-Proto": "http", "Forwarded": "", "X-Real-Ip": "",
+			"Connection": "Upgrade", "Upgrade": "websocket", "Keep-Alive": "",
+		} {
+			if got := strings.Join(out.Header.Values(key), ","); got != want {
+				t.Errorf("forwarded %s = %q, want %q\n%q", key, got, want, head)
+			}
+		}
+	})
+}

@@ -1,0 +1,155 @@
+package proxy
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"runtime"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+func countFDs(tb testing.TB) int {
+	tb.Helper()
+	entries, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		tb.Skipf("cannot count file descriptors: %v", err)
+	}
+	return len(entries)
+}
+
+func TestFDsPerConnection(t *testing.T) {
+	b := startBackend(t, "n1", nil)
+	p, addr, _ := startProxy(t, Config{}, &fakePicker{nodes: []testNode{{"n1", b.addr()}}})
+	warm := connect(t, addr, "warm", "n1")
+	if err := warm.echo([]byte("x")); err != nil {
+		t.Fatal(err)
+	}
+
+	const n = 200
+	before := countFDs(t)
+	conns := make([]*rawConn, n)
+	for i := range conns {
+		conns[i] = connect(t, addr, fmt.Sprintf("c%d", i), "n1")
+	}
+	eventually(t, "all relayed", func() bool { return p.Connections()["n1"] == n+1 })
+	// Move bytes both ways: a splicing copy would hold a pipe pair by now.
+	for i, c := range conns {
+		if err := c.echo([]byte("ping")); err != nil {
+			t.Fatalf("client %d: %v", i, err)
+		}
+	}
+	after := countFDs(t)
+	// Each connection also costs this process the test client's socket and
+	// the backend's accepted socket.
+	perConn := float64(after-before-2*n) / n
+	t.Logf("fds: before %d, after %d, proxy's per connection %.2f", before, after, perConn)
+	if perConn > 2.05 {
+		t.Errorf("proxy uses %.2f fds per connection, want at most 2", perConn)
+	}
+}
+
+// memInUse is heap and stack memory in use after garbage collection.
+func memInUse() uint64 {
+	var ms runtime.MemStats
+	runtime.GC()
+	runtime.GC()
+	runtime.ReadMemStats(&ms)
+	return ms.HeapInuse + ms.StackInuse
+}
+
+// TestIdleMemory measures heap plus stack bytes per idle relayed connection:
+// the same clients and backend are measured once direct and once through the
+// proxy, and the difference is the proxy's share.
+func TestIdleMemory(t *testing.T) {
+	if os.Getenv("RINGCAST_MEM") != "1" {
+		t.Skip("set RINGCAST_MEM=1 to measure idle memory per relayed connection")
+	}
+	const n = 2000
+	b := startBackend(t, "n1", func(b *backend) { b.hold = true })
+	p, addr, _ := startProxy(t, Config{}, &fakePicker{nodes: []testNode{{"n1", b.addr()}}})
+
+	measure := func(target string, settled func() bool) float64 {
+		base := memInUse()
+		conns := make([]net.Conn, n)
+		for i := range conns {
+			c, err := openWS(target, fmt.Sprintf("c%d", i))
+			if err != nil {
+				t.Fatal(err)
+			}
+			conns[i] = c.Conn // the client's read buffer is garbage from here
+		}
+		eventually(t, "connections settled", settled)
+		used := float64(memInUse()-base) / n
+		for _, c := range conns {
+			c.Close()
+		}
+		return used
+	}
+	direct := measure(b.addr(), func() bool { return int(b.accepted.Load()) == n })
+	proxied := measure(addr, func() bool { return p.Connections()["n1"] == n })
+	t.Logf("heap+stack per idle connection (N=%d): direct %.0f B, through the proxy %.0f B, proxy's share %.0f B",
+		n, direct, proxied, proxied-direct)
+}
+
+// openWS upgrades to addr and reads the node's greeting. It returns errors
+// rather than failing so that it can run in benchmark goroutines.
+func openWS(addr, clientID string) (*rawConn, error) {
+	c, err := net.DialTimeout("tcp", addr, ioTimeout)
+	if err != nil {
+		return nil, err
+	}
+	rc := &rawConn{Conn: c, r: bufio.NewReader(c)}
+	err = c.SetDeadline(time.Now().Add(ioTimeout))
+	if err == nil {
+		_, err = io.WriteString(c, upgradeRequest(clientID))
+	}
+	if err == nil {
+		rc.resp, err = http.ReadResponse(rc.r, nil)
+	}
+	if err == nil && rc.resp.StatusCode != http.StatusSwitchingProtocols {
+		err = fmt.Errorf("upgrade %s: status %s", clientID, rc.resp.Status)
+	}
+	if err == nil {
+		_, err = rc.r.ReadString('\n')
+	}
+	if err != nil {
+		c.Close()
+		return nil, err
+	}
+	return rc, nil
+}
+
+// BenchmarkRelayEcho measures 64-byte echo round trips over 100 parallel
+// connections, straight to the backend and through the proxy.
+func BenchmarkRelayEcho(b *testing.B) {
+	be := startBackend(b, "n1", nil)
+	_, addr, _ := startProxy(b, Config{}, &fakePicker{nodes: []testNode{{"n1", be.addr()}}})
+	for _, bc := range []struct{ name, addr string }{{"direct", be.addr()}, {"proxy", addr}} {
+		b.Run(bc.name, func(b *testing.B) {
+			b.SetParallelism(100 / runtime.GOMAXPROCS(0))
+			b.SetBytes(64)
+			var ids atomic.Int64
+			b.RunParallel(func(pb *testing.PB) {
+				c, err := openWS(bc.addr, fmt.Sprintf("bench-%d", ids.Add(1)))
+				if err != nil {
+					b.Error(err)
+					return
+				}
+				defer c.Close()
+				msg := make([]byte, 64)
+				for pb.Next() {
+					if err := c.echo(msg); err != nil {
+						b.Error(err)
+						return
+					}
+				}
+			})
+			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "msgs/s")
+		})
+	}
+}

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Starts a local ringcast cluster: one balancer on 127.0.0.1:8080 and three
+# nodes, each a separate process with labelled logs. Ctrl-C stops them all.
+# Environment: NODES (default 3), BRIDGE (default mesh), DETECT (default fast),
+# HISTORY_SIZE (default 0), BALANCER_ADDR (default 127.0.0.1:8080).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+nodes=${NODES:-3}
+bridge=${BRIDGE:-mesh}
+detect=${DETECT:-fast}
+history=${HISTORY_SIZE:-0}
+addr=${BALANCER_ADDR:-127.0.0.1:8080}
+
+pids=()
+stop() {
+	trap - INT TERM EXIT
+	echo "stopping cluster..."
+	for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+	wait
+}
+trap stop INT TERM EXIT
+
+bin/balancer -addr "$addr" -gossip 127.0.0.1:7000 -detect "$detect" 2>&1 | sed -u 's/^/[balancer] /' &
+pids+=($!)
+for i in $(seq 1 "$nodes"); do
+	bin/node -id "n$i" -addr "127.0.0.1:$((9000 + i))" -gossip "127.0.0.1:$((7000 + i))" \
+		-join 127.0.0.1:7000 -bridge "$bridge" -detect "$detect" -history-size "$history" \
+		2>&1 | sed -u "s/^/[n$i] /" &
+	pids+=($!)
+done
+echo "ringcast: balancer http://$addr  (ws://$addr/ws?client_id=alice); nodes n1..n$nodes on 127.0.0.1:9001.. — Ctrl-C stops all"
+wait
