@@ -18,15 +18,19 @@ stop() {
 	echo "stopping cluster..."
 	for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
 	wait
+	exit 0
 }
+# label prefixes each line of a process's output; it ignores Ctrl-C so the
+# shutdown logs still show.
+label() { (trap '' INT; sed -u "s/^/[$1] /"); }
 trap stop INT TERM EXIT
 
-bin/balancer -addr "$addr" -gossip 127.0.0.1:7000 -detect "$detect" 2>&1 | sed -u 's/^/[balancer] /' &
+bin/balancer -addr "$addr" -gossip 127.0.0.1:7000 -detect "$detect" > >(label balancer) 2>&1 &
 pids+=($!)
 for i in $(seq 1 "$nodes"); do
 	bin/node -id "n$i" -addr "127.0.0.1:$((9000 + i))" -gossip "127.0.0.1:$((7000 + i))" \
 		-join 127.0.0.1:7000 -bridge "$bridge" -detect "$detect" -history-size "$history" \
-		2>&1 | sed -u "s/^/[n$i] /" &
+		> >(label "n$i") 2>&1 &
 	pids+=($!)
 done
 echo "ringcast: balancer http://$addr  (ws://$addr/ws?client_id=alice); nodes n1..n$nodes on 127.0.0.1:9001.. — Ctrl-C stops all"

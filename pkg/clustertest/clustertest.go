@@ -59,6 +59,7 @@ type Cluster struct {
 	Balancers []*Proc
 	Nodes     []*Proc
 	binDir    string
+	ownLogs   bool // LogDir was made by Start: RemoveLogs deletes it
 }
 
 var (
@@ -81,13 +82,18 @@ func Build() (string, error) {
 			buildErr = err
 			return
 		}
-		buildDir, err = os.MkdirTemp("", "ringcast-bin-")
-		if err != nil {
+		removeStale(filepath.Join(os.TempDir(), "ringcast-bin-*"))
+		buildDir = filepath.Join(os.TempDir(), fmt.Sprintf("ringcast-bin-%d", os.Getpid()))
+		if err := os.MkdirAll(buildDir, 0o755); err != nil {
 			buildErr = err
 			return
 		}
 		for _, b := range []string{"balancer", "node"} {
-			cmd := exec.Command("go", "build", "-o", filepath.Join(buildDir, b), "./"+b)
+			args := []string{"build", "-o", filepath.Join(buildDir, b)}
+			if raceEnabled {
+				args = append(args, "-race")
+			}
+			cmd := exec.Command("go", append(args, "./"+b)...)
 			cmd.Dir = root
 			if out, err := cmd.CombinedOutput(); err != nil {
 				buildErr = fmt.Errorf("go build %s: %v\n%s", b, err, out)
@@ -96,6 +102,21 @@ func Build() (string, error) {
 		}
 	})
 	return buildDir, buildErr
+}
+
+// removeStale deletes directories named like pattern-<pid> whose process
+// is gone: binaries and logs of earlier runs.
+func removeStale(pattern string) {
+	dirs, _ := filepath.Glob(pattern)
+	for _, d := range dirs {
+		pid, err := strconv.Atoi(d[strings.LastIndexByte(d, '-')+1:])
+		if err != nil || pid == os.Getpid() {
+			continue
+		}
+		if syscall.Kill(pid, 0) == syscall.ESRCH {
+			os.RemoveAll(d)
+		}
+	}
 }
 
 func moduleRoot() (string, error) {
@@ -151,12 +172,13 @@ func Start(ctx context.Context, o Options) (*Cluster, error) {
 	if err != nil {
 		return nil, err
 	}
-	if o.LogDir == "" {
+	own := o.LogDir == ""
+	if own {
 		if o.LogDir, err = os.MkdirTemp("", "ringcast-logs-"); err != nil {
 			return nil, err
 		}
 	}
-	c := &Cluster{Opts: o, binDir: bin}
+	c := &Cluster{Opts: o, binDir: bin, ownLogs: own}
 	port := func() string {
 		if err != nil {
 			return ""
@@ -230,6 +252,14 @@ func (c *Cluster) Node(id string) *Proc {
 func (c *Cluster) Close() {
 	for _, p := range c.All() {
 		p.Kill()
+	}
+}
+
+// RemoveLogs deletes the log directory Start made (none if Options.LogDir
+// was given). Call it after Close once the logs are no longer needed.
+func (c *Cluster) RemoveLogs() {
+	if c.ownLogs {
+		os.RemoveAll(c.Opts.LogDir)
 	}
 }
 

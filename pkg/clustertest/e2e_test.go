@@ -7,6 +7,7 @@ import (
 	"slices"
 	"sort"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -29,6 +30,14 @@ func startCluster(t *testing.T, o Options) *Cluster {
 			}
 		}
 		c.Close()
+		for _, p := range c.All() {
+			if strings.Contains(p.Log(), "WARNING: DATA RACE") {
+				t.Errorf("%s reported a data race:\n%s", p.Name, tail(p.Log(), 8000))
+			}
+		}
+		if !t.Failed() {
+			c.RemoveLogs()
+		}
 	})
 	return c
 }

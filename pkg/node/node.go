@@ -22,6 +22,7 @@ import (
 	"github.com/ringcast/ringcast/pkg/bridge/mesh"
 	"github.com/ringcast/ringcast/pkg/cluster"
 	"github.com/ringcast/ringcast/pkg/hub"
+	"github.com/ringcast/ringcast/pkg/wire"
 )
 
 // Config configures a node.
@@ -178,6 +179,7 @@ func New(cfg Config) (*Server, error) {
 	recv := bridge.Receiver{
 		Deliver:       func(m bridge.Message) { s.hub.Deliver(m) },
 		DeliverDirect: func(d bridge.Direct) bool { return s.hub.DeliverDirect(d) },
+		Lost:          s.bridgeLost,
 	}
 	switch {
 	case cfg.Bridge == "mesh":
@@ -300,6 +302,19 @@ func (s *Server) snapshot() []*conn {
 		out = append(out, c)
 	}
 	return out
+}
+
+// bridgeLost runs when the bridge may have dropped messages (its link to
+// Redis broke): every client is closed at once with 1012 so it reconnects and
+// resubscribes from its last offset — recovering the gap, or being told
+// recovered:false — instead of silently skipping it. Closing marks each
+// connection before the bridge resumes delivery.
+func (s *Server) bridgeLost() {
+	conns := s.snapshot()
+	s.log.Warn("bridge lost messages, asking clients to resubscribe", zap.Int("clients", len(conns)))
+	for _, c := range conns {
+		c.close(wire.CloseServiceRestart, "bridge reconnected: resubscribe")
+	}
 }
 
 func (s *Server) closeAll() {

@@ -88,7 +88,8 @@ func (r *Ring) Owner(key string) string {
 // OwnerExcluding returns the owner key would have if the excluded members
 // were not in the ring: the same as New(members minus excluded).Owner(key).
 // Ids that are not members are ignored. It returns ErrNoNodes if every member
-// is excluded. Reduced rings are cached, so repeated calls are cheap.
+// is excluded. The first call for a set of excluded members builds its ring
+// (as costly as New); later calls reuse it from a bounded cache.
 func (r *Ring) OwnerExcluding(key string, excluded ...string) (string, error) {
 	var set []byte
 	n := 0
