@@ -12,6 +12,9 @@ import (
 	"syscall"
 	"time"
 
+	goredis "github.com/redis/go-redis/v9"
+	"go.uber.org/zap"
+
 	"github.com/ringcast/ringcast/pkg/flagenv"
 	"github.com/ringcast/ringcast/pkg/logging"
 	"github.com/ringcast/ringcast/pkg/node"
@@ -63,9 +66,15 @@ func run(ctx context.Context, args []string, env func(string) string, stderr io.
 	}
 	defer log.Sync()
 	cfg.Log = log.Named(cfg.ID)
+	goredis.SetLogger(redisLog{log.Named(cfg.ID).Named("redis").Sugar()})
 	srv, err := node.New(cfg)
 	if err != nil {
 		return err
 	}
 	return srv.Run(ctx)
 }
+
+// redisLog routes go-redis's process-wide logger (reconnect notices) to zap.
+type redisLog struct{ log *zap.SugaredLogger }
+
+func (l redisLog) Printf(_ context.Context, format string, v ...any) { l.log.Infof(format, v...) }

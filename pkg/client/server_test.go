@@ -237,6 +237,12 @@ func (s *fakeServer) inject(f wire.Frame) {
 	})
 }
 
+func (s *fakeServer) subscribesCopy() []wire.Frame {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]wire.Frame(nil), s.subscribes...)
+}
+
 func (s *fakeServer) lastSubscribe() wire.Frame {
 	s.mu.Lock()
 	defer s.mu.Unlock()

@@ -17,6 +17,7 @@ type Subscription struct {
 	pos     wire.Position // last delivered message, or the subscribed reply's position
 	hasPos  bool
 	isReady bool
+	resync  bool // a gap was seen: drop messages until the next subscribed reply
 }
 
 // Subscribe subscribes to channel and calls fn with each message, in order,
@@ -99,6 +100,7 @@ func (c *Client) subscribed(f *wire.Frame) {
 			s.pos = wire.Position{Epoch: f.Epoch, Offset: *f.Offset}
 		}
 	}
+	s.resync = false
 	if !s.isReady {
 		s.isReady = true
 		close(s.ready)
@@ -117,7 +119,18 @@ func (c *Client) deliver(f *wire.Frame) {
 	}
 	if f.Offset != nil {
 		m.Offset, m.HasOffset = *f.Offset, true
-		if s.hasPos && f.Epoch == s.pos.Epoch && m.Offset <= s.pos.Offset {
+		if s.resync || s.hasPos && f.Epoch == s.pos.Epoch && m.Offset <= s.pos.Offset {
+			c.mu.Unlock()
+			return
+		}
+		if s.hasPos && (f.Epoch != s.pos.Epoch || m.Offset > s.pos.Offset+1) {
+			// A gap: never skip it silently. Subscribe again from the last
+			// position; the reply recovers the gap or says recovered:false,
+			// and messages until then arrive again through it.
+			s.resync = true
+			if c.link != nil {
+				_ = c.link.sendFrame(s.subscribeFrame()) // a failed write drops the link; the next welcome resubscribes
+			}
 			c.mu.Unlock()
 			return
 		}

@@ -20,6 +20,7 @@ import (
 
 	"github.com/ringcast/ringcast/pkg/bridge"
 	"github.com/ringcast/ringcast/pkg/bridge/mesh"
+	"github.com/ringcast/ringcast/pkg/bridge/redis"
 	"github.com/ringcast/ringcast/pkg/cluster"
 	"github.com/ringcast/ringcast/pkg/hub"
 	"github.com/ringcast/ringcast/pkg/wire"
@@ -112,6 +113,9 @@ func (c *Config) validate() error {
 	setDur(&c.DrainWindow, d.DrainWindow)
 	setInt(&c.RebalanceRate, d.RebalanceRate)
 	setDur(&c.RebalanceSpread, d.RebalanceSpread)
+	if c.HistorySize > 0 && c.Bridge == "mesh" {
+		return errors.New("node: -history-size needs -bridge redis://…: the mesh bridge keeps no history (at-most-once)")
+	}
 	if c.HistorySize > 0 && c.HistoryTTL == 0 {
 		c.HistoryTTL = 2 * time.Minute
 	}
@@ -187,6 +191,11 @@ func New(cfg Config) (*Server, error) {
 		mcfg.ID, mcfg.Key, mcfg.Log = cfg.ID, []byte(cfg.ClusterKey), cfg.Log
 		s.mesh, err = mesh.New(mcfg, recv)
 		s.bridge = s.mesh
+	case strings.HasPrefix(cfg.Bridge, "redis://") || strings.HasPrefix(cfg.Bridge, "rediss://"):
+		rcfg := redis.DefaultConfig()
+		rcfg.URL, rcfg.NodeID, rcfg.Log = cfg.Bridge, cfg.ID, cfg.Log
+		rcfg.HistorySize, rcfg.HistoryTTL = cfg.HistorySize, cfg.HistoryTTL
+		s.bridge, err = redis.New(rcfg, recv)
 	default:
 		err = fmt.Errorf("node: unknown -bridge %q: want mesh or redis://host:port/db", cfg.Bridge)
 	}

@@ -1,0 +1,160 @@
+// Package redistest runs a throwaway redis-server for tests: its own process
+// on a free loopback port, without persistence, killed when the test ends.
+package redistest
+
+import (
+	"bufio"
+	"bytes"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"strconv"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// Server is one redis-server process. Its methods are not safe for
+// concurrent use.
+type Server struct {
+	tb     testing.TB
+	bin    string
+	dir    string
+	port   int
+	cmd    *exec.Cmd
+	out    *bytes.Buffer
+	exited chan struct{}
+}
+
+// Start runs redis-server on a free 127.0.0.1 port with --save ” and
+// --appendonly no, and stops it in tb.Cleanup. Without redis-server on PATH
+// the test is skipped, unless the CI environment variable is set.
+func Start(tb testing.TB) *Server {
+	tb.Helper()
+	bin, err := exec.LookPath("redis-server")
+	if err != nil {
+		if os.Getenv("CI") != "" {
+			tb.Fatalf("redis-server not found (CI is set): %v", err)
+		}
+		tb.Skip("redis-server not installed (apt-get install redis-server, or scripts/install-test-deps.sh)")
+	}
+	s := &Server{tb: tb, bin: bin, dir: tb.TempDir()}
+	tb.Cleanup(s.Kill)
+	for attempt := 0; ; attempt++ {
+		s.port = freePort(tb)
+		if err = s.start(); err == nil {
+			return s
+		}
+		if attempt == 2 {
+			tb.Fatal(err)
+		}
+	}
+}
+
+// URL is the redis:// URL of the server.
+func (s *Server) URL() string { return "redis://" + s.Addr() }
+
+// Addr is the server's host:port.
+func (s *Server) Addr() string { return net.JoinHostPort("127.0.0.1", strconv.Itoa(s.port)) }
+
+// Kill stops the server with SIGKILL and waits for it to exit. Killing a
+// stopped server does nothing.
+func (s *Server) Kill() {
+	if s.cmd == nil {
+		return
+	}
+	_ = s.cmd.Process.Signal(syscall.SIGCONT) // a frozen process dies too
+	_ = s.cmd.Process.Kill()
+	<-s.exited
+	s.cmd = nil
+}
+
+// Restart kills the server if it runs and starts a fresh one, with no data,
+// on the same port.
+func (s *Server) Restart() {
+	s.tb.Helper()
+	s.Kill()
+	if err := s.start(); err != nil {
+		s.tb.Fatal(err)
+	}
+}
+
+// Freeze stops the server with SIGSTOP: connections stay open, nothing is
+// answered. Thaw resumes it.
+func (s *Server) Freeze() { s.signal(syscall.SIGSTOP) }
+
+// Thaw resumes a frozen server with SIGCONT.
+func (s *Server) Thaw() { s.signal(syscall.SIGCONT) }
+
+func (s *Server) signal(sig syscall.Signal) {
+	s.tb.Helper()
+	if s.cmd == nil {
+		s.tb.Fatal("redistest: server is not running")
+	}
+	if err := s.cmd.Process.Signal(sig); err != nil {
+		s.tb.Fatalf("redistest: signal %v: %v", sig, err)
+	}
+}
+
+func (s *Server) start() error {
+	s.out = &bytes.Buffer{}
+	cmd := exec.Command(s.bin,
+		"--port", strconv.Itoa(s.port), "--bind", "127.0.0.1",
+		"--save", "", "--appendonly", "no", "--dir", s.dir,
+		"--daemonize", "no", "--loglevel", "warning")
+	cmd.Stdout, cmd.Stderr = s.out, s.out
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("redistest: start redis-server: %w", err)
+	}
+	s.cmd, s.exited = cmd, make(chan struct{})
+	go func(exited chan struct{}) {
+		_ = cmd.Wait()
+		close(exited)
+	}(s.exited)
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		select {
+		case <-s.exited:
+			s.cmd = nil
+			return fmt.Errorf("redistest: redis-server on port %d exited: %s", s.port, s.out.String())
+		default:
+		}
+		if ping(s.Addr()) == nil {
+			return nil
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	s.Kill()
+	return fmt.Errorf("redistest: redis-server on port %d did not answer PING within 10s: %s", s.port, s.out.String())
+}
+
+func ping(addr string) error {
+	c, err := net.DialTimeout("tcp", addr, time.Second)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(time.Second))
+	if _, err := c.Write([]byte("PING\r\n")); err != nil {
+		return err
+	}
+	line, err := bufio.NewReader(c).ReadString('\n')
+	if err != nil {
+		return err
+	}
+	if line != "+PONG\r\n" {
+		return fmt.Errorf("PING answered %q", line)
+	}
+	return nil
+}
+
+func freePort(tb testing.TB) int {
+	tb.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		tb.Fatalf("redistest: find a free port: %v", err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
+}

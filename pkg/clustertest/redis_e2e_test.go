@@ -1,0 +1,277 @@
+package clustertest
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/gobwas/ws"
+	"github.com/gobwas/ws/wsutil"
+
+	"github.com/ringcast/ringcast/pkg/bridge/redis/redistest"
+	"github.com/ringcast/ringcast/pkg/wire"
+)
+
+// rawConn is a bare protocol client, for checking frames exactly.
+type rawConn struct {
+	t  *testing.T
+	nc net.Conn
+	rw io.ReadWriter // nc, reading first what the handshake read ahead
+}
+
+func dialRaw(t *testing.T, url, id string) *rawConn {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	nc, br, _, err := ws.Dial(ctx, url+"?client_id="+id)
+	if err != nil {
+		t.Fatalf("dial %s: %v", id, err)
+	}
+	r := &rawConn{t: t, nc: nc, rw: nc}
+	if br != nil {
+		r.rw = struct {
+			io.Reader
+			io.Writer
+		}{io.MultiReader(br, nc), nc}
+	}
+	t.Cleanup(func() { nc.Close() })
+	if f := r.read(); f.Op != wire.OpWelcome {
+		t.Fatalf("first frame = %+v, want welcome", f)
+	}
+	return r
+}
+
+func (r *rawConn) write(f wire.Frame) {
+	r.t.Helper()
+	b, _ := json.Marshal(f)
+	r.nc.SetWriteDeadline(time.Now().Add(5 * time.Second))
+	if err := wsutil.WriteClientText(r.rw, b); err != nil {
+		r.t.Fatalf("write: %v", err)
+	}
+}
+
+func (r *rawConn) read() wire.Frame {
+	r.t.Helper()
+	r.nc.SetReadDeadline(time.Now().Add(5 * time.Second))
+	b, err := wsutil.ReadServerText(r.rw)
+	if err != nil {
+		r.t.Fatalf("read: %v", err)
+	}
+	var f wire.Frame
+	if err := json.Unmarshal(b, &f); err != nil {
+		r.t.Fatalf("decode %s: %v", b, err)
+	}
+	return f
+}
+
+func publish(t *testing.T, c *Cluster, channel string, data any) int {
+	t.Helper()
+	code, err := PostJSON(context.Background(), c.HTTP()+"/v1/publish", map[string]any{"channel": channel, "data": data}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return code
+}
+
+func TestRedisRecoveryAfterDisconnect(t *testing.T) {
+	rs := redistest.Start(t)
+	c := startCluster(t, Options{Nodes: 2, Bridge: rs.URL(), HistorySize: 100})
+
+	a := dialRaw(t, c.URL(), "reader")
+	a.write(wire.Frame{Op: wire.OpSubscribe, Channel: "news"})
+	sub := a.read()
+	if sub.Op != wire.OpSubscribed || sub.Epoch == "" || sub.Offset == nil {
+		t.Fatalf("subscribed = %+v, want an epoch and an offset", sub)
+	}
+	for i := 1; i <= 3; i++ {
+		if code := publish(t, c, "news", i); code != 200 {
+			t.Fatalf("publish = %d", code)
+		}
+	}
+	var last wire.Frame
+	for i := 1; i <= 3; i++ {
+		last = a.read()
+		if last.Op != wire.OpMessage || *last.Offset != *sub.Offset+uint64(i) || last.Epoch != sub.Epoch {
+			t.Fatalf("message %d = %+v, want offset %d epoch %s", i, last, *sub.Offset+uint64(i), sub.Epoch)
+		}
+	}
+	a.nc.Close()
+
+	for i := 4; i <= 8; i++ {
+		publish(t, c, "news", i)
+	}
+	b := dialRaw(t, c.URL(), "reader")
+	b.write(wire.Frame{Op: wire.OpSubscribe, Channel: "news", Since: &wire.Position{Epoch: last.Epoch, Offset: *last.Offset}})
+	if f := b.read(); f.Op != wire.OpSubscribed || f.Recovered == nil || !*f.Recovered {
+		t.Fatalf("resubscribe = %+v, want recovered:true", f)
+	}
+	publish(t, c, "news", 9)
+	for i := 4; i <= 9; i++ {
+		f := b.read()
+		if f.Op != wire.OpMessage || string(f.Data) != fmt.Sprint(i) || *f.Offset != *last.Offset+uint64(i-3) {
+			t.Fatalf("after resubscribe got %+v, want data %d at offset %d", f, i, *last.Offset+uint64(i-3))
+		}
+	}
+
+	// Asking from an epoch Redis never had is answered recovered:false.
+	d := dialRaw(t, c.URL(), "stranger")
+	d.write(wire.Frame{Op: wire.OpSubscribe, Channel: "news", Since: &wire.Position{Epoch: "gone", Offset: 1}})
+	if f := d.read(); f.Recovered == nil || *f.Recovered || f.Epoch != last.Epoch {
+		t.Fatalf("subscribe since an unknown epoch = %+v, want recovered:false in %s", f, last.Epoch)
+	}
+}
+
+func TestRedisOutage(t *testing.T) {
+	ctx := context.Background()
+	rs := redistest.Start(t)
+	c := startCluster(t, Options{Nodes: 2, Bridge: rs.URL(), HistorySize: 100})
+	f := newFleet(t, c, "o", 10, "news")
+	publish(t, c, "news", "before")
+	if err := f.WaitAll(ctx, 5*time.Second, "given the first message", func(m *Member) bool { return m.HasData("news", "before") }); err != nil {
+		t.Fatal(err)
+	}
+
+	rs.Kill()
+	killed := time.Now()
+	for _, n := range c.Nodes {
+		err := Eventually(ctx, 5*time.Second, func() error {
+			if GetJSON(ctx, "http://"+n.Addr+"/readyz", nil) == nil {
+				return fmt.Errorf("%s still ready", n.Name)
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatalf("%v %v after Redis died", err, time.Since(killed))
+		}
+	}
+	t.Logf("nodes not ready %v after Redis died", time.Since(killed))
+	if code := publish(t, c, "news", "lost?"); code != 503 {
+		t.Errorf("publish with Redis down = %d, want 503", code)
+	}
+	err := f.Clients[0].Client.Publish(ctx, "news", "lost?")
+	if we, ok := err.(*wire.Error); !ok || we.Code != wire.CodeBridgeUnavailable {
+		t.Errorf("socket publish with Redis down = %v, want error bridge_unavailable", err)
+	}
+
+	rs.Restart()
+	back := time.Now()
+	if err := c.WaitConverged(ctx, 2); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("nodes ready %v after Redis returned", time.Since(back))
+	if d := time.Since(back); d > 5*time.Second {
+		t.Errorf("ready again after %v, want within 5 s", d)
+	}
+	// Redis lost the history: every client is told so, then receives again.
+	if err := f.WaitAll(ctx, 10*time.Second, "told recovered:false", func(m *Member) bool { return m.Unrecovered() > 0 }); err != nil {
+		t.Fatal(err)
+	}
+	if err := Eventually(ctx, 10*time.Second, func() error {
+		if code := publish(t, c, "news", "after"); code != 200 {
+			return fmt.Errorf("publish = %d", code)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.WaitAll(ctx, 10*time.Second, "given the publish after the restart", func(m *Member) bool { return m.HasData("news", "after") }); err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range f.Clients {
+		if m.HasData("news", "lost?") {
+			t.Errorf("%s received a publish that was refused", m.ID)
+		}
+	}
+}
+
+// A node is killed while a publisher runs: every client ends with every
+// acknowledged message exactly once, in order.
+func TestRedisFailoverNoLoss(t *testing.T) {
+	ctx := context.Background()
+	rs := redistest.Start(t)
+	c := startCluster(t, Options{Nodes: 3, Bridge: rs.URL(), HistorySize: 1000})
+	f := newFleet(t, c, "h", 45, "feed")
+
+	var mu sync.Mutex
+	var acked []int
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		t := time.NewTicker(10 * time.Millisecond)
+		defer t.Stop()
+		for seq := 1; ; seq++ {
+			select {
+			case <-stop:
+				return
+			case <-t.C:
+			}
+			var out struct{ OK bool }
+			code, err := PostJSON(ctx, c.HTTP()+"/v1/publish", map[string]any{"channel": "feed", "data": seq}, &out)
+			if err == nil && code == 200 && out.OK {
+				mu.Lock()
+				acked = append(acked, seq)
+				mu.Unlock()
+			}
+		}
+	}()
+	waitAcked := func(n int) {
+		Eventually(ctx, 10*time.Second, func() error {
+			mu.Lock()
+			defer mu.Unlock()
+			if len(acked) < n {
+				return fmt.Errorf("%d acked", len(acked))
+			}
+			return nil
+		})
+	}
+	waitAcked(50)
+	victim := f.Clients[0].Node()
+	c.Node(victim).Kill()
+	mu.Lock()
+	n := len(acked)
+	mu.Unlock()
+	waitAcked(n + 100)
+	close(stop)
+	<-done
+
+	mu.Lock()
+	want := append([]int(nil), acked...)
+	mu.Unlock()
+	err := f.WaitAll(ctx, 15*time.Second, "holding every acknowledged message", func(m *Member) bool {
+		got := map[string]bool{}
+		for _, msg := range m.Messages("feed") {
+			got[string(msg.Data)] = true
+		}
+		for _, seq := range want {
+			if !got[fmt.Sprint(seq)] {
+				return false
+			}
+		}
+		return true
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range f.Clients {
+		msgs := m.Messages("feed")
+		prev, prevOff := 0, uint64(0)
+		for _, msg := range msgs {
+			var seq int
+			json.Unmarshal(msg.Data, &seq)
+			if seq <= prev || (prevOff != 0 && msg.Offset != prevOff+1) {
+				t.Fatalf("%s: message %d (offset %d) after %d (offset %d): duplicate, reordered or gap", m.ID, seq, msg.Offset, prev, prevOff)
+			}
+			prev, prevOff = seq, msg.Offset
+		}
+		if m.Unrecovered() != 0 {
+			t.Errorf("%s was told recovered:false %d times", m.ID, m.Unrecovered())
+		}
+	}
+	t.Logf("%d acknowledged messages, %d clients (killed %s): none lost, none duplicated, all in order", len(want), len(f.Clients), victim)
+}
