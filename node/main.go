@@ -53,6 +53,7 @@ func run(ctx context.Context, args []string, env func(string) string, stderr io.
 	fs.IntVar(&cfg.MaxChannels, "max-channels", d.MaxChannels, "channels one connection may subscribe to")
 	fs.IntVar(&cfg.SendQueue, "send-queue", d.SendQueue, "frames queued per connection before it is closed as slow (4008)")
 	fs.DurationVar(&cfg.DrainWindow, "drain", d.DrainWindow, "on SIGTERM, clients are asked to reconnect spread over this window")
+	fs.IntVar(&cfg.MaxPending, "max-pending", d.MaxPending, "connections set up at once; more get HTTP 503 and retry (admission control)")
 	fs.IntVar(&cfg.RebalanceRate, "rebalance-rate", d.RebalanceRate, "clients per second asked to move after a ring change")
 	logFormat := fs.String("log", "dev", "log format: dev | json")
 	logLevel := fs.String("log-level", "info", "log level: debug | info | warn | error")

@@ -202,6 +202,7 @@ func (c *conn) serve(ctx context.Context) {
 	actx, cancel := context.WithTimeout(ctx, c.srv.cfg.RequestTimeout)
 	prev, err := c.srv.hub.Attach(actx, c)
 	cancel()
+	<-c.srv.admit
 	if prev != nil {
 		prev.(*conn).close(wire.CloseMoved, "replaced by a newer connection")
 	}

@@ -50,8 +50,19 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "node draining", http.StatusServiceUnavailable)
 		return
 	}
+	// Admission control: a burst of reconnects (a node just died) is served
+	// at the rate attaches complete; the rest are told to retry and back off.
+	select {
+	case s.admit <- struct{}{}:
+	default:
+		s.met.refused.Inc()
+		w.Header().Set("Retry-After", "1")
+		http.Error(w, "node overloaded: too many connections being set up, retry", http.StatusServiceUnavailable)
+		return
+	}
 	nc, rw, _, err := ws.HTTPUpgrader{Timeout: 5 * time.Second}.Upgrade(r, w)
 	if err != nil {
+		<-s.admit
 		s.log.Debug("upgrade", zap.Error(err))
 		return
 	}
@@ -64,6 +75,7 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 		c.raw, _ = sc.SyscallConn()
 	}
 	if !s.track(c) {
+		<-s.admit
 		nc.Write(ws.CompiledCloseGoingAway)
 		nc.Close()
 		return

@@ -3,10 +3,11 @@ package node
 import "github.com/prometheus/client_golang/prometheus"
 
 type metrics struct {
-	in    prometheus.Counter
-	slow  prometheus.Counter
-	moved prometheus.Counter
-	epoch prometheus.Gauge
+	in      prometheus.Counter
+	slow    prometheus.Counter
+	moved   prometheus.Counter
+	refused prometheus.Counter
+	epoch   prometheus.Gauge
 }
 
 func newMetrics(s *Server, reg prometheus.Registerer) *metrics {
@@ -20,11 +21,14 @@ func newMetrics(s *Server, reg prometheus.Registerer) *metrics {
 		moved: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "ringcast_node_clients_moved_total", Help: "Clients asked to reconnect elsewhere (rebalance or drain).",
 		}),
+		refused: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "ringcast_node_connections_refused_total", Help: "Upgrades refused with 503 by admission control.",
+		}),
 		epoch: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "ringcast_node_ring_epoch", Help: "Ring epoch of this node's membership view.",
 		}),
 	}
-	reg.MustRegister(m.in, m.slow, m.moved, m.epoch,
+	reg.MustRegister(m.in, m.slow, m.moved, m.refused, m.epoch,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "ringcast_node_bridge_links", Help: "Live mesh links to other nodes.",
 		}, func() float64 {

@@ -51,6 +51,7 @@ type Config struct {
 	DrainWindow     time.Duration // on shutdown clients are asked to reconnect spread over this; default 5s
 	RebalanceRate   int           // clients per second asked to move after a ring change; default 500
 	RebalanceSpread time.Duration // reconnect after_ms is jittered over this; default 1s
+	MaxPending      int           // connections being set up at once; more get HTTP 503 and retry; default 512
 
 	Log      *zap.Logger
 	Registry *prometheus.Registry // nil = a fresh one
@@ -73,6 +74,7 @@ func DefaultConfig() Config {
 		DrainWindow:     5 * time.Second,
 		RebalanceRate:   500,
 		RebalanceSpread: time.Second,
+		MaxPending:      512,
 	}
 }
 
@@ -113,6 +115,7 @@ func (c *Config) validate() error {
 	setDur(&c.DrainWindow, d.DrainWindow)
 	setInt(&c.RebalanceRate, d.RebalanceRate)
 	setDur(&c.RebalanceSpread, d.RebalanceSpread)
+	setInt(&c.MaxPending, d.MaxPending)
 	if c.HistorySize > 0 && c.Bridge == "mesh" {
 		return errors.New("node: -history-size needs -bridge redis://…: the mesh bridge keeps no history (at-most-once)")
 	}
@@ -122,7 +125,7 @@ func (c *Config) validate() error {
 	switch {
 	case c.Heartbeat < 0, c.MaxMessage < 0, c.MaxChannels < 0, c.SendQueue < 0, c.SendQueueBytes < 0,
 		c.WriteTimeout < 0, c.RequestTimeout < 0, c.DrainWindow < 0, c.RebalanceRate < 0,
-		c.RebalanceSpread < 0, c.HistorySize < 0, c.HistoryTTL < 0:
+		c.RebalanceSpread < 0, c.HistorySize < 0, c.HistoryTTL < 0, c.MaxPending < 0:
 		return errors.New("node: sizes and durations must not be negative")
 	}
 	if c.Log == nil {
@@ -149,6 +152,7 @@ type Server struct {
 	mu       sync.Mutex
 	conns    map[*conn]struct{}
 	draining bool
+	admit    chan struct{} // admission control: one token per connection being set up
 }
 
 // New binds the node's sockets and wires its parts; Run starts it.
@@ -156,7 +160,7 @@ func New(cfg Config) (*Server, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
-	s := &Server{cfg: cfg, log: cfg.Log, conns: map[*conn]struct{}{}, reg: cfg.Registry}
+	s := &Server{cfg: cfg, log: cfg.Log, conns: map[*conn]struct{}{}, reg: cfg.Registry, admit: make(chan struct{}, cfg.MaxPending)}
 	if s.reg == nil {
 		s.reg = prometheus.NewRegistry()
 		s.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
