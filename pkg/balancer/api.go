@@ -13,6 +13,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/ringcast/ringcast/pkg/cluster"
+	"github.com/ringcast/ringcast/pkg/webclient"
 	"github.com/ringcast/ringcast/pkg/wire"
 )
 
@@ -29,6 +30,10 @@ func (s *Server) routes() http.Handler {
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { writeJSON(w, 200, map[string]any{"ok": true}) })
 	mux.HandleFunc("GET /readyz", s.serveReady)
 	mux.Handle("GET /metrics", promhttp.HandlerFor(s.reg, promhttp.HandlerOpts{}))
+	web := webclient.Handler()
+	mux.Handle("GET /{$}", web)
+	mux.Handle("GET /client.js", web)
+	mux.Handle("GET /client.d.ts", web)
 	return mux
 }
 

@@ -172,13 +172,30 @@ func (s *Server) Run(ctx context.Context) error {
 	return err
 }
 
-// watch closes the relayed connections of nodes gossip declares dead, so
-// their clients reconnect at once instead of waiting for a heartbeat.
+// watch follows membership: it closes the relayed connections of nodes gossip
+// declares dead, so their clients reconnect at once instead of waiting for a
+// heartbeat, and forgets local down marks of nodes that (re)joined.
 func (s *Server) watch(ctx context.Context) {
+	var prev *ring.Ring
 	for {
 		changes := s.cluster.Changes()
 		v := s.cluster.View()
 		s.met.epoch.Set(float64(v.Epoch))
+		if v.Ring != nil && v.Ring != prev {
+			for _, id := range v.Ring.Members() {
+				if prev == nil || !prev.Has(id) {
+					s.proxy.Up(id) // (re)joined: a dial that failed before no longer counts
+				}
+			}
+			prev = v.Ring
+		}
+		if v.Ring != nil && v.Ring.Len() > 1 {
+			// Build the rings the fallback needs when one node fails now,
+			// not in the middle of its clients' reconnect burst.
+			for _, id := range v.Ring.Members() {
+				v.Ring.OwnerExcluding("", id)
+			}
+		}
 		for _, m := range v.Members {
 			if m.Role == cluster.RoleNode && m.State == cluster.StateDead {
 				if n := s.proxy.CloseNode(m.ID); n > 0 {

@@ -387,6 +387,14 @@ func (p *Proxy) markDown(nodeID string) bool {
 	return !ok || !now.Before(until)
 }
 
+// Up forgets a down mark: gossip says nodeID (re)joined, so a failed dial
+// from before must not keep its clients away.
+func (p *Proxy) Up(nodeID string) {
+	p.mu.Lock()
+	delete(p.down, nodeID)
+	p.mu.Unlock()
+}
+
 // Down reports whether nodeID is locally marked down now.
 func (p *Proxy) Down(nodeID string) bool {
 	p.mu.Lock()
