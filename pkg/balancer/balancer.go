@@ -23,14 +23,14 @@ import (
 
 // Config configures a balancer.
 type Config struct {
-	ID         string       // member id in gossip; default "balancer-" + the listen address
-	Addr       string       // HTTP/WebSocket listen address; default 127.0.0.1:8080 (port 0 = any)
-	Gossip     string       // gossip bind address; default 127.0.0.1:7000
-	GossipAdv  string       // gossip address others use when it differs from Gossip
-	Join       []string     // gossip seeds; the first process of a cluster joins nothing
-	ClusterKey string       // gossip encryption; empty = off
-	Detect     string       // failure detection profile: lan (default) | fast
-	Proxy      proxy.Config // WebSocket relay settings; zero fields take proxy defaults
+	ID         string        // member id in gossip; default "balancer-" + the listen address
+	Addr       string        // HTTP/WebSocket listen address; default 127.0.0.1:8080 (port 0 = any)
+	Gossip     string        // gossip bind address; default 127.0.0.1:7000
+	GossipAdv  string        // gossip address others use when it differs from Gossip
+	Join       []string      // gossip seeds; the first process of a cluster joins nothing
+	ClusterKey string        // gossip encryption; empty = off
+	Detect     string        // failure detection profile: lan (default) | fast
+	Proxy      proxy.Config  // WebSocket relay settings; zero fields take proxy defaults
 	APITimeout time.Duration // admin API calls forwarded to nodes; default 5s
 
 	Log      *zap.Logger
@@ -229,4 +229,3 @@ func (p picker) Pick(clientID string, excluded []string) (string, string, error)
 	}
 	return id, m.Addr, nil
 }
-

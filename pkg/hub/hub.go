@@ -60,8 +60,14 @@ type channel struct {
 type member struct {
 	live    atomic.Bool
 	mu      sync.Mutex
-	pending []bridge.Message
+	pending  []bridge.Message
+	overflow bool // more than pendingLimit arrived while recovering
 }
+
+// ErrOverflow is returned by Subscribe when more live messages arrived
+// during recovery than the hub parks: the caller closes the connection as a
+// slow consumer, and the client recovers again.
+var ErrOverflow = errors.New("too many messages during recovery")
 
 // ErrTooManyChannels is returned by Subscribe past Config.MaxChannels.
 var ErrTooManyChannels = errors.New("too many channels")
@@ -109,6 +115,13 @@ func (h *Hub) Attach(ctx context.Context, s Sink) (Sink, error) {
 		h.Detach(s)
 		return prev, fmt.Errorf("announce client: %w", err)
 	}
+	h.mu.Lock()
+	if h.clients[id] == nil {
+		// s left while Hold was in flight: its Release may have reached the
+		// bridge before the Hold did.
+		h.br.Release(id)
+	}
+	h.mu.Unlock()
 	return prev, nil
 }
 
@@ -116,7 +129,6 @@ func (h *Hub) Attach(ctx context.Context, s Sink) (Sink, error) {
 func (h *Hub) Detach(s Sink) { h.detach(s, true) }
 
 func (h *Hub) detach(s Sink, release bool) {
-	var empty []string
 	h.mu.Lock()
 	if h.clients[s.ClientID()] == s {
 		delete(h.clients, s.ClientID())
@@ -124,22 +136,14 @@ func (h *Hub) detach(s Sink, release bool) {
 		release = false
 	}
 	for name := range h.subs[s] {
-		if ch := h.channels[name]; ch != nil {
-			delete(ch.members, s)
-			if len(ch.members) == 0 {
-				delete(h.channels, name)
-				empty = append(empty, name)
-			}
-		}
+		h.leave(s, name)
 	}
 	delete(h.subs, s)
-	h.mu.Unlock()
-	for _, name := range empty {
-		h.br.Unsubscribe(name)
-	}
 	if release {
+		// Under h.mu, like leave: a later Attach's Hold comes after it.
 		h.br.Release(s.ClientID())
 	}
+	h.mu.Unlock()
 }
 
 // Subscribe subscribes s to name. With since, it recovers missed messages:
@@ -176,6 +180,13 @@ func (h *Hub) Subscribe(ctx context.Context, s Sink, name string, since *wire.Po
 
 	if first {
 		ch.err = h.br.Subscribe(ctx, name)
+		h.mu.Lock()
+		if h.channels[name] == nil {
+			// Every member left while Subscribe was in flight: their
+			// Unsubscribe may have reached the bridge before it did.
+			h.br.Unsubscribe(name)
+		}
+		h.mu.Unlock()
 		close(ch.ready)
 	}
 	select {
@@ -234,6 +245,11 @@ func (h *Hub) Subscribe(ctx context.Context, s Sink, name string, since *wire.Po
 	if last.Epoch == "" && top.Epoch != "" {
 		last = top
 	}
+	if m.overflow {
+		// More arrived than could be parked: never a silent gap.
+		m.pending, m.overflow = nil, false
+		return ErrOverflow
+	}
 	for _, msg := range m.pending {
 		if !send(msg) {
 			return nil
@@ -249,19 +265,25 @@ func (h *Hub) Unsubscribe(s Sink, name string) bool {
 	h.mu.Lock()
 	_, ok := h.subs[s][name]
 	delete(h.subs[s], name)
-	empty := false
-	if ch := h.channels[name]; ch != nil {
-		delete(ch.members, s)
-		if len(ch.members) == 0 {
-			delete(h.channels, name)
-			empty = true
-		}
-	}
+	h.leave(s, name)
 	h.mu.Unlock()
-	if empty {
+	return ok
+}
+
+// leave removes s from channel name and drops the bridge interest with the
+// last member. Called with h.mu held, so the bridge sees a channel's
+// Unsubscribe before a later first subscriber's Subscribe (Unsubscribe does
+// not block).
+func (h *Hub) leave(s Sink, name string) {
+	ch := h.channels[name]
+	if ch == nil {
+		return
+	}
+	delete(ch.members, s)
+	if len(ch.members) == 0 {
+		delete(h.channels, name)
 		h.br.Unsubscribe(name)
 	}
-	return ok
 }
 
 // Publish sends m to every subscriber in the cluster.
@@ -298,6 +320,8 @@ func (h *Hub) Deliver(msg bridge.Message) {
 			n++
 		} else if len(m.pending) < pendingLimit {
 			m.pending = append(m.pending, msg)
+		} else {
+			m.overflow = true
 		}
 		m.mu.Unlock()
 	}

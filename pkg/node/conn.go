@@ -32,11 +32,13 @@ type conn struct {
 	pending []byte // bytes the upgrade read ahead
 	log     *zap.Logger
 
-	mu      sync.Mutex
-	queue   []outFrame
-	queued  int  // bytes in queue
-	writing bool // a writer goroutine is running
-	closing bool // a close frame is queued: nothing more is accepted
+	mu        sync.Mutex
+	queue     []outFrame
+	queued    int         // bytes in queue
+	writing   bool        // a writer goroutine is running
+	closing   bool        // a close frame is queued: nothing more is accepted
+	closedAt  time.Time   // when closing was set
+	moveTimer *time.Timer // closes the connection if a reconnect request is ignored
 
 	asked atomic.Bool // told to reconnect elsewhere
 }
@@ -80,7 +82,7 @@ func (c *conn) close(code int, reason string) {
 	if c.closing {
 		return
 	}
-	c.closing = true
+	c.closing, c.closedAt = true, time.Now()
 	c.queue = append(c.queue, outFrame{ws.OpClose, ws.NewCloseFrameBody(ws.StatusCode(code), reason)})
 	c.startWriter()
 }
@@ -192,13 +194,17 @@ func (c *conn) waitReadable() error {
 	})
 }
 
-// serve runs the connection: announce it, welcome, then read frames until
-// the peer goes away, the heartbeat lapses or the server drains.
+// serve sets the connection up: welcome, then announce it to the hub. The
+// reading itself runs on park goroutines.
 func (c *conn) serve(ctx context.Context) {
 	defer c.srv.wg.Done()
-	defer c.srv.forget(c)
-	defer c.nc.Close()
-
+	// The welcome is queued first so it precedes anything the hub delivers
+	// once Attach made the client reachable.
+	view := c.srv.cluster.View()
+	c.Send(wire.Encode(&wire.Frame{
+		Op: wire.OpWelcome, ClientID: c.id, Node: c.srv.cfg.ID,
+		RingEpoch: wire.Uint64(view.Epoch), HeartbeatMS: int(c.srv.cfg.Heartbeat / time.Millisecond),
+	}))
 	actx, cancel := context.WithTimeout(ctx, c.srv.cfg.RequestTimeout)
 	prev, err := c.srv.hub.Attach(actx, c)
 	cancel()
@@ -208,75 +214,106 @@ func (c *conn) serve(ctx context.Context) {
 	}
 	if err != nil {
 		c.log.Warn("attach", zap.Error(err))
-		c.close(wire.CloseTryAgainLater, "bridge unavailable")
-		c.drain()
+		c.closeNow(wire.CloseTryAgainLater, "bridge unavailable")
+		c.cleanup(false)
 		return
 	}
-	defer c.srv.hub.Detach(c)
-	view := c.srv.cluster.View()
-	c.Send(wire.Encode(&wire.Frame{
-		Op: wire.OpWelcome, ClientID: c.id, Node: c.srv.cfg.ID,
-		RingEpoch: wire.Uint64(view.Epoch), HeartbeatMS: int(c.srv.cfg.Heartbeat / time.Millisecond),
-	}))
+	c.srv.wg.Add(1)
+	go c.park(ctx)
+}
 
+// park waits until the client sends something, then reads. Waiting always
+// happens on a fresh goroutine whose stack never ran the request path, so
+// an idle connection costs the smallest stack the runtime has: after each
+// burst of frames, loop hands the wait over to a new park goroutine.
+func (c *conn) park(ctx context.Context) {
+	defer c.srv.wg.Done()
+	if c.wait() && c.loop(ctx) {
+		c.srv.wg.Add(1)
+		go c.park(ctx)
+		return
+	}
+	c.cleanup(true)
+}
+
+// wait parks until the socket is readable. It returns false when the
+// connection is over: closing, timed out or gone.
+func (c *conn) wait() bool {
+	if at, closing := c.closingSince(); closing {
+		// A close frame is queued: handle nothing more, and give the peer
+		// a bounded time to read it and answer.
+		c.nc.SetReadDeadline(at.Add(closeGrace))
+		c.discard()
+		return false
+	}
+	c.nc.SetReadDeadline(time.Now().Add(3 * c.srv.cfg.Heartbeat))
+	if err := c.waitReadable(); err != nil {
+		c.end(err)
+		return false
+	}
+	return true
+}
+
+// cleanup releases the connection once it is over.
+func (c *conn) cleanup(attached bool) {
+	if attached {
+		c.srv.hub.Detach(c)
+	}
+	c.finish()
+	c.nc.Close()
+	c.srv.forget(c)
+}
+
+// loop reads and handles frames while the socket has data. It returns true
+// when the socket ran dry between messages (the caller hands the wait to a
+// fresh goroutine) and false when the connection is over.
+func (c *conn) loop(ctx context.Context) bool {
 	var msg []byte
 	var msgOp ws.OpCode
 	for {
-		c.nc.SetReadDeadline(time.Now().Add(3 * c.srv.cfg.Heartbeat))
-		if err := c.waitReadable(); err != nil {
-			c.end(err)
-			return
+		if msg == nil && !c.readable() {
+			return true
+		}
+		if msg != nil && !c.wait() {
+			return false
+		}
+		if _, closing := c.closingSince(); closing {
+			return c.wait() // drains and reports false
 		}
 		h, err := ws.ReadHeader(c)
 		if err != nil {
 			c.end(err)
-			return
+			return false
 		}
 		if !h.Masked || h.Rsv != 0 {
 			c.closeNow(int(ws.StatusProtocolError), "frames must be masked, no extensions")
-			return
+			return false
 		}
 		if h.OpCode.IsControl() {
-			if h.Length > 125 || !h.Fin {
-				c.closeNow(int(ws.StatusProtocolError), "bad control frame")
-				return
-			}
-			var b [125]byte
-			p := b[:h.Length]
-			if _, err := io.ReadFull(c, p); err != nil {
-				c.end(err)
-				return
-			}
-			ws.Cipher(p, h.Mask, 0)
-			switch h.OpCode {
-			case ws.OpPing:
-				c.enqueue(ws.OpPong, append([]byte(nil), p...))
-			case ws.OpClose:
-				c.close(wire.CloseNormal, "")
-				c.drain()
-				return
+			if !c.control(h) {
+				return false
 			}
 			continue
 		}
 		switch {
 		case h.OpCode == ws.OpContinuation && msg == nil:
 			c.closeNow(int(ws.StatusProtocolError), "continuation without a message")
-			return
+			return false
 		case h.OpCode != ws.OpContinuation && msg != nil:
 			c.closeNow(int(ws.StatusProtocolError), "new message inside a fragmented one")
-			return
+			return false
 		case h.OpCode != ws.OpContinuation:
 			msgOp = h.OpCode
 		}
 		if h.Length > int64(c.srv.cfg.MaxMessage-len(msg)) {
 			c.closeNow(wire.CloseTooBig, "message too big")
-			return
+			return false
 		}
 		start := len(msg)
 		msg = append(msg, make([]byte, h.Length)...)
 		if _, err := io.ReadFull(c, msg[start:]); err != nil {
 			c.end(err)
-			return
+			return false
 		}
 		ws.Cipher(msg[start:], h.Mask, 0)
 		if msg == nil {
@@ -287,12 +324,51 @@ func (c *conn) serve(ctx context.Context) {
 		}
 		if msgOp == ws.OpText && !utf8.Valid(msg) {
 			c.closeNow(int(ws.StatusInvalidFramePayloadData), "invalid UTF-8")
-			return
+			return false
 		}
 		c.srv.met.in.Inc()
 		c.handle(ctx, msg)
 		msg = nil
 	}
+}
+
+// control handles a ping, pong or close frame; false ends the connection.
+func (c *conn) control(h ws.Header) bool {
+	if h.Length > 125 || !h.Fin {
+		c.closeNow(int(ws.StatusProtocolError), "bad control frame")
+		return false
+	}
+	var b [125]byte
+	p := b[:h.Length]
+	if _, err := io.ReadFull(c, p); err != nil {
+		c.end(err)
+		return false
+	}
+	ws.Cipher(p, h.Mask, 0)
+	switch h.OpCode {
+	case ws.OpPing:
+		c.enqueue(ws.OpPong, append([]byte(nil), p...))
+	case ws.OpClose:
+		c.close(wire.CloseNormal, "")
+		c.drain()
+		return false
+	}
+	return true
+}
+
+// readable reports, without blocking, whether the socket has data (or EOF).
+func (c *conn) readable() bool {
+	if len(c.pending) > 0 || c.raw == nil {
+		return true
+	}
+	has := true
+	c.raw.Read(func(fd uintptr) bool {
+		var b [1]byte
+		_, _, err := syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
+		has = err != syscall.EAGAIN
+		return true
+	})
+	return has
 }
 
 // closeNow sends a close frame and drains the peer briefly.
@@ -301,10 +377,14 @@ func (c *conn) closeNow(code int, reason string) {
 	c.drain()
 }
 
-// drain waits, bounded by the deadline the writer sets after the close
-// frame, for the peer to close its side.
+// drain gives the peer a second to close its side after our close frame.
 func (c *conn) drain() {
 	c.nc.SetReadDeadline(time.Now().Add(time.Second))
+	c.discard()
+}
+
+// discard reads and drops until the peer closes or the read deadline passes.
+func (c *conn) discard() {
 	var b [512]byte
 	for {
 		if _, err := c.Read(b[:]); err != nil {
@@ -313,7 +393,32 @@ func (c *conn) drain() {
 	}
 }
 
+// closeGrace bounds how long a connection lives after its close frame was
+// queued: time for the writer to flush it and the peer to answer.
+const closeGrace = 2 * time.Second
+
+// closingSince reports whether a close frame is queued, and since when.
+func (c *conn) closingSince() (time.Time, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.closedAt, c.closing
+}
+
+// finish runs when serve returns: nothing more is queued and a pending move
+// timer is stopped.
+func (c *conn) finish() {
+	c.mu.Lock()
+	c.closing = true
+	if c.moveTimer != nil {
+		c.moveTimer.Stop()
+	}
+	c.mu.Unlock()
+}
+
 func (c *conn) end(err error) {
+	if _, closing := c.closingSince(); closing {
+		return // our close frame went out: the peer's silence ends it
+	}
 	var ne net.Error
 	switch {
 	case errors.As(err, &ne) && ne.Timeout():
@@ -339,7 +444,11 @@ func (c *conn) handle(ctx context.Context, b []byte) {
 	case wire.OpPing:
 		c.Send(wire.Encode(&wire.Frame{Op: wire.OpPong, ID: f.ID}))
 	case wire.OpSubscribe:
-		if err := c.srv.hub.Subscribe(rctx, c, f.Channel, f.Since, f.ID); err != nil {
+		err := c.srv.hub.Subscribe(rctx, c, f.Channel, f.Since, f.ID)
+		switch {
+		case errors.Is(err, hub.ErrOverflow):
+			c.close(wire.CloseSlowConsumer, "too many messages during recovery")
+		case err != nil:
 			c.Send(wire.ErrorFrame(f.ID, requestError(err)))
 		}
 	case wire.OpUnsubscribe:

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"io"
 	"net/http"
 	"slices"
 	"syscall"
@@ -66,7 +67,7 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 		s.log.Debug("upgrade", zap.Error(err))
 		return
 	}
-	c := &conn{srv: s, id: id, nc: nc, since: time.Now(), log: s.log.With(zap.String("client_id", id))}
+	c := &conn{srv: s, id: id, nc: nc, since: time.Now(), log: s.log.WithLazy(zap.String("client_id", id))}
 	if n := rw.Reader.Buffered(); n > 0 {
 		c.pending, _ = rw.Reader.Peek(n)
 		c.pending = append([]byte(nil), c.pending...)
@@ -95,14 +96,18 @@ type sendRequest struct {
 
 // decodeBody reads a JSON body bounded by MaxMessage.
 func (s *Server) decodeBody(w http.ResponseWriter, r *http.Request, v any) bool {
-	r.Body = http.MaxBytesReader(w, r.Body, int64(s.cfg.MaxMessage))
-	if err := json.NewDecoder(r.Body).Decode(v); err != nil {
-		status := http.StatusBadRequest
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, int64(s.cfg.MaxMessage)))
+	if err != nil {
 		var mbe *http.MaxBytesError
 		if errors.As(err, &mbe) {
-			status = http.StatusRequestEntityTooLarge
+			writeError(w, http.StatusRequestEntityTooLarge, wire.CodeTooLarge, err.Error())
+		} else {
+			writeError(w, http.StatusBadRequest, wire.CodeBadRequest, err.Error())
 		}
-		writeError(w, status, wire.CodeBadJSON, err.Error())
+		return false
+	}
+	if err := json.Unmarshal(body, v); err != nil {
+		writeError(w, http.StatusBadRequest, wire.CodeBadJSON, err.Error())
 		return false
 	}
 	return true

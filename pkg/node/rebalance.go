@@ -111,7 +111,11 @@ func (s *Server) askMove(c *conn, reason string, code int, spread time.Duration)
 	after := time.Duration(rand.Int64N(int64(spread) + 1))
 	s.met.moved.Inc()
 	c.Send(wire.Encode(&wire.Frame{Op: wire.OpReconnect, Reason: reason, AfterMS: wire.Int(int(after / time.Millisecond))}))
-	time.AfterFunc(after+2*time.Second, func() { c.close(code, reason) })
+	c.mu.Lock()
+	if !c.closing {
+		c.moveTimer = time.AfterFunc(after+2*time.Second, func() { c.close(code, reason) })
+	}
+	c.mu.Unlock()
 }
 
 // drain asks every client to reconnect, spread over window, and waits for

@@ -40,6 +40,7 @@ const (
 const (
 	CodeBadRequest        = "bad_request"
 	CodeBadJSON           = "bad_json"
+	CodeTooLarge          = "too_large"
 	CodeUnknownOp         = "unknown_op"
 	CodeBadChannel        = "bad_channel"
 	CodeBadClientID       = "bad_client_id"
@@ -98,7 +99,12 @@ func errorf(code, format string, args ...any) *Error {
 func Decode(b []byte) (Frame, error) {
 	var f Frame
 	if err := json.Unmarshal(b, &f); err != nil {
-		return Frame{}, errorf(CodeBadJSON, "malformed JSON: %v", err)
+		// A field of the wrong type still leaves a well-formed id to echo.
+		var te *json.UnmarshalTypeError
+		if !errors.As(err, &te) || len(f.ID) == 0 || validID(f.ID) != nil {
+			return Frame{}, errorf(CodeBadJSON, "malformed JSON: %v", err)
+		}
+		return Frame{ID: f.ID}, errorf(CodeBadJSON, "malformed JSON: %v", err)
 	}
 	if len(f.ID) > 0 {
 		if err := validID(f.ID); err != nil {

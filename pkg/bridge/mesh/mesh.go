@@ -148,12 +148,14 @@ func (m *Mesh) Links() int {
 // and keeps the links up until ctx is done.
 func (m *Mesh) Run(ctx context.Context) error {
 	defer func() {
+		// stopped closes under m.mu: start checks it there, so no link is
+		// registered after this sweep.
 		m.mu.Lock()
+		close(m.stopped)
 		for _, l := range m.links {
 			l.close()
 		}
 		m.mu.Unlock()
-		close(m.stopped)
 		m.wg.Wait()
 	}()
 	dialing := map[string]bool{}
@@ -265,6 +267,9 @@ func (m *Mesh) drop(l *link) {
 
 // Publish implements bridge.Bridge.
 func (m *Mesh) Publish(_ context.Context, msg bridge.Message) (bridge.Message, error) {
+	if err := m.Ready(); err != nil {
+		return msg, err // peers exist but none is linked: fail loudly
+	}
 	m.recv.Deliver(msg)
 	key := "c:" + msg.Channel
 	m.mu.Lock()
