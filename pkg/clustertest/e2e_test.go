@@ -8,6 +8,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -322,4 +323,60 @@ func percentile(d []time.Duration, p int) time.Duration {
 	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
 	i := (len(s)*p + 99) / 100
 	return s[max(0, min(len(s)-1, i-1))]
+}
+
+// A node paused past failure detection comes back without keeping the
+// sessions that were re-homed meanwhile: it fences itself, and every client
+// ends on its owner, receiving.
+func TestPausedNode(t *testing.T) {
+	ctx := context.Background()
+	c := startCluster(t, Options{Nodes: 3})
+	f := newFleet(t, c, "p", 45, "room")
+	victim := c.Node(f.Clients[0].Node())
+	if err := victim.Signal(syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	// The fault itself: a pause of 2.5 s, well past the ~1 s detection.
+	resume := time.After(2500 * time.Millisecond)
+	if err := Eventually(ctx, 10*time.Second, func() error {
+		ci, err := c.Info(ctx, 0)
+		if err != nil {
+			return err
+		}
+		if a := ci.Alive(); len(a) != 2 {
+			return fmt.Errorf("alive = %v", a)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	err := f.WaitAll(ctx, 10*time.Second, "moved off the paused node", func(m *Member) bool {
+		return m.Node() != victim.Name && m.Client.State() == client.StateConnected
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	<-resume
+	if err := victim.Signal(syscall.SIGCONT); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.WaitConverged(ctx, 3); err != nil {
+		t.Fatal(err)
+	}
+	err = f.WaitAll(ctx, 30*time.Second, "on their owner", func(m *Member) bool {
+		o, err := c.Owner(ctx, m.ID)
+		return err == nil && m.Node() == o && m.Client.State() == client.StateConnected
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Clients[1].Client.Publish(ctx, "room", "resumed"); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.WaitAll(ctx, 5*time.Second, "given the publish", func(m *Member) bool { return m.HasData("room", "resumed") }); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(victim.Log(), "process was paused past failure detection") {
+		t.Errorf("%s did not fence itself after the pause", victim.Name)
+	}
 }

@@ -7,6 +7,7 @@ type metrics struct {
 	slow    prometheus.Counter
 	moved   prometheus.Counter
 	refused prometheus.Counter
+	fenced  prometheus.Counter
 	epoch   prometheus.Gauge
 }
 
@@ -24,11 +25,14 @@ func newMetrics(s *Server, reg prometheus.Registerer) *metrics {
 		refused: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "ringcast_node_connections_refused_total", Help: "Upgrades refused with 503 by admission control.",
 		}),
+		fenced: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "ringcast_node_fenced_total", Help: "Sessions closed because the process had been paused past failure detection.",
+		}),
 		epoch: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "ringcast_node_ring_epoch", Help: "Ring epoch of this node's membership view.",
 		}),
 	}
-	reg.MustRegister(m.in, m.slow, m.moved, m.refused, m.epoch,
+	reg.MustRegister(m.in, m.slow, m.moved, m.refused, m.fenced, m.epoch,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "ringcast_node_bridge_links", Help: "Live mesh links to other nodes.",
 		}, func() float64 {

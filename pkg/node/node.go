@@ -256,6 +256,7 @@ func (s *Server) Run(ctx context.Context) error {
 	})
 	wctx, stopWatch := context.WithCancel(context.Background())
 	g.Go(func() error { s.watch(wctx); return nil })
+	g.Go(func() error { s.fence(wctx); return nil })
 	s.log.Info("node up", zap.String("id", s.cfg.ID), zap.String("addr", s.Addr()),
 		zap.String("gossip", s.GossipAddr()), zap.String("bridge", s.cfg.Bridge))
 

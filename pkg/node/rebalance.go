@@ -162,3 +162,37 @@ func (s *Server) reachable(ctx context.Context, v *cluster.View, id string) bool
 	resp.Body.Close()
 	return resp.StatusCode == http.StatusOK
 }
+
+// fence watches for this process having been paused (SIGSTOP, a VM freeze)
+// for longer than failure detection takes. Meanwhile gossip may have
+// declared this node dead and its clients been re-homed; memberlist refutes
+// within milliseconds of waking, so nothing else tells. Every session is
+// closed with 1012: each client reconnects through a balancer to its current
+// owner and recovers from its last offset.
+func (s *Server) fence(ctx context.Context) {
+	const tick = 100 * time.Millisecond
+	limit := time.Second // the fast profile declares a node dead in about 1 s
+	if s.cfg.Detect != "fast" {
+		limit = 4 * time.Second
+	}
+	t := time.NewTicker(tick)
+	defer t.Stop()
+	last := time.Now()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case now := <-t.C:
+			if gap := now.Sub(last); gap > limit {
+				conns := s.snapshot()
+				s.log.Warn("process was paused past failure detection, closing its sessions",
+					zap.Duration("paused", gap), zap.Int("clients", len(conns)))
+				s.met.fenced.Add(float64(len(conns)))
+				for _, c := range conns {
+					c.close(wire.CloseServiceRestart, "node was paused: reconnect")
+				}
+			}
+			last = now
+		}
+	}
+}
