@@ -243,7 +243,7 @@ func TestRedisFailoverNoLoss(t *testing.T) {
 	mu.Lock()
 	want := append([]int(nil), acked...)
 	mu.Unlock()
-	err := f.WaitAll(ctx, 15*time.Second, "holding every acknowledged message", func(m *Member) bool {
+	holds := func(m *Member) bool {
 		got := map[string]bool{}
 		for _, msg := range m.Messages("feed") {
 			got[string(msg.Data)] = true
@@ -254,24 +254,35 @@ func TestRedisFailoverNoLoss(t *testing.T) {
 			}
 		}
 		return true
-	})
-	if err != nil {
-		t.Fatal(err)
 	}
+	if err := f.WaitAll(ctx, 15*time.Second, "holding every acknowledged message", holds); err != nil {
+		t.Error(err)
+	}
+	var lost, dup, reordered, unrecovered int
 	for _, m := range f.Clients {
-		msgs := m.Messages("feed")
+		seen := map[int]int{}
 		prev, prevOff := 0, uint64(0)
-		for _, msg := range msgs {
+		for _, msg := range m.Messages("feed") {
 			var seq int
 			json.Unmarshal(msg.Data, &seq)
-			if seq <= prev || (prevOff != 0 && msg.Offset != prevOff+1) {
-				t.Fatalf("%s: message %d (offset %d) after %d (offset %d): duplicate, reordered or gap", m.ID, seq, msg.Offset, prev, prevOff)
+			seen[seq]++
+			if seen[seq] > 1 {
+				dup++
+			} else if seq <= prev || (prevOff != 0 && msg.Offset != prevOff+1) {
+				reordered++
 			}
 			prev, prevOff = seq, msg.Offset
 		}
-		if m.Unrecovered() != 0 {
-			t.Errorf("%s was told recovered:false %d times", m.ID, m.Unrecovered())
+		for _, seq := range want {
+			if seen[seq] == 0 {
+				lost++
+			}
 		}
+		unrecovered += m.Unrecovered()
 	}
-	t.Logf("%d acknowledged messages, %d clients (killed %s): none lost, none duplicated, all in order", len(want), len(f.Clients), victim)
+	t.Logf("failover with history: %d acknowledged messages × %d clients, killed %s: lost %d, duplicated %d, out of order %d, recovered:false %d",
+		len(want), len(f.Clients), victim, lost, dup, reordered, unrecovered)
+	if lost+dup+reordered+unrecovered > 0 {
+		t.Errorf("lost %d, duplicated %d, out of order %d, recovered:false %d: want all 0", lost, dup, reordered, unrecovered)
+	}
 }
