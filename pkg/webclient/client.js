@@ -342,6 +342,7 @@ export class RingcastClient {
   #onSubscribed(f) {
     for (const [id, ch] of this.#subRequests) if (ch === f.channel) this.#subRequests.delete(id);
     const s = this.#subs.get(f.channel);
+    if (s) s.resync = false;
     if (s && f.recovered !== true) {
       // Nothing to resume from (or the gap is lost): start from the channel's
       // current position.
@@ -358,7 +359,16 @@ export class RingcastClient {
     if (!s) return;
     if (typeof f.offset === 'number') {
       const epoch = f.epoch ?? '';
+      if (s.resync) return; // waiting for the resubscribe below to answer
       if (s.pos && s.pos.epoch === epoch && f.offset <= s.pos.offset) return;
+      if (s.pos && (s.pos.epoch !== epoch || f.offset > s.pos.offset + 1)) {
+        // A gap (or history was lost): never skip it silently. Subscribe
+        // again from the last position; the reply recovers the gap or says
+        // recovered:false, and what came meanwhile arrives through it.
+        s.resync = true;
+        this.#sendSubscribe(f.channel, s);
+        return;
+      }
       s.pos = { epoch, offset: f.offset };
       this.#savePos(f.channel, s.pos);
     }
