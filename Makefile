@@ -25,5 +25,10 @@ lint:
 bench: build
 	$(GO) test -run '^$$' -bench . -benchtime 2s ./pkg/...
 
+# A 60 s chaos scenario against a real local cluster; non-zero exit if an
+# invariant broke. Flags: go run ./scripts/chaos -h
+chaos:
+	$(GO) run ./scripts/chaos -duration 60s
+
 clean:
 	rm -rf bin

@@ -1,10 +1,15 @@
 #!/usr/bin/env bash
-# Installs what the tests need when it is missing: redis-server and chromium
-# (Debian packages). Safe to run repeatedly; does nothing when all is there.
+# Installs what the tests need when it is missing: redis-server, chromium and,
+# as root, nftables and iproute2 (Debian packages). Safe to run repeatedly; does nothing when all is there.
 set -euo pipefail
 need=()
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
+# Network fault tests (network namespaces + nftables) run only as root.
+if [ "$(id -u)" -eq 0 ]; then
+	command -v nft >/dev/null 2>&1 || need+=(nftables)
+	command -v ip >/dev/null 2>&1 || need+=(iproute2)
+fi
 if [ ${#need[@]} -eq 0 ]; then
 	exit 0
 fi

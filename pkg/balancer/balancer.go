@@ -175,8 +175,16 @@ func (s *Server) Run(ctx context.Context) error {
 // watch follows membership: it closes the relayed connections of nodes gossip
 // declares dead, so their clients reconnect at once instead of waiting for a
 // heartbeat, and forgets local down marks of nodes that (re)joined.
+//
+// A death is acted on only after deadGrace, and only if the node does not
+// answer its health check: gossip can report a draining node dead just
+// before its leave arrives, and a loaded machine makes -detect fast flap.
 func (s *Server) watch(ctx context.Context) {
 	var prev *ring.Ring
+	dead := map[string]time.Time{} // node → when first seen dead, until acted on
+	acted := map[string]bool{}     // dead nodes whose connections were handled
+	timer := time.NewTimer(time.Hour)
+	defer timer.Stop()
 	for {
 		changes := s.cluster.Changes()
 		v := s.cluster.View()
@@ -188,27 +196,74 @@ func (s *Server) watch(ctx context.Context) {
 				}
 			}
 			prev = v.Ring
-		}
-		if v.Ring != nil && v.Ring.Len() > 1 {
-			// Build the rings the fallback needs when one node fails now,
-			// not in the middle of its clients' reconnect burst.
-			for _, id := range v.Ring.Members() {
-				v.Ring.OwnerExcluding("", id)
-			}
-		}
-		for _, m := range v.Members {
-			if m.Role == cluster.RoleNode && m.State == cluster.StateDead {
-				if n := s.proxy.CloseNode(m.ID); n > 0 {
-					s.log.Info("closed connections of dead node", zap.String("node", m.ID), zap.Int("connections", n))
+			if v.Ring.Len() > 1 {
+				// Build the rings the fallback needs when one node fails
+				// now, not in the middle of its clients' reconnect burst.
+				for _, id := range v.Ring.Members() {
+					v.Ring.OwnerExcluding("", id)
 				}
 			}
 		}
+		now := time.Now()
+		for _, m := range v.Members {
+			switch {
+			case m.Role != cluster.RoleNode:
+			case m.State != cluster.StateDead:
+				delete(dead, m.ID)
+				delete(acted, m.ID)
+			case !acted[m.ID]:
+				if _, ok := dead[m.ID]; !ok {
+					dead[m.ID] = now
+				}
+			}
+		}
+		next := time.Hour
+		for id, since := range dead {
+			if wait := deadGrace - now.Sub(since); wait > 0 {
+				next = min(next, wait)
+				continue
+			}
+			delete(dead, id)
+			acted[id] = true
+			if m, ok := v.Node(id); ok && s.answers(ctx, m.Addr) {
+				s.log.Warn("gossip says dead but the node answers, keeping its connections", zap.String("node", id))
+				continue
+			}
+			if n := s.proxy.CloseNode(id); n > 0 {
+				s.log.Info("closed connections of dead node", zap.String("node", id), zap.Int("connections", n))
+			}
+		}
+		timer.Reset(next)
 		select {
 		case <-ctx.Done():
 			return
 		case <-changes:
+		case <-timer.C:
 		}
 	}
+}
+
+// deadGrace is how long a node must stay dead in gossip before the balancer
+// closes the connections it relays to it.
+const deadGrace = 500 * time.Millisecond
+
+// answers reports whether the node at addr answers its health check.
+func (s *Server) answers(ctx context.Context, addr string) bool {
+	if addr == "" {
+		return false
+	}
+	ctx, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/healthz", nil)
+	if err != nil {
+		return false
+	}
+	resp, err := s.api.Do(req)
+	if err != nil {
+		return false
+	}
+	resp.Body.Close()
+	return resp.StatusCode == http.StatusOK
 }
 
 // picker routes a client id to its ring owner.

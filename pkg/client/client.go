@@ -128,12 +128,16 @@ func (c *Client) Run(ctx context.Context) error {
 
 	for attempt := 0; ; {
 		c.setState(StateConnecting, nil)
+		start := time.Now()
 		welcomed, now, err := c.session(ctx)
 		if ctx.Err() != nil {
 			return nil
 		}
 		c.setState(StateDisconnected, err)
-		if welcomed {
+		if welcomed && time.Since(start) >= stableLink {
+			// Only a link that held resets the backoff: a node that
+			// welcomes and then refuses (1013, bridge down) must not
+			// draw a reconnect storm.
 			attempt = 0
 		}
 		if now {
@@ -152,6 +156,10 @@ func (c *Client) Run(ctx context.Context) error {
 		}
 	}
 }
+
+// stableLink is how long a link must have lasted for its end to reset the
+// reconnect backoff.
+const stableLink = 3 * time.Second
 
 // backoff returns the sleep before retry attempt (0 for the first): full
 // jitter, uniform in [0, min(maxD, minD·2^attempt)].

@@ -1,0 +1,53 @@
+//go:build linux
+
+package clustertest
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+)
+
+func TestNetCutAndHeal(t *testing.T) {
+	if testing.Short() {
+		t.Skip("end-to-end: starts processes")
+	}
+	if err := NetSupported(); err != nil {
+		t.Skip(err)
+	}
+	ctx := context.Background()
+	o := Options{Nodes: 2}
+	n, err := NewNet(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer n.Close()
+	c, err := n.Start(ctx, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	ready := func() error { return GetJSON(ctx, "http://"+c.Nodes[0].Addr+"/readyz", nil) }
+	if err := ready(); err != nil {
+		t.Fatalf("n1 not ready before the cut: %v", err)
+	}
+	// Cut off from its only peer, n1 loses its mesh link and says so.
+	if err := n.Cut("n1", "n2"); err != nil {
+		t.Fatal(err)
+	}
+	if err := Eventually(ctx, 15*time.Second, func() error {
+		if ready() == nil {
+			return errors.New("n1 still ready")
+		}
+		return nil
+	}); err != nil {
+		t.Fatalf("after Cut(n1, n2): %v", err)
+	}
+	if err := n.Heal("n1"); err != nil {
+		t.Fatal(err)
+	}
+	if err := Eventually(ctx, 15*time.Second, ready); err != nil {
+		t.Fatalf("after Heal(n1): %v", err)
+	}
+}
