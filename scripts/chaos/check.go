@@ -159,7 +159,7 @@ func index(ops []op) map[opKey]*op {
 	return m
 }
 
-// check judges a history; see README.md for the rules.
+// check judges a history; the top-level README ("Reading the report") has the rules.
 func check(h *history) result {
 	var res result
 	pubs, sends := index(h.Publishes), index(h.Sends)

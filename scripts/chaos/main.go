@@ -1,6 +1,6 @@
 // Command chaos starts a real ringcast cluster, drives it with clients while
 // a nemesis kills, pauses and drains its processes, and checks what every
-// client received against what was acknowledged. See README.md.
+// client received against what was acknowledged. See "Chaos" in the top-level README.
 package main
 
 import (
