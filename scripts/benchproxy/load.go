@@ -1,0 +1,189 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/gobwas/ws"
+)
+
+// result is what the load generator reports on its last stdout line.
+type result struct {
+	Msgs       int64         // round trips completed inside the window
+	Seconds    float64       // window length
+	P50, P99   time.Duration // round-trip latency inside the window
+	Errors     int           // connections that failed
+	FirstError string        `json:",omitempty"`
+}
+
+// Load phases.
+const (
+	warming int32 = iota
+	measuring
+	stopping
+)
+
+// runLoad opens -conns WebSockets (connection i to urls[i % len], client id
+// c<i>), runs a closed echo loop on each, prints "measuring" when the window
+// opens and the result as JSON when it closes.
+func runLoad(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("load", flag.ContinueOnError)
+	urls := fs.String("urls", "", "comma-separated ws:// URLs")
+	conns := fs.Int("conns", 100, "connections")
+	size := fs.Int("size", 64, "message bytes")
+	warmup := fs.Duration("warmup", 2*time.Second, "load before the window")
+	duration := fs.Duration("duration", 10*time.Second, "window")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	targets := strings.Split(*urls, ",")
+	if *urls == "" || *conns < 1 || *size < 1 || *duration <= 0 {
+		return errors.New("need -urls, -conns ≥ 1, -size ≥ 1, -duration > 0")
+	}
+	// One deadline covers every socket operation of the run.
+	deadline := time.Now().Add(*warmup + *duration + 30*time.Second)
+	ctx, cancel := context.WithDeadline(ctx, deadline)
+	defer cancel()
+
+	payload := bytes.Repeat([]byte("x"), *size)
+	ls := make([]*loop, *conns)
+	defer func() {
+		for _, l := range ls {
+			if l != nil {
+				l.conn.Close()
+			}
+		}
+	}()
+	dialer := ws.Dialer{Timeout: 5 * time.Second}
+	for i := range ls {
+		u := fmt.Sprintf("%s?client_id=c%05d", targets[i%len(targets)], i)
+		conn, br, _, err := dialer.Dial(ctx, u)
+		if err != nil {
+			return fmt.Errorf("dial %s: %w", u, err)
+		}
+		if br == nil {
+			br = bufio.NewReader(conn)
+		}
+		if err := conn.SetDeadline(deadline); err != nil {
+			conn.Close()
+			return err
+		}
+		var frame bytes.Buffer
+		if err := ws.WriteFrame(&frame, ws.MaskFrame(ws.NewTextFrame(payload))); err != nil {
+			conn.Close()
+			return err
+		}
+		ls[i] = &loop{conn: conn, br: br, frame: frame.Bytes(), want: payload}
+	}
+
+	// Ctrl-C: unblock every loop at once instead of at its deadline.
+	defer context.AfterFunc(ctx, func() {
+		for _, l := range ls {
+			l.conn.Close()
+		}
+	})()
+	var phase atomic.Int32
+	var wg sync.WaitGroup
+	for _, l := range ls {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			l.err = l.run(&phase)
+		}()
+	}
+	sleep(ctx, *warmup)
+	phase.Store(measuring)
+	start := time.Now()
+	fmt.Println("measuring")
+	sleep(ctx, *duration)
+	phase.Store(stopping)
+	window := time.Since(start)
+	wg.Wait()
+	if err := ctx.Err(); err != nil && !errors.Is(err, context.DeadlineExceeded) {
+		return err
+	}
+
+	res := result{Seconds: window.Seconds()}
+	var lat []time.Duration
+	for _, l := range ls {
+		lat = append(lat, l.lat...)
+		if l.err != nil {
+			if res.Errors++; res.FirstError == "" {
+				res.FirstError = l.err.Error()
+			}
+		}
+	}
+	res.Msgs = int64(len(lat))
+	if len(lat) > 0 {
+		slices.Sort(lat)
+		res.P50 = lat[len(lat)*50/100]
+		res.P99 = lat[len(lat)*99/100]
+	}
+	b, err := json.Marshal(res)
+	if err != nil {
+		return err
+	}
+	fmt.Println(string(b))
+	return nil
+}
+
+func sleep(ctx context.Context, d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-ctx.Done():
+	}
+}
+
+// loop is one connection's closed loop.
+type loop struct {
+	conn  net.Conn
+	br    *bufio.Reader
+	frame []byte // the masked text frame sent every time
+	want  []byte
+	lat   []time.Duration // round trips completed inside the window
+	err   error
+}
+
+func (l *loop) run(phase *atomic.Int32) error {
+	got := make([]byte, len(l.want))
+	for {
+		p := phase.Load()
+		if p == stopping {
+			return nil
+		}
+		t0 := time.Now()
+		if _, err := l.conn.Write(l.frame); err != nil {
+			return err
+		}
+		h, err := ws.ReadHeader(l.br)
+		if err != nil {
+			return err
+		}
+		if h.OpCode != ws.OpText || !h.Fin || h.Length != int64(len(got)) {
+			return fmt.Errorf("got frame op %d fin %v length %d, want a %d-byte text frame", h.OpCode, h.Fin, h.Length, len(got))
+		}
+		if _, err := io.ReadFull(l.br, got); err != nil {
+			return err
+		}
+		if !bytes.Equal(got, l.want) {
+			return errors.New("echo differs from what was sent")
+		}
+		if p == measuring && phase.Load() == measuring {
+			l.lat = append(l.lat, time.Since(t0))
+		}
+	}
+}

@@ -1,0 +1,222 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// stopTimeout is how long a child has to exit after SIGTERM before SIGKILL.
+const stopTimeout = 5 * time.Second
+
+// child is a process this run started. stop ends it and waits for it.
+type child struct {
+	name  string
+	cmd   *exec.Cmd
+	lines chan string   // stdout lines; closed at EOF (nil when stdout is not read)
+	done  chan struct{} // closed once the process has been reaped
+	err   error         // Wait's result, valid after done
+	clean func()        // runs after the process was reaped, before done closes
+}
+
+// startChild starts path with args; its stdout is read line by line, its
+// stderr goes to ours. It dies with us (SIGTERM on our exit).
+func startChild(ctx context.Context, name, path string, args ...string) (*child, error) {
+	c := &child{name: name, cmd: exec.Command(path, args...), lines: make(chan string, 16), done: make(chan struct{})}
+	c.cmd.Stderr = os.Stderr
+	c.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM}
+	out, err := c.cmd.StdoutPipe()
+	if err != nil {
+		return nil, err
+	}
+	if err := c.cmd.Start(); err != nil {
+		return nil, fmt.Errorf("start %s: %w", name, err)
+	}
+	go c.wait(out)
+	return c, nil
+}
+
+// wait reads stdout to EOF, then reaps the process.
+func (c *child) wait(out io.Reader) {
+	if out != nil {
+		sc := bufio.NewScanner(out)
+		for sc.Scan() {
+			select {
+			case c.lines <- sc.Text():
+			default: // nobody asked for it
+			}
+		}
+		close(c.lines)
+	}
+	c.err = c.cmd.Wait()
+	if c.clean != nil {
+		c.clean()
+	}
+	close(c.done)
+}
+
+// line returns the child's next stdout line, waiting at most timeout (0: as
+// long as ctx allows).
+func (c *child) line(ctx context.Context, timeout time.Duration) (string, error) {
+	if timeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, timeout)
+		defer cancel()
+	}
+	select {
+	case l, ok := <-c.lines:
+		if !ok {
+			<-c.done
+			return "", fmt.Errorf("%s exited: %v", c.name, c.err)
+		}
+		return l, nil
+	case <-ctx.Done():
+		return "", fmt.Errorf("wait for %s: %w", c.name, ctx.Err())
+	}
+}
+
+func (c *child) stop() {
+	select {
+	case <-c.done:
+		return
+	default:
+	}
+	_ = c.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-c.done:
+	case <-time.After(stopTimeout):
+		_ = c.cmd.Process.Kill()
+		<-c.done
+	}
+}
+
+// startNginx runs nginx in front of backends from a fresh temp dir and
+// returns it once it accepts connections, with its address and version.
+func startNginx(ctx context.Context, bin string, backends []string, conns int) (*child, string, string, error) {
+	out, err := exec.CommandContext(ctx, bin, "-v").CombinedOutput()
+	if err != nil {
+		return nil, "", "", fmt.Errorf("nginx -v: %w: %s", err, out)
+	}
+	version := strings.TrimSpace(strings.TrimPrefix(strings.TrimSpace(string(out)), "nginx version:"))
+	removeStale()
+	dir := filepath.Join(os.TempDir(), fmt.Sprintf("benchproxy-nginx-%d", os.Getpid()))
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		return nil, "", "", err
+	}
+	addr, err := freeAddr()
+	if err != nil {
+		os.RemoveAll(dir)
+		return nil, "", "", err
+	}
+	var servers strings.Builder
+	for _, b := range backends {
+		fmt.Fprintf(&servers, "    server %s;\n", b)
+	}
+	// Each worker may hold every connection twice (client and upstream).
+	conf := fmt.Sprintf(`worker_processes auto;
+pid %[1]s/nginx.pid;
+error_log stderr warn;
+events { worker_connections %[2]d; }
+http {
+  access_log off;
+  client_body_temp_path %[1]s/body;
+  proxy_temp_path %[1]s/proxy;
+  fastcgi_temp_path %[1]s/fastcgi;
+  uwsgi_temp_path %[1]s/uwsgi;
+  scgi_temp_path %[1]s/scgi;
+  upstream nodes {
+    hash $arg_client_id consistent;
+%[3]s  }
+  server {
+    listen %[4]s;
+    location /ws {
+      proxy_pass http://nodes;
+      proxy_http_version 1.1;
+      proxy_set_header Upgrade $http_upgrade;
+      proxy_set_header Connection "upgrade";
+      proxy_read_timeout 1h;
+    }
+  }
+}
+`, dir, min(2*conns+256, 19000), servers.String(), addr)
+	confPath := filepath.Join(dir, "nginx.conf")
+	if err := os.WriteFile(confPath, []byte(conf), 0o644); err != nil {
+		os.RemoveAll(dir)
+		return nil, "", "", err
+	}
+	c := &child{name: "nginx", done: make(chan struct{}), clean: func() { os.RemoveAll(dir) },
+		cmd: exec.Command(bin, "-p", dir, "-c", confPath, "-e", "stderr", "-g", "daemon off;")}
+	c.cmd.Stderr = os.Stderr
+	c.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM} // the master stops its workers
+	if err := c.cmd.Start(); err != nil {
+		os.RemoveAll(dir)
+		return nil, "", "", fmt.Errorf("start nginx: %w", err)
+	}
+	go c.wait(nil)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		conn, err := net.DialTimeout("tcp", addr, time.Second)
+		if err == nil {
+			conn.Close()
+			return c, addr, version, nil
+		}
+		select {
+		case <-c.done:
+			return nil, "", "", fmt.Errorf("nginx exited: %v (see its messages above)", c.err)
+		case <-ctx.Done():
+			c.stop()
+			return nil, "", "", ctx.Err()
+		case <-time.After(20 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			c.stop()
+			return nil, "", "", errors.New("nginx did not listen within 10s")
+		}
+	}
+}
+
+// removeStale deletes the nginx dirs of earlier runs that were killed.
+func removeStale() {
+	dirs, _ := filepath.Glob(filepath.Join(os.TempDir(), "benchproxy-nginx-*"))
+	for _, d := range dirs {
+		pid, err := strconv.Atoi(d[strings.LastIndexByte(d, '-')+1:])
+		if err == nil && syscall.Kill(pid, 0) == syscall.ESRCH {
+			os.RemoveAll(d)
+		}
+	}
+}
+
+// cpuTime returns the user+system CPU time of pid and its child processes
+// (nginx workers), from /proc.
+func cpuTime(pid int) time.Duration {
+	const tick = 10 * time.Millisecond // USER_HZ is 100 on Linux
+	var total time.Duration
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	// Fields after the parenthesised command: state is field 3, utime 14, stime 15.
+	f := strings.Fields(string(stat[strings.LastIndexByte(string(stat), ')')+1:]))
+	if len(f) > 12 {
+		u, _ := strconv.ParseInt(f[11], 10, 64)
+		s, _ := strconv.ParseInt(f[12], 10, 64)
+		total = time.Duration(u+s) * tick
+	}
+	kids, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", pid, pid))
+	for _, k := range strings.Fields(string(kids)) {
+		if kid, err := strconv.Atoi(k); err == nil {
+			total += cpuTime(kid)
+		}
+	}
+	return total
+}

@@ -1,0 +1,86 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"net"
+	"net/http"
+	"net/http/pprof"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/ringcast/ringcast/pkg/proxy"
+	"github.com/ringcast/ringcast/pkg/ring"
+)
+
+// staticPicker routes like the balancer's picker, over a fixed ring.
+type staticPicker struct {
+	ring  *ring.Ring
+	addrs map[string]string // node id → address
+}
+
+func (s staticPicker) Pick(clientID string, excluded []string) (string, string, error) {
+	id, err := s.ring.OwnerExcluding(clientID, excluded...)
+	if err != nil {
+		return "", "", err
+	}
+	return id, s.addrs[id], nil
+}
+
+// runRelay serves proxy.New on a loopback port in front of the given
+// backends, prints its address on one line and serves until ctx ends.
+func runRelay(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("relay", flag.ContinueOnError)
+	backends := fs.String("backends", "", "comma-separated backend addresses")
+	withPprof := fs.Bool("pprof", false, "serve /debug/pprof/profile")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if *backends == "" {
+		return errors.New("-backends is required")
+	}
+	pick := staticPicker{addrs: make(map[string]string)}
+	var ids []string
+	for i, a := range strings.Split(*backends, ",") {
+		id := fmt.Sprintf("n%d", i+1)
+		ids = append(ids, id)
+		pick.addrs[id] = a
+	}
+	var err error
+	if pick.ring, err = ring.New(ids); err != nil {
+		return err
+	}
+	p, err := proxy.New(proxy.Config{}, pick, nil, prometheus.NewRegistry())
+	if err != nil {
+		return err
+	}
+	defer p.Close()
+	// Routing and server timeouts as the balancer's.
+	mux := http.NewServeMux()
+	mux.Handle("GET /ws", p)
+	if *withPprof {
+		mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
+	}
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, IdleTimeout: 60 * time.Second}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return err
+	}
+	fmt.Println(ln.Addr().String())
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ln) }()
+	select {
+	case err = <-served:
+		return fmt.Errorf("serve: %w", err)
+	case <-ctx.Done():
+	}
+	shctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	_ = srv.Shutdown(shctx)
+	<-served
+	return nil
+}
