@@ -29,7 +29,8 @@ func TestNetCutAndHeal(t *testing.T) {
 	}
 	defer c.Close()
 	ready := func() error { return GetJSON(ctx, "http://"+c.Nodes[0].Addr+"/readyz", nil) }
-	if err := ready(); err != nil {
+	// Ready once its mesh link to n2 is up (it may lag the membership).
+	if err := Eventually(ctx, 10*time.Second, ready); err != nil {
 		t.Fatalf("n1 not ready before the cut: %v", err)
 	}
 	// Cut off from its only peer, n1 loses its mesh link and says so.

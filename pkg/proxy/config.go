@@ -22,13 +22,15 @@ type Config struct {
 	// enough for gossip to confirm a death, short enough that a restarted node
 	// gets its clients back soon.
 	DownFor time.Duration
-	// BufferSize is the relay buffer in bytes, taken from a pool only while
-	// bytes are moving. Default 16 KiB: larger moves big messages in fewer
-	// syscalls, smaller costs less under many concurrently busy connections.
+	// BufferSize is the relay buffer in bytes. Each poller shard reads into
+	// one; a connection holds one per direction only while its receiver lags
+	// (or all along, when a side has no file descriptor, as with TLS).
+	// Default 16 KiB: larger moves big messages in fewer syscalls, smaller
+	// costs less under many concurrently lagging receivers.
 	BufferSize int
 	// IdleTimeout closes a relayed connection that moved no bytes in either
-	// direction for this long. Default 0 = never: the node enforces the
-	// WebSocket heartbeat.
+	// direction for this long (checked every 100 ms). Default 0 = never: the
+	// node enforces the WebSocket heartbeat.
 	IdleTimeout time.Duration
 	// WriteTimeout bounds every write to the client or the node. Default 10s:
 	// a peer that takes longer to accept one buffer is treated as dead.

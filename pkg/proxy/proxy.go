@@ -34,9 +34,10 @@ type Picker interface {
 // the upgrade response head, or a refusal and its body.
 const maxNodeResponse = 64 << 10
 
-// Proxy is the balancer's /ws handler. It is safe for concurrent use. Each
-// relayed connection runs two goroutines owned by the Proxy until either side
-// ends, CloseNode or Close; Close waits for them.
+// Proxy is the balancer's /ws handler. It is safe for concurrent use. Relayed
+// connections are owned by the Proxy until either side ends, CloseNode or
+// Close; Close waits for them. They share a few poller goroutines (Linux), or
+// run a goroutine per direction when a side has no file descriptor (TLS).
 type Proxy struct {
 	cfg     Config
 	pick    Picker
@@ -52,9 +53,10 @@ type Proxy struct {
 
 	mu     sync.Mutex
 	closed bool
-	links  map[string]map[*link]struct{} // node id → live relays
+	links  map[string]map[relay]struct{} // node id → live relays
 	down   map[string]time.Time          // node id → skipped until
-	wg     sync.WaitGroup                // relay goroutines
+	poller *poller                       // started with the first polled relay
+	wg     sync.WaitGroup                // live relays and their goroutines
 }
 
 // New returns a Proxy that routes with pick. reg may be nil, log may be nil.
@@ -88,7 +90,7 @@ func New(cfg Config, pick Picker, log *zap.Logger, reg prometheus.Registerer) (*
 		}),
 		toNode:   bytesTotal.WithLabelValues("to_node"),
 		toClient: bytesTotal.WithLabelValues("to_client"),
-		links:    make(map[string]map[*link]struct{}),
+		links:    make(map[string]map[relay]struct{}),
 		down:     make(map[string]time.Time),
 	}
 	p.bufs.New = func() any { b := make([]byte, cfg.BufferSize); return &b }
@@ -184,7 +186,7 @@ func (p *Proxy) upgrade(w http.ResponseWriter, r *http.Request, clientID, nodeID
 	}
 	if p.isClosed() {
 		http.Error(w, "balancer is shutting down", http.StatusServiceUnavailable)
-		return errors.New("proxy closed")
+		return errClosed
 	}
 	client, cbuf, err := http.NewResponseController(w).Hijack()
 	if err != nil {
@@ -195,9 +197,9 @@ func (p *Proxy) upgrade(w http.ResponseWriter, r *http.Request, clientID, nodeID
 		client.Close()
 		return err
 	}
-	if !p.track(newLink(p, clientID, nodeID, client, node)) {
+	if err := p.startRelay(clientID, nodeID, client, node); err != nil {
 		client.Close()
-		return errors.New("proxy closed")
+		return err
 	}
 	return nil
 }
@@ -409,37 +411,36 @@ func (p *Proxy) isClosed() bool {
 	return p.closed
 }
 
-// track registers l and starts its relay; it returns false once Close was called.
-func (p *Proxy) track(l *link) bool {
+// track registers r, relayed to nodeID, and adds one to p.wg for it; it
+// returns false once Close was called.
+func (p *Proxy) track(nodeID string, r relay) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.closed {
 		return false
 	}
-	set := p.links[l.node]
+	set := p.links[nodeID]
 	if set == nil {
-		set = make(map[*link]struct{})
-		p.links[l.node] = set
+		set = make(map[relay]struct{})
+		p.links[nodeID] = set
 	}
-	set[l] = struct{}{}
-	p.connections.WithLabelValues(l.node).Inc()
-	p.wg.Add(2)
-	go l.toNode()
-	go l.toClient()
+	set[r] = struct{}{}
+	p.connections.WithLabelValues(nodeID).Inc()
+	p.wg.Add(1)
 	return true
 }
 
-func (p *Proxy) untrack(l *link) {
+func (p *Proxy) untrack(nodeID string, r relay) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	set := p.links[l.node]
-	delete(set, l)
+	set := p.links[nodeID]
+	delete(set, r)
 	if len(set) == 0 {
-		delete(p.links, l.node)
-		p.connections.DeleteLabelValues(l.node)
+		delete(p.links, nodeID)
+		p.connections.DeleteLabelValues(nodeID)
 		return
 	}
-	p.connections.WithLabelValues(l.node).Dec()
+	p.connections.WithLabelValues(nodeID).Dec()
 }
 
 // CloseNode closes every connection relayed to nodeID, so its clients
@@ -447,8 +448,8 @@ func (p *Proxy) untrack(l *link) {
 func (p *Proxy) CloseNode(nodeID string) int {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	for l := range p.links[nodeID] {
-		l.close()
+	for r := range p.links[nodeID] {
+		r.close()
 	}
 	return len(p.links[nodeID])
 }
@@ -470,10 +471,17 @@ func (p *Proxy) Close() {
 	p.mu.Lock()
 	p.closed = true
 	for _, set := range p.links {
-		for l := range set {
-			l.close()
+		for r := range set {
+			r.close()
 		}
 	}
 	p.mu.Unlock()
 	p.wg.Wait()
+	p.mu.Lock()
+	pl := p.poller
+	p.poller = nil
+	p.mu.Unlock()
+	if pl != nil {
+		pl.stop()
+	}
 }

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bufio"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -50,6 +51,91 @@ func TestFDsPerConnection(t *testing.T) {
 	t.Logf("fds: before %d, after %d, proxy's per connection %.2f", before, after, perConn)
 	if perConn > 2.05 {
 		t.Errorf("proxy uses %.2f fds per connection, want at most 2", perConn)
+	}
+}
+
+// fill writes a byte pattern to c in 64 KiB chunks until total bytes or an
+// error, counting what was written.
+func fill(c net.Conn, total int, written *atomic.Int64) error {
+	chunk := make([]byte, 64<<10)
+	for off := 0; off < total; off += len(chunk) {
+		for i := range chunk {
+			chunk[i] = byte((off + i) % 251)
+		}
+		if _, err := c.Write(chunk); err != nil {
+			return err
+		}
+		written.Add(int64(len(chunk)))
+	}
+	return nil
+}
+
+// TestSlowReader covers a client that takes bytes slower than they come:
+// the relay holds what a side did not take and reads on once it did,
+// without losing or reordering bytes.
+func TestSlowReader(t *testing.T) {
+	b := startBackend(t, "n1", nil)
+	_, addr, _ := startProxy(t, Config{BufferSize: 4096}, &fakePicker{nodes: []testNode{{"n1", b.addr()}}})
+	c := connect(t, addr, "alice", "n1")
+	if err := c.SetDeadline(time.Now().Add(ioTimeout)); err != nil {
+		t.Fatal(err)
+	}
+	const total = 16 << 20
+	var written atomic.Int64
+	errc := make(chan error, 1)
+	go func() { errc <- fill(c, total, &written) }()
+	// The echo backs up before the client reads any of it.
+	eventually(t, "4 MiB written", func() bool { return written.Load() >= 4<<20 })
+	buf := make([]byte, 64<<10)
+	for off := 0; off < total; {
+		n, err := c.r.Read(buf)
+		for i, got := range buf[:n] {
+			if want := byte((off + i) % 251); got != want {
+				t.Fatalf("byte %d of the echo = %d, want %d", off+i, got, want)
+			}
+		}
+		off += n
+		if err != nil {
+			t.Fatalf("read after %d of %d bytes: %v", off, total, err)
+		}
+	}
+	if err := <-errc; err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestStalledClient covers a client that stops reading: the relay closes
+// it after WriteTimeout without progress, or at once on CloseNode.
+func TestStalledClient(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		timeout   time.Duration
+		closeNode bool
+	}{
+		{"write timeout", 200 * time.Millisecond, false},
+		{"close node", 0, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			b := startBackend(t, "n1", nil)
+			p, addr, _ := startProxy(t, Config{WriteTimeout: tc.timeout}, &fakePicker{nodes: []testNode{{"n1", b.addr()}}})
+			c := connect(t, addr, "alice", "n1")
+			if err := c.SetDeadline(time.Now().Add(ioTimeout)); err != nil {
+				t.Fatal(err)
+			}
+			var written atomic.Int64
+			errc := make(chan error, 1)
+			go func() { errc <- fill(c, 1<<30, &written) }()
+			if tc.closeNode {
+				eventually(t, "4 MiB written", func() bool { return written.Load() >= 4<<20 })
+				if got := p.CloseNode("n1"); got != 1 {
+					t.Errorf("CloseNode(n1) = %d, want 1", got)
+				}
+			}
+			if err := <-errc; err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+				t.Errorf("client write error %v after %d bytes, want the proxy to close the connection", err, written.Load())
+			}
+			eventually(t, "no connections", func() bool { return len(p.Connections()) == 0 })
+		})
 	}
 }
 
