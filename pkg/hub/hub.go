@@ -58,8 +58,8 @@ type channel struct {
 // deliveries are parked in pending so that recovered history and live
 // messages meet without gap or duplicate.
 type member struct {
-	live    atomic.Bool
-	mu      sync.Mutex
+	live     atomic.Bool
+	mu       sync.Mutex
 	pending  []bridge.Message
 	overflow bool // more than pendingLimit arrived while recovering
 }
