@@ -14,8 +14,7 @@ run: build
 deps:
 	scripts/install-test-deps.sh
 
-test: deps
-	$(GO) vet ./...
+test: deps lint
 	$(GO) test $(TEST_FLAGS) ./...
 
 lint:

@@ -15,6 +15,7 @@ import (
 	"net/http"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
@@ -62,6 +63,7 @@ type link struct {
 	br     *bufio.Reader
 
 	out      chan frame
+	queued   atomic.Int64 // bytes held by out, estimated
 	done     chan struct{}
 	doneOnce sync.Once
 
@@ -95,6 +97,11 @@ func (l *link) close() {
 func (l *link) enqueue(f frame) uint64 {
 	l.seq++
 	f.Seq = l.seq
+	if l.queued.Add(f.size()) > int64(l.m.cfg.QueueBytes) {
+		l.m.log.Warn("link queue over its byte bound, closing", zap.String("peer", l.peer))
+		l.close()
+		return f.Seq
+	}
 	select {
 	case l.out <- f:
 	default:
@@ -102,6 +109,21 @@ func (l *link) enqueue(f frame) uint64 {
 		l.close()
 	}
 	return f.Seq
+}
+
+// size estimates the bytes f holds while queued.
+func (f *frame) size() int64 {
+	n := 64 + len(f.Key)
+	if f.Msg != nil {
+		n += len(f.Msg.Data) + len(f.Msg.Channel) + len(f.Msg.From)
+	}
+	if f.DM != nil {
+		n += len(f.DM.Data) + len(f.DM.To) + len(f.DM.From)
+	}
+	for _, k := range f.Keys {
+		n += len(k)
+	}
+	return int64(n)
 }
 
 func (l *link) has(key string) bool {
@@ -225,6 +247,9 @@ func (l *link) writeLoop() {
 	defer ping.Stop()
 	var hdr [4]byte
 	write := func(f frame) error {
+		if f.T != tPing {
+			l.queued.Add(-f.size())
+		}
 		b, err := json.Marshal(f)
 		if err != nil {
 			return fmt.Errorf("encode frame: %w", err)

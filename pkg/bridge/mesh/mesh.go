@@ -26,6 +26,7 @@ type Config struct {
 	WriteTimeout time.Duration // a link write that takes longer kills the link; default 5s
 	Ping         time.Duration // idle links send a ping this often; a link silent for 3× is dead; default 1s
 	QueueLen     int           // frames queued per link before it is declared stuck and closed; default 8192
+	QueueBytes   int           // bytes queued per link before it is declared stuck and closed; default 64 MiB
 	MaxFrame     int           // largest frame accepted, bytes; default 1 MiB
 	AckTimeout   time.Duration // Subscribe/Hold wait this long for peers to confirm; default 2s
 	Redial       time.Duration // delay between attempts to re-establish a link; default 200ms
@@ -39,6 +40,7 @@ func DefaultConfig() Config {
 		WriteTimeout: 5 * time.Second,
 		Ping:         time.Second,
 		QueueLen:     8192,
+		QueueBytes:   64 << 20,
 		MaxFrame:     1 << 20,
 		AckTimeout:   2 * time.Second,
 		Redial:       200 * time.Millisecond,
@@ -61,6 +63,9 @@ func (c *Config) setDefaults() error {
 	}
 	if c.QueueLen <= 0 {
 		c.QueueLen = d.QueueLen
+	}
+	if c.QueueBytes <= 0 {
+		c.QueueBytes = d.QueueBytes
 	}
 	if c.MaxFrame <= 0 {
 		c.MaxFrame = d.MaxFrame
@@ -270,6 +275,9 @@ func (m *Mesh) Publish(_ context.Context, msg bridge.Message) (bridge.Message, e
 	if err := m.Ready(); err != nil {
 		return msg, err // peers exist but none is linked: fail loudly
 	}
+	if len(msg.Data)+len(msg.Channel)+len(msg.From) > m.cfg.MaxFrame-frameOverhead {
+		return msg, fmt.Errorf("message of %d bytes exceeds the mesh frame limit of %d", len(msg.Data), m.cfg.MaxFrame)
+	}
 	m.recv.Deliver(msg)
 	key := "c:" + msg.Channel
 	m.mu.Lock()
@@ -282,8 +290,14 @@ func (m *Mesh) Publish(_ context.Context, msg bridge.Message) (bridge.Message, e
 	return msg, nil
 }
 
+// frameOverhead bounds what a link frame adds around a message's fields.
+const frameOverhead = 1024
+
 // Send implements bridge.Bridge.
 func (m *Mesh) Send(_ context.Context, d bridge.Direct) (bool, error) {
+	if len(d.Data)+len(d.To)+len(d.From) > m.cfg.MaxFrame-frameOverhead {
+		return false, fmt.Errorf("message of %d bytes exceeds the mesh frame limit of %d", len(d.Data), m.cfg.MaxFrame)
+	}
 	if m.recv.DeliverDirect(d) {
 		return true, nil
 	}
