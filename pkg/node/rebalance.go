@@ -51,6 +51,9 @@ func (s *Server) watch(ctx context.Context) {
 	}
 }
 
+// moveFloor is the least after_ms of a reconnect request.
+const moveFloor = 300 * time.Millisecond
+
 // sweepAge is how long a client must have sat on a node that does not own it
 // before a periodic sweep asks it to move.
 const sweepAge = 3 * time.Second
@@ -108,7 +111,9 @@ func (s *Server) askMove(c *conn, reason string, code int, spread time.Duration)
 	if !c.asked.CompareAndSwap(false, true) {
 		return
 	}
-	after := time.Duration(rand.Int64N(int64(spread) + 1))
+	// The floor gives every balancer time to see the ring change this node
+	// saw, so the client is routed to its new owner, not back here.
+	after := moveFloor + time.Duration(rand.Int64N(int64(spread)+1))
 	s.met.moved.Inc()
 	c.Send(wire.Encode(&wire.Frame{Op: wire.OpReconnect, Reason: reason, AfterMS: wire.Int(int(after / time.Millisecond))}))
 	c.mu.Lock()

@@ -334,6 +334,9 @@ func (m *Mesh) add(ctx context.Context, key string) error {
 		l   *link
 		seq uint64
 	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
 	m.mu.Lock()
 	m.interest[key] = struct{}{}
 	waits := make([]wait, 0, len(m.links))
