@@ -111,9 +111,13 @@ func (s *Server) askMove(c *conn, reason string, code int, spread time.Duration)
 	if !c.asked.CompareAndSwap(false, true) {
 		return
 	}
-	// The floor gives every balancer time to see the ring change this node
-	// saw, so the client is routed to its new owner, not back here.
-	after := moveFloor + time.Duration(rand.Int64N(int64(spread)+1))
+	after := time.Duration(rand.Int64N(int64(spread) + 1))
+	if reason == wire.ReasonRebalance {
+		// The floor gives every balancer time to see the ring change this
+		// node saw, so the client is routed to its new owner, not back
+		// here. (A drain starts after the node has left gossip.)
+		after += moveFloor
+	}
 	s.met.moved.Inc()
 	c.Send(wire.Encode(&wire.Frame{Op: wire.OpReconnect, Reason: reason, AfterMS: wire.Int(int(after / time.Millisecond))}))
 	c.mu.Lock()
