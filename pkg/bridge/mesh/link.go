@@ -69,6 +69,7 @@ type link struct {
 
 	mu       sync.Mutex
 	seq      uint64              // last Seq enqueued by us (guarded by m.mu via enqueue)
+	snapSeq  uint64              // Seq of the interest snapshot that opened the link (set under m.mu)
 	acked    uint64              // highest Seq the peer acknowledged
 	ackc     chan struct{}       // closed and replaced when acked moves
 	interest map[string]struct{} // the peer's keys
@@ -131,6 +132,13 @@ func (l *link) has(key string) bool {
 	_, ok := l.interest[key]
 	l.mu.Unlock()
 	return ok
+}
+
+// confirmed reports whether the peer acknowledged seq.
+func (l *link) confirmed(seq uint64) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.acked >= seq
 }
 
 // waitAck waits until the peer acknowledged seq, the link died or ctx ended.

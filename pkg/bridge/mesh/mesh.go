@@ -93,6 +93,8 @@ type Mesh struct {
 	links    map[string]*link    // id → live link
 	interest map[string]struct{} // our keys: "c:<channel>", "u:<client>"
 	kick     chan struct{}       // peers changed
+	linkc    chan struct{}       // closed and replaced whenever a link starts
+	linked   map[string]bool     // peers that had a link since they joined the peer set
 
 	wg      sync.WaitGroup // link goroutines
 	stopped chan struct{}  // closed when Run returns
@@ -116,6 +118,8 @@ func New(cfg Config, recv bridge.Receiver) (*Mesh, error) {
 		links:    map[string]*link{},
 		interest: map[string]struct{}{},
 		kick:     make(chan struct{}, 1),
+		linkc:    make(chan struct{}),
+		linked:   map[string]bool{},
 		stopped:  make(chan struct{}),
 	}, nil
 }
@@ -133,6 +137,11 @@ func (m *Mesh) SetPeers(peers map[string]string) {
 	for id, l := range m.links {
 		if addr, ok := m.peers[id]; !ok || (l.dialed && addr != l.addr) {
 			l.close()
+		}
+	}
+	for id := range m.linked {
+		if _, ok := m.peers[id]; !ok {
+			delete(m.linked, id) // when it comes back, wait for its link again
 		}
 	}
 	m.mu.Unlock()
@@ -244,12 +253,15 @@ func (m *Mesh) start(l *link) {
 		old.close()
 	}
 	m.links[l.peer] = l
+	m.linked[l.peer] = true
 	keys := make([]string, 0, len(m.interest))
 	for k := range m.interest {
 		keys = append(keys, k)
 	}
-	l.enqueue(frame{T: tSnap, Keys: keys})
+	l.snapSeq = l.enqueue(frame{T: tSnap, Keys: keys})
 	m.wg.Add(2)
+	close(m.linkc)
+	m.linkc = make(chan struct{})
 	m.mu.Unlock()
 	m.log.Info("link up", zap.String("peer", l.peer), zap.Bool("dialed", l.dialed))
 	go l.readLoop()
@@ -354,7 +366,50 @@ func (m *Mesh) add(ctx context.Context, key string) error {
 			m.log.Warn("peer did not confirm interest", zap.String("peer", w.l.peer), zap.String("key", key), zap.Error(err))
 		}
 	}
-	return nil
+	// A peer whose link is not up yet learns our interest from the link's
+	// first frame, the snapshot: wait for it to confirm that, too, or a
+	// publish it starts right after we return would miss us.
+	for {
+		m.mu.Lock()
+		var l *link
+		missing := ""
+		for id := range m.peers {
+			if l = m.links[id]; l == nil {
+				if m.linked[id] {
+					continue // its link broke: likely dead, gossip will tell
+				}
+				missing = id
+				break
+			}
+			if l.confirmed(l.snapSeq) {
+				l = nil
+				continue
+			}
+			break
+		}
+		linkc := m.linkc
+		m.mu.Unlock()
+		switch {
+		case l != nil:
+			if err := l.waitAck(wctx, l.snapSeq); err != nil && ctx.Err() != nil {
+				return ctx.Err()
+			} else if err != nil && wctx.Err() != nil {
+				return nil
+			}
+			continue
+		case missing == "":
+			return nil
+		}
+		select {
+		case <-linkc:
+		case <-wctx.Done():
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			m.log.Warn("no link to peer to confirm interest", zap.String("peer", missing), zap.String("key", key))
+			return nil
+		}
+	}
 }
 
 func (m *Mesh) remove(key string) {
