@@ -13,6 +13,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/ringcast/ringcast/pkg/cluster"
+	"github.com/ringcast/ringcast/pkg/node"
 	"github.com/ringcast/ringcast/pkg/webclient"
 	"github.com/ringcast/ringcast/pkg/wire"
 )
@@ -27,7 +28,7 @@ func (s *Server) routes() http.Handler {
 	mux.HandleFunc("GET /v1/owner", s.serveOwner)
 	mux.HandleFunc("POST /v1/publish", s.servePublish)
 	mux.HandleFunc("POST /v1/send", s.serveSend)
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { writeJSON(w, 200, map[string]any{"ok": true}) })
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { node.WriteJSON(w, 200, map[string]any{"ok": true}) })
 	mux.HandleFunc("GET /readyz", s.serveReady)
 	mux.Handle("GET /metrics", promhttp.HandlerFor(s.reg, promhttp.HandlerOpts{}))
 	web := webclient.Handler()
@@ -54,29 +55,29 @@ func (s *Server) serveCluster(w http.ResponseWriter, _ *http.Request) {
 		}
 	}
 	sort.Slice(nodes, func(i, j int) bool { return nodes[i].ID < nodes[j].ID })
-	writeJSON(w, http.StatusOK, map[string]any{"epoch": v.Epoch, "nodes": nodes})
+	node.WriteJSON(w, http.StatusOK, map[string]any{"epoch": v.Epoch, "nodes": nodes})
 }
 
 func (s *Server) serveOwner(w http.ResponseWriter, r *http.Request) {
 	id := r.URL.Query().Get("client_id")
 	if err := wire.ValidateClientID(id); err != nil {
-		writeError(w, http.StatusBadRequest, wire.CodeBadClientID, err.(*wire.Error).Message)
+		node.WriteError(w, http.StatusBadRequest, wire.CodeBadClientID, err.(*wire.Error).Message)
 		return
 	}
 	v := s.cluster.View()
 	if v.Ring == nil {
-		writeError(w, http.StatusServiceUnavailable, "no_nodes", "no node is alive")
+		node.WriteError(w, http.StatusServiceUnavailable, "no_nodes", "no node is alive")
 		return
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"node": v.Ring.Owner(id), "epoch": v.Epoch})
+	node.WriteJSON(w, http.StatusOK, map[string]any{"node": v.Ring.Owner(id), "epoch": v.Epoch})
 }
 
 func (s *Server) serveReady(w http.ResponseWriter, _ *http.Request) {
 	if v := s.cluster.View(); v.Ring == nil {
-		writeError(w, http.StatusServiceUnavailable, "not_ready", "no node is alive")
+		node.WriteError(w, http.StatusServiceUnavailable, "not_ready", "no node is alive")
 		return
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"ok": true})
+	node.WriteJSON(w, http.StatusOK, map[string]any{"ok": true})
 }
 
 // servePublish forwards to the ring owner of the channel, so HTTP publishes
@@ -90,11 +91,11 @@ func (s *Server) servePublish(w http.ResponseWriter, r *http.Request) {
 		Channel string `json:"channel"`
 	}
 	if err := json.Unmarshal(body, &req); err != nil {
-		writeError(w, http.StatusBadRequest, wire.CodeBadJSON, err.Error())
+		node.WriteError(w, http.StatusBadRequest, wire.CodeBadJSON, err.Error())
 		return
 	}
 	if err := wire.ValidateChannel(req.Channel); err != nil {
-		writeError(w, http.StatusBadRequest, wire.CodeBadChannel, err.(*wire.Error).Message)
+		node.WriteError(w, http.StatusBadRequest, wire.CodeBadChannel, err.(*wire.Error).Message)
 		return
 	}
 	s.forward(w, r, "ch:"+req.Channel, body)
@@ -110,11 +111,11 @@ func (s *Server) serveSend(w http.ResponseWriter, r *http.Request) {
 		ClientID string `json:"client_id"`
 	}
 	if err := json.Unmarshal(body, &req); err != nil {
-		writeError(w, http.StatusBadRequest, wire.CodeBadJSON, err.Error())
+		node.WriteError(w, http.StatusBadRequest, wire.CodeBadJSON, err.Error())
 		return
 	}
 	if err := wire.ValidateClientID(req.ClientID); err != nil {
-		writeError(w, http.StatusBadRequest, wire.CodeBadClientID, err.(*wire.Error).Message)
+		node.WriteError(w, http.StatusBadRequest, wire.CodeBadClientID, err.(*wire.Error).Message)
 		return
 	}
 	s.forward(w, r, req.ClientID, body)
@@ -128,12 +129,12 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request, key string, bod
 	for attempt := 0; attempt < 3; attempt++ {
 		id, addr, err := picker{s}.Pick(key, tried)
 		if err != nil {
-			writeError(w, http.StatusServiceUnavailable, "no_nodes", err.Error())
+			node.WriteError(w, http.StatusServiceUnavailable, "no_nodes", err.Error())
 			return
 		}
 		req, err := http.NewRequestWithContext(r.Context(), http.MethodPost, "http://"+addr+r.URL.Path, bytes.NewReader(body))
 		if err != nil {
-			writeError(w, http.StatusInternalServerError, wire.CodeInternal, err.Error())
+			node.WriteError(w, http.StatusInternalServerError, wire.CodeInternal, err.Error())
 			return
 		}
 		req.Header.Set("Content-Type", "application/json")
@@ -145,7 +146,7 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request, key string, bod
 				continue
 			}
 			s.log.Warn("forward api call", zap.String("node", id), zap.String("path", r.URL.Path), zap.Error(err))
-			writeError(w, http.StatusBadGateway, "node_unreachable", "node "+id+": "+err.Error())
+			node.WriteError(w, http.StatusBadGateway, "node_unreachable", "node "+id+": "+err.Error())
 			return
 		}
 		w.Header().Set("Content-Type", resp.Header.Get("Content-Type"))
@@ -154,7 +155,7 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request, key string, bod
 		resp.Body.Close()
 		return
 	}
-	writeError(w, http.StatusServiceUnavailable, "no_nodes", "no node answered")
+	node.WriteError(w, http.StatusServiceUnavailable, "no_nodes", "no node answered")
 }
 
 func readBody(w http.ResponseWriter, r *http.Request) ([]byte, bool) {
@@ -165,18 +166,8 @@ func readBody(w http.ResponseWriter, r *http.Request) ([]byte, bool) {
 		if errors.As(err, &mbe) {
 			status = http.StatusRequestEntityTooLarge
 		}
-		writeError(w, status, wire.CodeBadRequest, err.Error())
+		node.WriteError(w, status, wire.CodeBadRequest, err.Error())
 		return nil, false
 	}
 	return body, true
-}
-
-func writeJSON(w http.ResponseWriter, status int, v any) {
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(status)
-	json.NewEncoder(w).Encode(v)
-}
-
-func writeError(w http.ResponseWriter, status int, code, msg string) {
-	writeJSON(w, status, map[string]any{"ok": false, "code": code, "message": msg})
 }

@@ -17,6 +17,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/ringcast/ringcast/pkg/cluster"
+	"github.com/ringcast/ringcast/pkg/node"
 	"github.com/ringcast/ringcast/pkg/proxy"
 	"github.com/ringcast/ringcast/pkg/ring"
 )
@@ -225,7 +226,7 @@ func (s *Server) watch(ctx context.Context) {
 			}
 			delete(dead, id)
 			acted[id] = true
-			if m, ok := v.Node(id); ok && s.answers(ctx, m.Addr) {
+			if m, ok := v.Node(id); ok && node.Healthy(ctx, s.api, m.Addr, 300*time.Millisecond) {
 				s.log.Warn("gossip says dead but the node answers, keeping its connections", zap.String("node", id))
 				continue
 			}
@@ -246,25 +247,6 @@ func (s *Server) watch(ctx context.Context) {
 // deadGrace is how long a node must stay dead in gossip before the balancer
 // closes the connections it relays to it.
 const deadGrace = 500 * time.Millisecond
-
-// answers reports whether the node at addr answers its health check.
-func (s *Server) answers(ctx context.Context, addr string) bool {
-	if addr == "" {
-		return false
-	}
-	ctx, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
-	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/healthz", nil)
-	if err != nil {
-		return false
-	}
-	resp, err := s.api.Do(req)
-	if err != nil {
-		return false
-	}
-	resp.Body.Close()
-	return resp.StatusCode == http.StatusOK
-}
 
 // picker routes a client id to its ring owner.
 type picker struct{ s *Server }

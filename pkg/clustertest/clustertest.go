@@ -5,6 +5,7 @@ package clustertest
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -150,24 +151,29 @@ func FreePort(host string) (string, error) {
 	return "", errors.New("no free port")
 }
 
-// Start builds the binaries and starts the cluster, waiting until every
-// node is ready and every balancer sees them all. Stop it with Close.
+// Start builds the binaries and starts the cluster on Options.Host, each
+// process on free ports, waiting until every node is ready and every
+// balancer sees them all. Stop it with Close.
 func Start(ctx context.Context, o Options) (*Cluster, error) {
-	if o.Nodes == 0 {
-		o.Nodes = 3
-	}
-	if o.Balancers == 0 {
-		o.Balancers = 1
-	}
-	if o.Bridge == "" {
-		o.Bridge = "mesh"
-	}
-	if o.Detect == "" {
-		o.Detect = "fast"
-	}
-	if o.Host == "" {
-		o.Host = "127.0.0.1"
-	}
+	o = o.withDefaults()
+	return start(ctx, o, func(p *Proc) ([]string, error) {
+		var err error
+		if p.Addr, err = FreePort(o.Host); err == nil {
+			p.Gossip, err = FreePort(o.Host)
+		}
+		return nil, err
+	})
+}
+
+func (o Options) withDefaults() Options {
+	o.Nodes, o.Balancers = cmp.Or(o.Nodes, 3), cmp.Or(o.Balancers, 1)
+	o.Bridge, o.Detect, o.Host = cmp.Or(o.Bridge, "mesh"), cmp.Or(o.Detect, "fast"), cmp.Or(o.Host, "127.0.0.1")
+	return o
+}
+
+// start runs the cluster o describes. place sets each process's Addr and
+// Gossip and returns a command prefix to run it under (nil for none).
+func start(ctx context.Context, o Options, place func(*Proc) ([]string, error)) (*Cluster, error) {
 	bin, err := Build()
 	if err != nil {
 		return nil, err
@@ -179,44 +185,47 @@ func Start(ctx context.Context, o Options) (*Cluster, error) {
 		}
 	}
 	c := &Cluster{Opts: o, binDir: bin, ownLogs: own}
-	port := func() string {
-		if err != nil {
-			return ""
-		}
-		var p string
-		p, err = FreePort(o.Host)
-		return p
-	}
 	var seeds []string
+	proc := func(name, role string, args ...string) (*Proc, error) {
+		p := &Proc{Name: name, Role: role, bin: filepath.Join(bin, role), logf: filepath.Join(o.LogDir, name+".log")}
+		prefix, err := place(p)
+		if err != nil {
+			return nil, err
+		}
+		p.args = append([]string{"-id", p.Name, "-addr", p.Addr, "-gossip", p.Gossip, "-detect", o.Detect, "-log", "json"}, args...)
+		if len(prefix) > 0 {
+			p.args = append(append(prefix[1:len(prefix):len(prefix)], p.bin), p.args...)
+			p.bin = prefix[0]
+		}
+		return p, nil
+	}
 	for i := range o.Balancers {
-		p := &Proc{Name: fmt.Sprintf("b%d", i+1), Role: "balancer", Addr: port(), Gossip: port(), bin: filepath.Join(bin, "balancer")}
-		p.args = []string{"-id", p.Name, "-addr", p.Addr, "-gossip", p.Gossip, "-detect", o.Detect, "-log", "json"}
+		var join []string
+		if i > 0 {
+			join = []string{"-join", seeds[0]}
+		}
+		p, err := proc(fmt.Sprintf("b%d", i+1), "balancer", join...)
+		if err != nil {
+			return nil, err
+		}
 		seeds = append(seeds, p.Gossip)
 		c.Balancers = append(c.Balancers, p)
 	}
-	for i := range o.Balancers {
-		if i > 0 {
-			c.Balancers[i].args = append(c.Balancers[i].args, "-join", seeds[0])
-		}
-	}
 	for i := range o.Nodes {
-		p := &Proc{Name: fmt.Sprintf("n%d", i+1), Role: "node", Addr: port(), Gossip: port(), bin: filepath.Join(bin, "node")}
-		p.args = []string{"-id", p.Name, "-addr", p.Addr, "-gossip", p.Gossip, "-join", strings.Join(seeds, ","),
-			"-bridge", o.Bridge, "-detect", o.Detect, "-log", "json", "-drain", "2s"}
+		args := []string{"-join", strings.Join(seeds, ","), "-bridge", o.Bridge, "-drain", "2s"}
 		if o.HistorySize > 0 {
-			p.args = append(p.args, "-history-size", strconv.Itoa(o.HistorySize))
+			args = append(args, "-history-size", strconv.Itoa(o.HistorySize))
 		}
 		if o.Heartbeat != "" {
-			p.args = append(p.args, "-heartbeat", o.Heartbeat)
+			args = append(args, "-heartbeat", o.Heartbeat)
 		}
-		p.args = append(p.args, o.NodeArgs...)
+		p, err := proc(fmt.Sprintf("n%d", i+1), "node", append(args, o.NodeArgs...)...)
+		if err != nil {
+			return nil, err
+		}
 		c.Nodes = append(c.Nodes, p)
 	}
-	if err != nil {
-		return nil, err
-	}
 	for _, p := range c.All() {
-		p.logf = filepath.Join(o.LogDir, p.Name+".log")
 		if err := p.Start(); err != nil {
 			c.Close()
 			return nil, err

@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
@@ -52,7 +51,7 @@ func NewNet(o Options) (*Net, error) {
 		return nil, err
 	}
 	removeStaleNets()
-	o = o.withNetDefaults()
+	o = o.withDefaults()
 	if o.Nodes+o.Balancers > 200 {
 		return nil, fmt.Errorf("%d processes do not fit one /24", o.Nodes+o.Balancers)
 	}
@@ -74,84 +73,22 @@ func NewNet(o Options) (*Net, error) {
 	return n, nil
 }
 
-func (o Options) withNetDefaults() Options {
-	o.Nodes, o.Balancers = orDefault(o.Nodes, 3), orDefault(o.Balancers, 1)
-	if o.Bridge == "" {
-		o.Bridge = "mesh"
-	}
-	if o.Detect == "" {
-		o.Detect = "fast"
-	}
-	return o
-}
-
 // Start is the package's Start with every process in its namespace; o must
 // name as many processes as NewNet was given.
 func (n *Net) Start(ctx context.Context, o Options) (*Cluster, error) {
-	o = o.withNetDefaults()
+	o = o.withDefaults()
 	if o.Nodes+o.Balancers != len(n.ips) {
 		return nil, fmt.Errorf("net built for %d processes, options name %d", len(n.ips), o.Nodes+o.Balancers)
 	}
-	bin, err := Build()
+	ipBin, err := exec.LookPath("ip")
 	if err != nil {
 		return nil, err
 	}
-	own := o.LogDir == ""
-	if own {
-		if o.LogDir, err = os.MkdirTemp("", "ringcast-logs-"); err != nil {
-			return nil, err
-		}
-	}
-	ipBin, _ := exec.LookPath("ip")
-	c := &Cluster{Opts: o, binDir: bin, ownLogs: own}
-	var seeds []string
-	add := func(p *Proc, args ...string) {
+	return start(ctx, o, func(p *Proc) ([]string, error) {
 		ip := n.ips[p.Name]
 		p.Addr, p.Gossip = ip+":8080", ip+":7946"
-		p.args = append([]string{"netns", "exec", n.ns(p.Name), p.bin, "-id", p.Name, "-addr", p.Addr, "-gossip", p.Gossip,
-			"-detect", o.Detect, "-log", "json"}, args...)
-		p.bin, p.logf = ipBin, filepath.Join(o.LogDir, p.Name+".log")
-	}
-	for i := range o.Balancers {
-		p := &Proc{Name: fmt.Sprintf("b%d", i+1), Role: "balancer", bin: filepath.Join(bin, "balancer")}
-		var join []string
-		if i > 0 {
-			join = []string{"-join", seeds[0]}
-		}
-		add(p, join...)
-		seeds = append(seeds, p.Gossip)
-		c.Balancers = append(c.Balancers, p)
-	}
-	for i := range o.Nodes {
-		p := &Proc{Name: fmt.Sprintf("n%d", i+1), Role: "node", bin: filepath.Join(bin, "node")}
-		args := []string{"-join", strings.Join(seeds, ","), "-bridge", o.Bridge, "-drain", "2s"}
-		if o.HistorySize > 0 {
-			args = append(args, "-history-size", strconv.Itoa(o.HistorySize))
-		}
-		if o.Heartbeat != "" {
-			args = append(args, "-heartbeat", o.Heartbeat)
-		}
-		add(p, append(args, o.NodeArgs...)...)
-		c.Nodes = append(c.Nodes, p)
-	}
-	for _, p := range c.All() {
-		if err := p.Start(); err != nil {
-			c.Close()
-			return nil, err
-		}
-	}
-	if err := c.WaitConverged(ctx, len(c.Nodes)); err != nil {
-		c.Close()
-		return nil, fmt.Errorf("cluster did not converge: %w (logs in %s)", err, o.LogDir)
-	}
-	return c, nil
-}
-
-func orDefault(v, def int) int {
-	if v == 0 {
-		return def
-	}
-	return v
+		return []string{ipBin, "netns", "exec", n.ns(p.Name)}, nil
+	})
 }
 
 func (n *Net) bridge() string          { return "rc" + n.id + "br" }

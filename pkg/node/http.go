@@ -23,7 +23,7 @@ func (s *Server) routes() http.Handler {
 	mux.HandleFunc("GET /ws", s.serveWS)
 	mux.HandleFunc("POST /v1/publish", s.servePublish)
 	mux.HandleFunc("POST /v1/send", s.serveSend)
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { writeJSON(w, 200, map[string]any{"ok": true}) })
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { WriteJSON(w, 200, map[string]any{"ok": true}) })
 	mux.HandleFunc("GET /readyz", s.serveReady)
 	mux.Handle("GET /metrics", promhttp.HandlerFor(s.reg, promhttp.HandlerOpts{}))
 	if s.mesh != nil {
@@ -100,14 +100,14 @@ func (s *Server) decodeBody(w http.ResponseWriter, r *http.Request, v any) bool 
 	if err != nil {
 		var mbe *http.MaxBytesError
 		if errors.As(err, &mbe) {
-			writeError(w, http.StatusRequestEntityTooLarge, wire.CodeTooLarge, err.Error())
+			WriteError(w, http.StatusRequestEntityTooLarge, wire.CodeTooLarge, err.Error())
 		} else {
-			writeError(w, http.StatusBadRequest, wire.CodeBadRequest, err.Error())
+			WriteError(w, http.StatusBadRequest, wire.CodeBadRequest, err.Error())
 		}
 		return false
 	}
 	if err := json.Unmarshal(body, v); err != nil {
-		writeError(w, http.StatusBadRequest, wire.CodeBadJSON, err.Error())
+		WriteError(w, http.StatusBadRequest, wire.CodeBadJSON, err.Error())
 		return false
 	}
 	return true
@@ -123,7 +123,7 @@ func (s *Server) servePublish(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if len(req.Data) == 0 {
-		writeError(w, http.StatusBadRequest, wire.CodeBadRequest, "publish needs data")
+		WriteError(w, http.StatusBadRequest, wire.CodeBadRequest, "publish needs data")
 		return
 	}
 	ctx, cancel := s.requestCtx(r)
@@ -137,7 +137,7 @@ func (s *Server) servePublish(w http.ResponseWriter, r *http.Request) {
 	if m.Epoch != "" {
 		out["epoch"], out["offset"] = m.Epoch, m.Offset
 	}
-	writeJSON(w, http.StatusOK, out)
+	WriteJSON(w, http.StatusOK, out)
 }
 
 func (s *Server) serveSend(w http.ResponseWriter, r *http.Request) {
@@ -150,7 +150,7 @@ func (s *Server) serveSend(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if len(req.Data) == 0 {
-		writeError(w, http.StatusBadRequest, wire.CodeBadRequest, "send needs data")
+		WriteError(w, http.StatusBadRequest, wire.CodeBadRequest, "send needs data")
 		return
 	}
 	ctx, cancel := s.requestCtx(r)
@@ -160,15 +160,15 @@ func (s *Server) serveSend(w http.ResponseWriter, r *http.Request) {
 		writeWireError(w, requestError(err))
 		return
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"ok": true, "delivered": ok})
+	WriteJSON(w, http.StatusOK, map[string]any{"ok": true, "delivered": ok})
 }
 
 func (s *Server) serveReady(w http.ResponseWriter, _ *http.Request) {
 	if err := s.ready(); err != nil {
-		writeError(w, http.StatusServiceUnavailable, "not_ready", err.Error())
+		WriteError(w, http.StatusServiceUnavailable, "not_ready", err.Error())
 		return
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"ok": true})
+	WriteJSON(w, http.StatusOK, map[string]any{"ok": true})
 }
 
 func (s *Server) ready() error {
@@ -184,14 +184,16 @@ func (s *Server) ready() error {
 	return s.bridge.Ready()
 }
 
-func writeJSON(w http.ResponseWriter, status int, v any) {
+// WriteJSON writes v as the JSON body of an HTTP API answer.
+func WriteJSON(w http.ResponseWriter, status int, v any) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(status)
 	json.NewEncoder(w).Encode(v)
 }
 
-func writeError(w http.ResponseWriter, status int, code, msg string) {
-	writeJSON(w, status, map[string]any{"ok": false, "code": code, "message": msg})
+// WriteError writes the HTTP API's error body: {"ok": false, "code", "message"}.
+func WriteError(w http.ResponseWriter, status int, code, msg string) {
+	WriteJSON(w, status, map[string]any{"ok": false, "code": code, "message": msg})
 }
 
 // writeWireError maps a protocol error to an HTTP status.
@@ -207,7 +209,7 @@ func writeWireError(w http.ResponseWriter, err error) {
 	case wire.CodeInternal:
 		status = http.StatusInternalServerError
 	}
-	writeError(w, status, we.Code, we.Message)
+	WriteError(w, status, we.Code, we.Message)
 }
 
 func (s *Server) requestCtx(r *http.Request) (context.Context, context.CancelFunc) {

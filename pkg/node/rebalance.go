@@ -3,7 +3,6 @@ package node
 import (
 	"context"
 	"math/rand/v2"
-	"net/http"
 	"time"
 
 	"go.uber.org/zap"
@@ -75,7 +74,8 @@ func (s *Server) rebalance(ctx context.Context, v *cluster.View, changes <-chan 
 		}
 		ok, seen := reachable[owner]
 		if !seen {
-			ok = s.reachable(ctx, v, owner)
+			m, _ := v.Node(owner) // a crashed node not yet declared dead must not attract clients
+			ok = Healthy(ctx, s.probe, m.Addr, 500*time.Millisecond)
 			reachable[owner] = ok
 		}
 		if ok {
@@ -149,27 +149,6 @@ func (s *Server) drain(window time.Duration) {
 		}
 		<-t.C
 	}
-}
-
-// reachable reports whether node id answers its health check: a node that
-// crashed but is not yet declared dead must not attract clients.
-func (s *Server) reachable(ctx context.Context, v *cluster.View, id string) bool {
-	m, ok := v.Node(id)
-	if !ok || m.Addr == "" {
-		return false
-	}
-	ctx, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
-	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+m.Addr+"/healthz", nil)
-	if err != nil {
-		return false
-	}
-	resp, err := s.probe.Do(req)
-	if err != nil {
-		return false
-	}
-	resp.Body.Close()
-	return resp.StatusCode == http.StatusOK
 }
 
 // fence watches for this process having been paused (SIGSTOP, a VM freeze)
