@@ -13,17 +13,11 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest/observer"
+
+	"github.com/ringcast/ringcast/pkg/clustertest"
 )
 
-func TestMain(m *testing.M) {
-	// memberlist's Shutdown does not wait for a probe in flight: it ends on
-	// its own within a probe interval (longer when memberlist's awareness
-	// has stretched it), after Run has returned.
-	goleak.VerifyTestMain(m,
-		goleak.IgnoreAnyFunction("github.com/hashicorp/memberlist.(*Memberlist).probeNode"),
-		goleak.IgnoreAnyFunction("github.com/hashicorp/memberlist.(*Memberlist).sendPingAndWaitForAck"),
-	)
-}
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m, clustertest.MemberlistLeaks...) }
 
 // eventually polls cond every 10 ms until it holds or timeout passes.
 func eventually(t *testing.T, timeout time.Duration, cond func() bool, format string, args ...any) {

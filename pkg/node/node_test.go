@@ -18,17 +18,12 @@ import (
 	"github.com/gobwas/ws/wsutil"
 	"go.uber.org/goleak"
 
+	"github.com/ringcast/ringcast/pkg/clustertest"
+
 	"github.com/ringcast/ringcast/pkg/wire"
 )
 
-func TestMain(m *testing.M) {
-	// memberlist's Shutdown does not wait for a probe in flight (see
-	// pkg/cluster); it ends on its own within a probe interval.
-	goleak.VerifyTestMain(m,
-		goleak.IgnoreAnyFunction("github.com/hashicorp/memberlist.(*Memberlist).probeNode"),
-		goleak.IgnoreAnyFunction("github.com/hashicorp/memberlist.(*Memberlist).sendPingAndWaitForAck"),
-	)
-}
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m, clustertest.MemberlistLeaks...) }
 
 // eventually polls cond every 10 ms until it holds or timeout passes.
 func eventually(t *testing.T, timeout time.Duration, cond func() bool, format string, args ...any) {
