@@ -19,7 +19,6 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/ringcast/ringcast/pkg/clustertest"
-
 	"github.com/ringcast/ringcast/pkg/wire"
 )
 
