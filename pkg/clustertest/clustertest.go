@@ -314,14 +314,8 @@ func (c *Cluster) Owner(ctx context.Context, clientID string) (string, error) {
 // running node reports ready.
 func (c *Cluster) WaitConverged(ctx context.Context, n int) error {
 	return Eventually(ctx, 30*time.Second, func() error {
-		for i := range c.Balancers {
-			ci, err := c.Info(ctx, i)
-			if err != nil {
-				return err
-			}
-			if a := ci.Alive(); len(a) != n {
-				return fmt.Errorf("balancer %d sees %d alive nodes %v, want %d", i, len(a), a, n)
-			}
+		if err := c.seeAlive(ctx, n); err != nil {
+			return err
 		}
 		for _, p := range c.Nodes {
 			if !p.Running() {
@@ -333,6 +327,24 @@ func (c *Cluster) WaitConverged(ctx context.Context, n int) error {
 		}
 		return nil
 	})
+}
+
+// WaitAlive waits until every balancer sees exactly n alive nodes.
+func (c *Cluster) WaitAlive(ctx context.Context, n int, timeout time.Duration) error {
+	return Eventually(ctx, timeout, func() error { return c.seeAlive(ctx, n) })
+}
+
+func (c *Cluster) seeAlive(ctx context.Context, n int) error {
+	for i := range c.Balancers {
+		ci, err := c.Info(ctx, i)
+		if err != nil {
+			return err
+		}
+		if a := ci.Alive(); len(a) != n {
+			return fmt.Errorf("balancer %d sees %d alive nodes %v, want %d", i, len(a), a, n)
+		}
+	}
+	return nil
 }
 
 // Eventually polls f every 20 ms until it returns nil or timeout passes,

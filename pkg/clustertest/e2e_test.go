@@ -214,16 +214,7 @@ func TestFailover(t *testing.T) {
 	}
 
 	// Gossip confirms the death: nobody moves a second time.
-	if err := Eventually(ctx, 10*time.Second, func() error {
-		ci, err := c.Info(ctx, 0)
-		if err != nil {
-			return err
-		}
-		if a := ci.Alive(); len(a) != 2 {
-			return fmt.Errorf("alive = %v", a)
-		}
-		return nil
-	}); err != nil {
+	if err := c.WaitAlive(ctx, 2, 10*time.Second); err != nil {
 		t.Fatal(err)
 	}
 	for _, m := range f.Clients {
@@ -343,16 +334,7 @@ func TestPausedNode(t *testing.T) {
 	}
 	// The fault itself: a pause of 2.5 s, well past the ~1 s detection.
 	resume := time.After(2500 * time.Millisecond)
-	if err := Eventually(ctx, 10*time.Second, func() error {
-		ci, err := c.Info(ctx, 0)
-		if err != nil {
-			return err
-		}
-		if a := ci.Alive(); len(a) != 2 {
-			return fmt.Errorf("alive = %v", a)
-		}
-		return nil
-	}); err != nil {
+	if err := c.WaitAlive(ctx, 2, 10*time.Second); err != nil {
 		t.Fatal(err)
 	}
 	err := f.WaitAll(ctx, 10*time.Second, "moved off the paused node", func(m *Member) bool {
