@@ -45,6 +45,7 @@ func runLoad(ctx context.Context, args []string) error {
 	size := fs.Int("size", 64, "message bytes")
 	warmup := fs.Duration("warmup", 2*time.Second, "load before the window")
 	duration := fs.Duration("duration", 10*time.Second, "window")
+	mode := fs.String("mode", "echo", "echo (round trips on open connections) or connect (connections opened, echoed once, closed)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -58,6 +59,13 @@ func runLoad(ctx context.Context, args []string) error {
 	defer cancel()
 
 	payload := bytes.Repeat([]byte("x"), *size)
+	switch *mode {
+	case "echo":
+	case "connect":
+		return runConnect(ctx, targets, *conns, payload, *warmup, *duration)
+	default:
+		return fmt.Errorf("-mode %q: want echo or connect", *mode)
+	}
 	ls := make([]*loop, *conns)
 	defer func() {
 		for _, l := range ls {
@@ -103,25 +111,41 @@ func runLoad(ctx context.Context, args []string) error {
 			l.err = l.run(&phase)
 		}()
 	}
-	sleep(ctx, *warmup)
-	phase.Store(measuring)
-	start := time.Now()
-	fmt.Println("measuring")
-	sleep(ctx, *duration)
-	phase.Store(stopping)
-	window := time.Since(start)
+	window := window(ctx, &phase, *warmup, *duration)
 	wg.Wait()
 	if err := ctx.Err(); err != nil && !errors.Is(err, context.DeadlineExceeded) {
 		return err
 	}
+	lats := make([][]time.Duration, len(ls))
+	errs := make([]error, len(ls))
+	for i, l := range ls {
+		lats[i], errs[i] = l.lat, l.err
+	}
+	return report(window, lats, errs)
+}
 
+// window runs the warm-up, opens the measured window (printing
+// "measuring"), closes it and returns its length.
+func window(ctx context.Context, phase *atomic.Int32, warmup, duration time.Duration) time.Duration {
+	sleep(ctx, warmup)
+	phase.Store(measuring)
+	start := time.Now()
+	fmt.Println("measuring")
+	sleep(ctx, duration)
+	phase.Store(stopping)
+	return time.Since(start)
+}
+
+// report prints the result line: what completed inside the window and the
+// loops that failed.
+func report(window time.Duration, lats [][]time.Duration, errs []error) error {
 	res := result{Seconds: window.Seconds()}
 	var lat []time.Duration
-	for _, l := range ls {
-		lat = append(lat, l.lat...)
-		if l.err != nil {
+	for i := range lats {
+		lat = append(lat, lats[i]...)
+		if errs[i] != nil {
 			if res.Errors++; res.FirstError == "" {
-				res.FirstError = l.err.Error()
+				res.FirstError = errs[i].Error()
 			}
 		}
 	}
@@ -137,6 +161,83 @@ func runLoad(ctx context.Context, args []string) error {
 	}
 	fmt.Println(string(b))
 	return nil
+}
+
+// runConnect runs conns loops that each open a WebSocket (from one of
+// several 127.0.0.x source addresses, so that no address runs out of
+// ports), echo one message and close, over and over.
+func runConnect(ctx context.Context, targets []string, conns int, payload []byte, warmup, duration time.Duration) error {
+	var frame bytes.Buffer
+	if err := ws.WriteFrame(&frame, ws.MaskFrame(ws.NewTextFrame(payload))); err != nil {
+		return err
+	}
+	closeFrame := ws.MustCompileFrame(ws.MaskFrame(ws.NewCloseFrame(ws.NewCloseFrameBody(ws.StatusNormalClosure, ""))))
+	var phase atomic.Int32
+	lats := make([][]time.Duration, conns)
+	errs := make([]error, conns)
+	var wg sync.WaitGroup
+	for i := range conns {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			src := &net.TCPAddr{IP: net.IPv4(127, 0, 1, byte(1+i%200))}
+			d := ws.Dialer{Timeout: 5 * time.Second, NetDial: func(ctx context.Context, network, addr string) (net.Conn, error) {
+				return (&net.Dialer{LocalAddr: src}).DialContext(ctx, network, addr)
+			}}
+			got := make([]byte, len(payload))
+			for n := 0; ; n++ {
+				p := phase.Load()
+				if p == stopping || ctx.Err() != nil {
+					return
+				}
+				t0 := time.Now()
+				u := fmt.Sprintf("%s?client_id=k%05d_%d", targets[(i+n)%len(targets)], i, n)
+				if err := connectOnce(ctx, d, u, frame.Bytes(), closeFrame, got); err != nil {
+					errs[i] = err
+					return
+				}
+				if p == measuring && phase.Load() == measuring {
+					lats[i] = append(lats[i], time.Since(t0))
+				}
+			}
+		}()
+	}
+	w := window(ctx, &phase, warmup, duration)
+	wg.Wait()
+	if err := ctx.Err(); err != nil && !errors.Is(err, context.DeadlineExceeded) {
+		return err
+	}
+	return report(w, lats, errs)
+}
+
+// connectOnce opens u, echoes frame once, sends a close frame and closes.
+func connectOnce(ctx context.Context, d ws.Dialer, u string, frame, closeFrame, got []byte) error {
+	conn, br, _, err := d.Dial(ctx, u)
+	if err != nil {
+		return fmt.Errorf("dial %s: %w", u, err)
+	}
+	defer conn.Close()
+	if br == nil {
+		br = bufio.NewReader(conn)
+	}
+	if err := conn.SetDeadline(time.Now().Add(5 * time.Second)); err != nil {
+		return err
+	}
+	if _, err := conn.Write(frame); err != nil {
+		return err
+	}
+	h, err := ws.ReadHeader(br)
+	if err != nil {
+		return err
+	}
+	if h.OpCode != ws.OpText || h.Length != int64(len(got)) {
+		return fmt.Errorf("got frame op %d length %d, want a %d-byte text frame", h.OpCode, h.Length, len(got))
+	}
+	if _, err := io.ReadFull(br, got); err != nil {
+		return err
+	}
+	_, err = conn.Write(closeFrame)
+	return err
 }
 
 func sleep(ctx context.Context, d time.Duration) {

@@ -1,13 +1,19 @@
-// Command benchproxy compares WebSocket echo throughput through one hop:
-// direct to the backend, through nginx (consistent hash), through pkg/proxy.
+// Command benchproxy compares WebSocket traffic through one hop: direct to
+// the backend, through nginx (hash $arg_client_id consistent), through HAProxy
+// (balance url_param client_id, hash-type consistent), through pkg/proxy.
+// -mode echo measures closed-loop echo round trips on open connections;
+// -mode connect measures new connections per second (open, echo once, close).
 //
-// Every part is its own process: the echo backend, nginx, the relay and the
-// load generator are this binary re-run in a hidden mode (or nginx). The relay
-// is proxy.New, the balancer's /ws handler, with a static picker hashing
-// client_id over the backends with pkg/ring: the balancer's hot path without
-// gossip. Run from the module root:
+// Every part is its own process: the echo backend, the relay and the load
+// generator are this binary re-run in a hidden mode; nginx and HAProxy are
+// Debian's (apt-get install -y nginx-light haproxy; a missing one is skipped).
+// The relay is proxy.New, the balancer's /ws handler, with a static picker
+// hashing client_id over the backends with pkg/ring: the balancer's hot path
+// without gossip. Paths run one after another in every round, in rotating
+// order, and the summary reports the median of the per-round ratios with
+// their range. Run from the module root:
 //
-//	go run ./scripts/benchproxy [-conns 100] [-size 64] [-warmup 2s] [-duration 6s] [-rounds 3] [-cpuprofile relay.pprof]
+//	go run ./scripts/benchproxy [-mode echo|connect] [-conns 100] [-size 64] [-warmup 2s] [-duration 6s] [-rounds 5] [-cpuprofile relay.pprof]
 package main
 
 import (
@@ -63,7 +69,8 @@ func main() {
 type config struct {
 	conns, size, rounds, backends int
 	warmup, duration              time.Duration
-	cpuprofile, nginx             string
+	cpuprofile, nginx, haproxy    string
+	mode                          string
 }
 
 func run(ctx context.Context, args []string) error {
@@ -72,7 +79,9 @@ func run(ctx context.Context, args []string) error {
 	fs.IntVar(&cfg.conns, "conns", 100, "concurrent connections, each a closed loop")
 	fs.IntVar(&cfg.size, "size", 64, "text message size in bytes")
 	fs.IntVar(&cfg.backends, "backends", 3, "echo listeners (one process) playing the nodes")
-	fs.IntVar(&cfg.rounds, "rounds", 3, "rounds over all paths, in rotating order; the summary is the median")
+	fs.IntVar(&cfg.rounds, "rounds", 5, "rounds over all paths, in rotating order; the summary is the median of per-round ratios")
+	fs.StringVar(&cfg.mode, "mode", "echo", "echo: round trips on open connections; connect: new connections per second (open, echo once, close)")
+	fs.StringVar(&cfg.haproxy, "haproxy", "haproxy", "HAProxy binary; the haproxy row is skipped when it is not found")
 	fs.DurationVar(&cfg.warmup, "warmup", 2*time.Second, "load before measuring, per path and round")
 	fs.DurationVar(&cfg.duration, "duration", 6*time.Second, "measured window, per path and round")
 	fs.StringVar(&cfg.cpuprofile, "cpuprofile", "", "write the relay process's CPU profile over each measured window to this path plus .<round>")
@@ -85,11 +94,16 @@ func run(ctx context.Context, args []string) error {
 		cfg.rounds < 1 || cfg.warmup < 0 || cfg.duration <= 0 {
 		return errors.New("need 1 ≤ -conns ≤ 9000, 1 ≤ -size ≤ 1 MiB, -backends ≥ 1, -rounds ≥ 1, -duration > 0")
 	}
+	unit := map[string]string{"echo": "msg", "connect": "conn"}[cfg.mode]
+	if unit == "" {
+		return fmt.Errorf("-mode %q: want echo or connect", cfg.mode)
+	}
 	self, err := os.Executable()
 	if err != nil {
 		return fmt.Errorf("find own binary: %w", err)
 	}
 	nginxBin, nginxErr := exec.LookPath(cfg.nginx)
+	haproxyBin, haproxyErr := exec.LookPath(cfg.haproxy)
 
 	var procs []*child
 	defer func() {
@@ -121,6 +135,18 @@ func run(ctx context.Context, args []string) error {
 	} else {
 		fmt.Printf("nginx not found (%v): the nginx row is skipped; install it with apt-get install -y nginx-light\n\n", nginxErr)
 	}
+	haproxyNote := "haproxy: skipped, " + fmt.Sprint(haproxyErr) + " (apt-get install -y haproxy)"
+	if haproxyErr == nil {
+		hp, addr, version, err := startHAProxy(ctx, haproxyBin, backends, cfg.conns)
+		if err != nil {
+			return err
+		}
+		procs = append(procs, hp)
+		paths = append(paths, hop{name: "haproxy", urls: wsURLs([]string{addr}), proc: hp})
+		haproxyNote = fmt.Sprintf("haproxy: %s, nbthread = CPUs, mode http, balance url_param client_id, hash-type consistent, timeout tunnel 1h", version)
+	} else {
+		fmt.Printf("haproxy not found (%v): the haproxy row is skipped; install it with apt-get install -y haproxy\n\n", haproxyErr)
+	}
 	relayArgs := []string{relayMode, "-backends", strings.Join(backends, ",")}
 	if cfg.cpuprofile != "" {
 		relayArgs = append(relayArgs, "-pprof")
@@ -136,13 +162,19 @@ func run(ctx context.Context, args []string) error {
 	}
 	paths = append(paths, hop{name: "ringcast relay", urls: wsURLs([]string{relayAddr}), proc: relay, pprof: cfg.cpuprofile != ""})
 
-	fmt.Printf("benchproxy: WebSocket echo round trips, %d conns × %d B text, closed loop (send, await echo, repeat), %v warm-up + %v measured per path; rounds: %d, paths in rotating order\n",
+	what := "WebSocket echo round trips, %d conns × %d B text, closed loop (send, await echo, repeat)"
+	if cfg.mode == "connect" {
+		what = "new WebSocket connections, %d loops each opening a connection, echoing one %d B text message and closing it"
+	}
+	fmt.Printf("benchproxy: "+what+", %v warm-up + %v measured per path; rounds: %d, paths in rotating order\n",
 		cfg.conns, cfg.size, cfg.warmup, cfg.duration, cfg.rounds)
 	fmt.Println(strings.TrimSpace("command: go run ./scripts/benchproxy " + strings.Join(args, " ")))
 	fmt.Printf("machine: %d CPUs, GOMAXPROCS %d per Go process; load generator, echo backend and the hop under test are separate processes sharing these cores\n",
 		runtime.NumCPU(), runtime.GOMAXPROCS(0))
+	fmt.Printf("load average at start: %s (the machine may be shared: compare ratios within a round, not absolute rates)\n", loadAvg())
 	fmt.Printf("backend: one gobwas/ws echo process, %d listeners playing %d nodes (one process: the same backend cost on every path)\n", cfg.backends, cfg.backends)
 	fmt.Println(nginxNote)
+	fmt.Println(haproxyNote)
 	fmt.Println("ringcast relay: pkg/proxy.New (the balancer's /ws handler and relay) in its own process, static picker hashing client_id over the backends with pkg/ring; no gossip or admin API")
 	if cfg.cpuprofile != "" {
 		fmt.Printf("profiling: the relay rows run under a CPU profile, written to %s.<round> (go tool pprof -top %s.* merges them)\n", cfg.cpuprofile, cfg.cpuprofile)
@@ -169,7 +201,8 @@ func run(ctx context.Context, args []string) error {
 	for _, h := range paths {
 		names = append(names, h.name)
 	}
-	printTables(os.Stdout, names, cfg.conns, got)
+	printTables(os.Stdout, names, cfg.conns, unit, got)
+	fmt.Printf("load average at end: %s\n", loadAvg())
 	return nil
 }
 
@@ -197,7 +230,7 @@ func measure(ctx context.Context, self string, cfg config, h hop, profile string
 	defer cancel()
 	load, err := startChild(ctx, "load", self, loadMode, "-urls", strings.Join(h.urls, ","),
 		"-conns", fmt.Sprint(cfg.conns), "-size", fmt.Sprint(cfg.size),
-		"-warmup", cfg.warmup.String(), "-duration", cfg.duration.String())
+		"-warmup", cfg.warmup.String(), "-duration", cfg.duration.String(), "-mode", cfg.mode)
 	if err != nil {
 		return result{}, 0, err
 	}
@@ -273,4 +306,17 @@ func freeAddr() (string, error) {
 	}
 	defer ln.Close()
 	return ln.Addr().String(), nil
+}
+
+// loadAvg returns the 1, 5 and 15 minute load averages.
+func loadAvg() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return "unknown"
+	}
+	f := strings.Fields(string(b))
+	if len(f) < 3 {
+		return "unknown"
+	}
+	return strings.Join(f[:3], " ")
 }

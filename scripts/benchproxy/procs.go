@@ -3,13 +3,13 @@ package main
 import (
 	"bufio"
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
@@ -163,26 +163,98 @@ http {
 		return nil, "", "", fmt.Errorf("start nginx: %w", err)
 	}
 	go c.wait(nil)
+	if err := c.listening(ctx, addr); err != nil {
+		return nil, "", "", err
+	}
+	return c, addr, version, nil
+}
+
+// listening waits until c accepts connections on addr; on failure c is
+// stopped.
+func (c *child) listening(ctx context.Context, addr string) error {
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		conn, err := net.DialTimeout("tcp", addr, time.Second)
 		if err == nil {
 			conn.Close()
-			return c, addr, version, nil
+			return nil
 		}
 		select {
 		case <-c.done:
-			return nil, "", "", fmt.Errorf("nginx exited: %v (see its messages above)", c.err)
+			return fmt.Errorf("%s exited: %v (see its messages above)", c.name, c.err)
 		case <-ctx.Done():
 			c.stop()
-			return nil, "", "", ctx.Err()
+			return ctx.Err()
 		case <-time.After(20 * time.Millisecond):
 		}
 		if time.Now().After(deadline) {
 			c.stop()
-			return nil, "", "", errors.New("nginx did not listen within 10s")
+			return fmt.Errorf("%s did not listen within 10s", c.name)
 		}
 	}
+}
+
+// startHAProxy runs HAProxy in front of backends, hashing client_id on a
+// consistent ring as nginx and the relay do, and returns it once it accepts
+// connections, with its address and version.
+func startHAProxy(ctx context.Context, bin string, backends []string, conns int) (*child, string, string, error) {
+	out, err := exec.CommandContext(ctx, bin, "-v").CombinedOutput()
+	if err != nil {
+		return nil, "", "", fmt.Errorf("haproxy -v: %w: %s", err, out)
+	}
+	version := strings.TrimSpace(strings.SplitN(string(out), "\n", 2)[0])
+	version = strings.TrimPrefix(version, "HAProxy version ")
+	if i := strings.IndexByte(version, ' '); i > 0 {
+		version = "HAProxy " + version[:i]
+	}
+	addr, err := freeAddr()
+	if err != nil {
+		return nil, "", "", err
+	}
+	var servers strings.Builder
+	for i, b := range backends {
+		fmt.Fprintf(&servers, "  server n%d %s\n", i+1, b)
+	}
+	conf := fmt.Sprintf(`global
+  maxconn %[1]d
+  nbthread %[2]d
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 1h
+  timeout server 1h
+  timeout tunnel 1h
+frontend ws
+  bind %[3]s
+  default_backend nodes
+backend nodes
+  balance url_param client_id
+  hash-type consistent
+%[4]s`, min(2*conns+256, 19000), runtime.NumCPU(), addr, servers.String())
+	f, err := os.CreateTemp("", "benchproxy-haproxy-*.cfg")
+	if err != nil {
+		return nil, "", "", err
+	}
+	path := f.Name()
+	if _, err := f.WriteString(conf); err != nil {
+		f.Close()
+		os.Remove(path)
+		return nil, "", "", err
+	}
+	f.Close()
+	c := &child{name: "haproxy", done: make(chan struct{}), clean: func() { os.Remove(path) },
+		cmd: exec.Command(bin, "-db", "-f", path)}
+	c.cmd.Stderr = os.Stderr
+	c.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM}
+	if err := c.cmd.Start(); err != nil {
+		os.Remove(path)
+		return nil, "", "", fmt.Errorf("start haproxy: %w", err)
+	}
+	go c.wait(nil)
+	if err := c.listening(ctx, addr); err != nil {
+		return nil, "", "", err
+	}
+	return c, addr, version, nil
 }
 
 // removeStale deletes the nginx dirs of earlier runs that were killed.

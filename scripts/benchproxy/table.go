@@ -10,9 +10,9 @@ import (
 
 // sample is one path measured in one round.
 type sample struct {
-	rate     float64 // round trips per second
+	rate     float64 // round trips (echo) or connections (connect) per second
 	p50, p99 time.Duration
-	cpu      float64 // hop CPU µs per round trip; 0 when there is no hop
+	cpu      float64 // hop CPU µs per round trip or connection; 0 when there is no hop
 	note     string  // failed connections, if any
 }
 
@@ -25,15 +25,21 @@ func newSample(res result, cpu time.Duration) sample {
 	return s
 }
 
-// median returns the per-field median of ss (upper median for even counts).
+// med returns the median of v (upper median for even counts).
+func med(v []float64) float64 {
+	v = slices.Clone(v)
+	slices.Sort(v)
+	return v[len(v)/2]
+}
+
+// median returns the per-field median of ss.
 func median(ss []sample) sample {
 	pick := func(f func(sample) float64) float64 {
 		v := make([]float64, len(ss))
 		for i, s := range ss {
 			v[i] = f(s)
 		}
-		slices.Sort(v)
-		return v[len(v)/2]
+		return med(v)
 	}
 	return sample{
 		rate: pick(func(s sample) float64 { return s.rate }),
@@ -43,28 +49,60 @@ func median(ss []sample) sample {
 	}
 }
 
-var header = []string{"path", "conns", "msgs/s", "p50 µs", "p99 µs", "vs direct", "vs nginx", "hop CPU µs/msg"}
+// peers are the paths every other path is compared with, when measured.
+var peers = []string{"direct", "nginx", "haproxy"}
 
-// printTables prints one row per path and round, then the medians.
-func printTables(w io.Writer, names []string, conns int, got map[string][]sample) {
+// printTables prints one row per path and round, then the medians. The
+// ratios in the summary are the median of the per-round ratios (both paths
+// measured in the same round, back to back), with their range: on a shared
+// machine the load drifts between rounds, and a ratio taken within one round
+// cancels most of it.
+func printTables(w io.Writer, names []string, conns int, unit string, got map[string][]sample) {
 	rounds := len(got[names[0]])
-	row := func(name string, s sample, round int) []string {
-		ratio := func(base string) string {
-			b, ok := got[base]
-			if !ok {
-				return "-"
-			}
-			if round < 0 {
-				return fmt.Sprintf("%.2f×", s.rate/median(b).rate)
-			}
-			return fmt.Sprintf("%.2f×", s.rate/b[round].rate)
+	var bases []string
+	for _, b := range peers {
+		if _, ok := got[b]; ok {
+			bases = append(bases, b)
 		}
-		cpu := "-"
-		if s.cpu > 0 {
-			cpu = fmt.Sprintf("%.1f", s.cpu)
+	}
+	header := []string{"path", "conns", unit + "/s", "p50 µs", "p99 µs", "hop CPU µs/" + unit}
+	for _, b := range bases {
+		header = append(header, "vs "+b)
+	}
+	for _, b := range bases {
+		if b != "direct" {
+			header = append(header, "CPU vs "+b)
 		}
-		return []string{name, fmt.Sprint(conns), fmt.Sprintf("%.0f", s.rate),
-			fmt.Sprint(s.p50.Microseconds()), fmt.Sprint(s.p99.Microseconds()), ratio("direct"), ratio("nginx"), cpu}
+	}
+	cpuCell := func(v float64) string {
+		if v <= 0 {
+			return "-"
+		}
+		return fmt.Sprintf("%.1f", v)
+	}
+	// ratios returns path n's per-round ratios to base b, of rate or CPU.
+	ratios := func(n, b string, cpu bool) []float64 {
+		var v []float64
+		for r := range rounds {
+			s, t := got[n][r], got[b][r]
+			if cpu {
+				if s.cpu > 0 && t.cpu > 0 {
+					v = append(v, s.cpu/t.cpu)
+				}
+				continue
+			}
+			v = append(v, s.rate/t.rate)
+		}
+		return v
+	}
+	summary := func(v []float64) string {
+		if len(v) == 0 {
+			return "-"
+		}
+		if len(v) == 1 {
+			return fmt.Sprintf("%.2f×", v[0])
+		}
+		return fmt.Sprintf("%.2f× (%.2f–%.2f)", med(v), slices.Min(v), slices.Max(v))
 	}
 	var notes []string
 	if rounds > 1 {
@@ -72,31 +110,57 @@ func printTables(w io.Writer, names []string, conns int, got map[string][]sample
 		for r := range rounds {
 			for _, n := range names {
 				s := got[n][r]
-				rows = append(rows, row(fmt.Sprintf("%s (round %d)", n, r+1), s, r))
+				row := []string{fmt.Sprintf("%s (round %d)", n, r+1), fmt.Sprint(conns), fmt.Sprintf("%.0f", s.rate),
+					fmt.Sprint(s.p50.Microseconds()), fmt.Sprint(s.p99.Microseconds()), cpuCell(s.cpu)}
+				for _, b := range bases {
+					row = append(row, fmt.Sprintf("%.2f×", s.rate/got[b][r].rate))
+				}
+				for _, b := range bases {
+					if b == "direct" {
+						continue
+					}
+					if t := got[b][r]; s.cpu > 0 && t.cpu > 0 {
+						row = append(row, fmt.Sprintf("%.2f×", s.cpu/t.cpu))
+					} else {
+						row = append(row, "-")
+					}
+				}
+				rows = append(rows, row)
 				if s.note != "" {
 					notes = append(notes, fmt.Sprintf("%s, round %d: %s", n, r+1, s.note))
 				}
 			}
 		}
 		fmt.Fprintln(w, "per round:")
-		printAligned(w, rows)
-		fmt.Fprintf(w, "\nmedian of %d rounds (ratios of medians):\n", rounds)
+		printAligned(w, header, rows)
+		fmt.Fprintf(w, "\nsummary of %d rounds: rates, latencies and CPU are medians; ratios are the median of the per-round ratios (min–max over rounds)\n", rounds)
 	}
 	var rows [][]string
 	for _, n := range names {
-		rows = append(rows, row(n, median(got[n]), -1))
+		s := median(got[n])
+		row := []string{n, fmt.Sprint(conns), fmt.Sprintf("%.0f", s.rate),
+			fmt.Sprint(s.p50.Microseconds()), fmt.Sprint(s.p99.Microseconds()), cpuCell(s.cpu)}
+		for _, b := range bases {
+			row = append(row, summary(ratios(n, b, false)))
+		}
+		for _, b := range bases {
+			if b != "direct" {
+				row = append(row, summary(ratios(n, b, true)))
+			}
+		}
+		rows = append(rows, row)
 		if rounds == 1 && got[n][0].note != "" {
 			notes = append(notes, n+": "+got[n][0].note)
 		}
 	}
-	printAligned(w, rows)
+	printAligned(w, header, rows)
 	for _, n := range notes {
 		fmt.Fprintln(w, "note:", n)
 	}
-	fmt.Fprintln(w, "hop CPU µs/msg: user+system CPU time of the hop process (nginx: master and workers) over the window, per echo round trip")
+	fmt.Fprintf(w, "hop CPU: user+system CPU time of the hop process (nginx: master and workers) over the window, per %s\n", unit)
 }
 
-func printAligned(w io.Writer, rows [][]string) {
+func printAligned(w io.Writer, header []string, rows [][]string) {
 	all := append([][]string{header}, rows...)
 	widths := make([]int, len(header))
 	for _, r := range all {
