@@ -6,15 +6,11 @@ import (
 	"errors"
 	"io"
 	"net/http"
-	"slices"
-	"syscall"
-	"time"
 
-	"github.com/gobwas/ws"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
-	"go.uber.org/zap"
 
 	"github.com/ringcast/ringcast/pkg/bridge"
+	"github.com/ringcast/ringcast/pkg/hub"
 	"github.com/ringcast/ringcast/pkg/wire"
 )
 
@@ -33,55 +29,37 @@ func (s *Server) routes() http.Handler {
 }
 
 func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
-	id := r.URL.Query().Get("client_id")
-	if err := wire.ValidateClientID(id); err != nil {
-		http.Error(w, err.Error(), http.StatusBadRequest)
+	c := s.sess.Upgrade(w, r)
+	if c == nil {
 		return
 	}
-	if len(s.cfg.Origins) > 0 {
-		if o := r.Header.Get("Origin"); o != "" && !slices.Contains(s.cfg.Origins, o) {
-			http.Error(w, "origin not allowed", http.StatusForbidden)
-			return
-		}
+	if !s.track(c) {
+		<-s.admit
+		c.Reject()
 	}
+}
+
+// admitConn is the node's admission policy for new connections: none while
+// draining, and at most MaxPending being set up at once. A burst of
+// reconnects (a node just died) is served at the rate attaches complete;
+// the rest are told to retry and back off.
+func (s *Server) admitConn(w http.ResponseWriter) bool {
 	s.mu.Lock()
 	draining := s.draining
 	s.mu.Unlock()
 	if draining {
 		http.Error(w, "node draining", http.StatusServiceUnavailable)
-		return
+		return false
 	}
-	// Admission control: a burst of reconnects (a node just died) is served
-	// at the rate attaches complete; the rest are told to retry and back off.
 	select {
 	case s.admit <- struct{}{}:
+		return true
 	default:
 		s.met.refused.Inc()
 		w.Header().Set("Retry-After", "1")
 		http.Error(w, "node overloaded: too many connections being set up, retry", http.StatusServiceUnavailable)
-		return
+		return false
 	}
-	nc, rw, _, err := ws.HTTPUpgrader{Timeout: 5 * time.Second}.Upgrade(r, w)
-	if err != nil {
-		<-s.admit
-		s.log.Debug("upgrade", zap.Error(err))
-		return
-	}
-	c := &conn{srv: s, id: id, nc: nc, since: time.Now(), log: s.log.WithLazy(zap.String("client_id", id))}
-	if n := rw.Reader.Buffered(); n > 0 {
-		c.pending, _ = rw.Reader.Peek(n)
-		c.pending = append([]byte(nil), c.pending...)
-	}
-	if sc, ok := nc.(syscall.Conn); ok {
-		c.raw, _ = sc.SyscallConn()
-	}
-	if !s.track(c) {
-		<-s.admit
-		nc.Write(ws.CompiledCloseGoingAway)
-		nc.Close()
-		return
-	}
-	go c.serve(context.Background())
 }
 
 type publishRequest struct {
@@ -130,7 +108,7 @@ func (s *Server) servePublish(w http.ResponseWriter, r *http.Request) {
 	defer cancel()
 	m, err := s.hub.Publish(ctx, bridge.Message{Channel: req.Channel, Data: req.Data})
 	if err != nil {
-		writeWireError(w, requestError(err))
+		writeWireError(w, hub.WireError(err))
 		return
 	}
 	out := map[string]any{"ok": true}
@@ -157,7 +135,7 @@ func (s *Server) serveSend(w http.ResponseWriter, r *http.Request) {
 	defer cancel()
 	ok, err := s.hub.Send(ctx, bridge.Direct{To: req.ClientID, Data: req.Data})
 	if err != nil {
-		writeWireError(w, requestError(err))
+		writeWireError(w, hub.WireError(err))
 		return
 	}
 	WriteJSON(w, http.StatusOK, map[string]any{"ok": true, "delivered": ok})

@@ -3,8 +3,6 @@ package node
 import "github.com/prometheus/client_golang/prometheus"
 
 type metrics struct {
-	in      prometheus.Counter
-	slow    prometheus.Counter
 	moved   prometheus.Counter
 	refused prometheus.Counter
 	fenced  prometheus.Counter
@@ -13,12 +11,6 @@ type metrics struct {
 
 func newMetrics(s *Server, reg prometheus.Registerer) *metrics {
 	m := &metrics{
-		in: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "ringcast_node_frames_in_total", Help: "Client messages read.",
-		}),
-		slow: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "ringcast_node_slow_consumers_total", Help: "Connections closed 4008 because their send queue overflowed.",
-		}),
 		moved: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "ringcast_node_clients_moved_total", Help: "Clients asked to reconnect elsewhere (rebalance or drain).",
 		}),
@@ -32,7 +24,7 @@ func newMetrics(s *Server, reg prometheus.Registerer) *metrics {
 			Name: "ringcast_node_ring_epoch", Help: "Ring epoch of this node's membership view.",
 		}),
 	}
-	reg.MustRegister(m.in, m.slow, m.moved, m.refused, m.fenced, m.epoch,
+	reg.MustRegister(m.moved, m.refused, m.fenced, m.epoch,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "ringcast_node_bridge_links", Help: "Live mesh links to other nodes.",
 		}, func() float64 {

@@ -23,6 +23,7 @@ import (
 	"github.com/ringcast/ringcast/pkg/bridge/redis"
 	"github.com/ringcast/ringcast/pkg/cluster"
 	"github.com/ringcast/ringcast/pkg/hub"
+	"github.com/ringcast/ringcast/pkg/session"
 	"github.com/ringcast/ringcast/pkg/wire"
 )
 
@@ -59,18 +60,19 @@ type Config struct {
 
 // DefaultConfig returns the defaults documented on Config.
 func DefaultConfig() Config {
+	sd := session.DefaultConfig()
 	return Config{
 		Addr:            "127.0.0.1:9001",
 		Gossip:          "127.0.0.1:7001",
 		Bridge:          "mesh",
 		Detect:          "lan",
-		Heartbeat:       10 * time.Second,
-		MaxMessage:      64 << 10,
-		MaxChannels:     128,
-		SendQueue:       1024,
-		SendQueueBytes:  4 << 20,
-		WriteTimeout:    10 * time.Second,
-		RequestTimeout:  5 * time.Second,
+		Heartbeat:       sd.Heartbeat,
+		MaxMessage:      sd.MaxMessage,
+		MaxChannels:     hub.DefaultConfig().MaxChannels,
+		SendQueue:       sd.SendQueue,
+		SendQueueBytes:  sd.SendQueueBytes,
+		WriteTimeout:    sd.WriteTimeout,
+		RequestTimeout:  sd.RequestTimeout,
 		DrainWindow:     5 * time.Second,
 		RebalanceRate:   500,
 		RebalanceSpread: time.Second,
@@ -143,6 +145,7 @@ type Server struct {
 	bridge  bridge.Bridge
 	mesh    *mesh.Mesh // nil unless the bridge is the mesh
 	hub     *hub.Hub
+	sess    *session.Upgrader
 	reg     *prometheus.Registry
 	met     *metrics
 	http    *http.Server
@@ -150,7 +153,7 @@ type Server struct {
 
 	wg       sync.WaitGroup // connection goroutines
 	mu       sync.Mutex
-	conns    map[*conn]struct{}
+	conns    map[*session.Conn]struct{}
 	draining bool
 	admit    chan struct{} // admission control: one token per connection being set up
 }
@@ -160,7 +163,7 @@ func New(cfg Config) (*Server, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
-	s := &Server{cfg: cfg, log: cfg.Log, conns: map[*conn]struct{}{}, reg: cfg.Registry, admit: make(chan struct{}, cfg.MaxPending)}
+	s := &Server{cfg: cfg, log: cfg.Log, conns: map[*session.Conn]struct{}{}, reg: cfg.Registry, admit: make(chan struct{}, cfg.MaxPending)}
 	if s.reg == nil {
 		s.reg = prometheus.NewRegistry()
 		s.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -205,6 +208,19 @@ func New(cfg Config) (*Server, error) {
 	}
 	if err == nil {
 		s.hub, err = hub.New(hub.Config{MaxChannels: cfg.MaxChannels}, s.bridge, cfg.Log, s.reg)
+	}
+	if err == nil {
+		s.sess, err = session.New(session.Config{
+			Node: cfg.ID, Origins: cfg.Origins, Heartbeat: cfg.Heartbeat, MaxMessage: cfg.MaxMessage,
+			SendQueue: cfg.SendQueue, SendQueueBytes: cfg.SendQueueBytes,
+			WriteTimeout: cfg.WriteTimeout, RequestTimeout: cfg.RequestTimeout,
+		}, session.Deps{
+			Hub: s.hub, WG: &s.wg, Log: cfg.Log, Registry: s.reg,
+			RingEpoch: func() uint64 { return s.cluster.View().Epoch },
+			Admit:     s.admitConn,
+			Release:   func() { <-s.admit },
+			Done:      s.forget,
+		})
 	}
 	ccfg := cluster.DefaultConfig()
 	ccfg.ID, ccfg.Role, ccfg.Bind, ccfg.Advertise = cfg.ID, cluster.RoleNode, cfg.Gossip, cfg.GossipAdv
@@ -291,27 +307,28 @@ func (s *Server) Run(ctx context.Context) error {
 	return err
 }
 
-func (s *Server) track(c *conn) bool {
+// track starts c unless the node began draining since Admit let it in.
+func (s *Server) track(c *session.Conn) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.draining {
 		return false
 	}
 	s.conns[c] = struct{}{}
-	s.wg.Add(1)
+	c.Start(context.Background())
 	return true
 }
 
-func (s *Server) forget(c *conn) {
+func (s *Server) forget(c *session.Conn) {
 	s.mu.Lock()
 	delete(s.conns, c)
 	s.mu.Unlock()
 }
 
-func (s *Server) snapshot() []*conn {
+func (s *Server) snapshot() []*session.Conn {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	out := make([]*conn, 0, len(s.conns))
+	out := make([]*session.Conn, 0, len(s.conns))
 	for c := range s.conns {
 		out = append(out, c)
 	}
@@ -327,12 +344,12 @@ func (s *Server) bridgeLost() {
 	conns := s.snapshot()
 	s.log.Warn("bridge lost messages, asking clients to resubscribe", zap.Int("clients", len(conns)))
 	for _, c := range conns {
-		c.close(wire.CloseServiceRestart, "bridge reconnected: resubscribe")
+		c.Close(wire.CloseServiceRestart, "bridge reconnected: resubscribe")
 	}
 }
 
 func (s *Server) closeAll() {
 	for _, c := range s.snapshot() {
-		c.close(1001, "node shutting down")
+		c.Close(1001, "node shutting down")
 	}
 }

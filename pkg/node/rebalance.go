@@ -8,6 +8,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/ringcast/ringcast/pkg/cluster"
+	"github.com/ringcast/ringcast/pkg/session"
 	"github.com/ringcast/ringcast/pkg/wire"
 )
 
@@ -65,11 +66,11 @@ func (s *Server) rebalance(ctx context.Context, v *cluster.View, changes <-chan 
 	if v.Ring == nil || !v.Ring.Has(s.cfg.ID) {
 		return true
 	}
-	var movers []*conn
+	var movers []*session.Conn
 	reachable := map[string]bool{}
 	for _, c := range s.snapshot() {
-		owner := v.Ring.Owner(c.id)
-		if owner == s.cfg.ID || time.Since(c.since) < minAge {
+		owner := v.Ring.Owner(c.ClientID())
+		if owner == s.cfg.ID || time.Since(c.Since()) < minAge {
 			continue
 		}
 		ok, seen := reachable[owner]
@@ -107,10 +108,7 @@ func (s *Server) rebalance(ctx context.Context, v *cluster.View, changes <-chan 
 
 // askMove sends c a reconnect frame with after_ms jittered over spread and
 // closes it with code if it is still here well after that.
-func (s *Server) askMove(c *conn, reason string, code int, spread time.Duration) {
-	if !c.asked.CompareAndSwap(false, true) {
-		return
-	}
+func (s *Server) askMove(c *session.Conn, reason string, code int, spread time.Duration) {
 	after := time.Duration(rand.Int64N(int64(spread) + 1))
 	if reason == wire.ReasonRebalance {
 		// The floor gives every balancer time to see the ring change this
@@ -118,13 +116,9 @@ func (s *Server) askMove(c *conn, reason string, code int, spread time.Duration)
 		// here. (A drain starts after the node has left gossip.)
 		after += moveFloor
 	}
-	s.met.moved.Inc()
-	c.Send(wire.Encode(&wire.Frame{Op: wire.OpReconnect, Reason: reason, AfterMS: wire.Int(int(after / time.Millisecond))}))
-	c.mu.Lock()
-	if !c.closing {
-		c.moveTimer = time.AfterFunc(after+2*time.Second, func() { c.close(code, reason) })
+	if c.Move(reason, code, after) {
+		s.met.moved.Inc()
 	}
-	c.mu.Unlock()
 }
 
 // drain asks every client to reconnect, spread over window, and waits for
@@ -177,7 +171,7 @@ func (s *Server) fence(ctx context.Context) {
 					zap.Duration("paused", gap), zap.Int("clients", len(conns)))
 				s.met.fenced.Add(float64(len(conns)))
 				for _, c := range conns {
-					c.close(wire.CloseServiceRestart, "node was paused: reconnect")
+					c.Close(wire.CloseServiceRestart, "node was paused: reconnect")
 				}
 			}
 			last = now

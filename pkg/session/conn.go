@@ -1,4 +1,4 @@
-package node
+package session
 
 import (
 	"context"
@@ -20,16 +20,17 @@ import (
 	"github.com/ringcast/ringcast/pkg/wire"
 )
 
-// conn is one client WebSocket. Its reader goroutine (serve) owns the socket
+// Conn is one client WebSocket. Its reader goroutine (serve) owns the socket
 // and closes it; a writer goroutine runs only while frames are queued, so an
 // idle connection costs one parked goroutine and no buffers.
-type conn struct {
-	srv     *Server
+type Conn struct {
+	u       *Upgrader
 	id      string
 	since   time.Time // when the connection was accepted
 	nc      net.Conn
 	raw     syscall.RawConn
-	pending []byte // bytes the upgrade read ahead
+	pending []byte    // bytes the upgrade read ahead
+	in      io.Reader // read as an io.Reader, for the frame parser
 	log     *zap.Logger
 
 	mu        sync.Mutex
@@ -48,23 +49,44 @@ type outFrame struct {
 	b  []byte
 }
 
-var _ hub.Sink = (*conn)(nil)
+var _ hub.Sink = (*Conn)(nil)
 
-func (c *conn) ClientID() string { return c.id }
+// ClientID implements hub.Sink.
+func (c *Conn) ClientID() string { return c.id }
+
+// Since is when the connection was accepted.
+func (c *Conn) Since() time.Time { return c.since }
+
+// Move asks the client to reconnect elsewhere: a reconnect frame with
+// reason and after, and a close with code if the client is still here 2 s
+// after that. It reports false, doing nothing, when the client was asked
+// already. Does not block.
+func (c *Conn) Move(reason string, code int, after time.Duration) bool {
+	if !c.asked.CompareAndSwap(false, true) {
+		return false
+	}
+	c.Send(wire.Encode(&wire.Frame{Op: wire.OpReconnect, Reason: reason, AfterMS: wire.Int(int(after / time.Millisecond))}))
+	c.mu.Lock()
+	if !c.closing {
+		c.moveTimer = time.AfterFunc(after+2*time.Second, func() { c.Close(code, reason) })
+	}
+	c.mu.Unlock()
+	return true
+}
 
 // Send implements hub.Sink.
-func (c *conn) Send(b []byte) bool { return c.enqueue(ws.OpText, b) }
+func (c *Conn) Send(b []byte) bool { return c.enqueue(ws.OpText, b) }
 
-func (c *conn) enqueue(op ws.OpCode, b []byte) bool {
+func (c *Conn) enqueue(op ws.OpCode, b []byte) bool {
 	c.mu.Lock()
 	if c.closing {
 		c.mu.Unlock()
 		return false
 	}
-	if len(c.queue) >= c.srv.cfg.SendQueue || c.queued+len(b) > c.srv.cfg.SendQueueBytes {
+	if len(c.queue) >= c.u.cfg.SendQueue || c.queued+len(b) > c.u.cfg.SendQueueBytes {
 		c.mu.Unlock()
-		c.srv.met.slow.Inc()
-		c.close(wire.CloseSlowConsumer, "slow consumer")
+		c.u.met.slow.Inc()
+		c.Close(wire.CloseSlowConsumer, "slow consumer")
 		return false
 	}
 	c.queue = append(c.queue, outFrame{op, b})
@@ -74,9 +96,9 @@ func (c *conn) enqueue(op ws.OpCode, b []byte) bool {
 	return true
 }
 
-// close queues a close frame; the socket is shut once it is written (or the
-// write times out). Idempotent.
-func (c *conn) close(code int, reason string) {
+// Close queues a close frame; the socket is shut once it is written (or the
+// write times out). Idempotent, does not block, safe for concurrent use.
+func (c *Conn) Close(code int, reason string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.closing {
@@ -88,17 +110,17 @@ func (c *conn) close(code int, reason string) {
 }
 
 // startWriter starts the writer if none runs. Called with c.mu held.
-func (c *conn) startWriter() {
+func (c *Conn) startWriter() {
 	if c.writing {
 		return
 	}
 	c.writing = true
-	c.srv.wg.Add(1)
+	c.u.deps.WG.Add(1)
 	go c.writeLoop()
 }
 
-func (c *conn) writeLoop() {
-	defer c.srv.wg.Done()
+func (c *Conn) writeLoop() {
+	defer c.u.deps.WG.Done()
 	var hdrs [][14]byte
 	var bufs net.Buffers
 	for {
@@ -122,7 +144,7 @@ func (c *conn) writeLoop() {
 			bufs = append(bufs, hdrs[i][:n], f.b)
 			closed = closed || f.op == ws.OpClose
 		}
-		c.nc.SetWriteDeadline(time.Now().Add(c.srv.cfg.WriteTimeout))
+		c.nc.SetWriteDeadline(time.Now().Add(c.u.cfg.WriteTimeout))
 		if _, err := bufs.WriteTo(c.nc); err != nil {
 			c.nc.Close() // the reader sees it and cleans up
 			c.markWriterDone()
@@ -142,7 +164,7 @@ func (c *conn) writeLoop() {
 }
 
 // markWriterDone stops accepting frames after the socket is finished with.
-func (c *conn) markWriterDone() {
+func (c *Conn) markWriterDone() {
 	c.mu.Lock()
 	c.closing = true
 	c.queue, c.queued = nil, 0
@@ -168,8 +190,14 @@ func putHeader(b []byte, op ws.OpCode, n int) int {
 	}
 }
 
-// Read reads the upgrade's read-ahead first, then the socket.
-func (c *conn) Read(p []byte) (int, error) {
+// readFunc adapts the connection's read method to io.Reader for the frame
+// parser, without exporting a Read that only the reader goroutine may call.
+type readFunc func([]byte) (int, error)
+
+func (f readFunc) Read(p []byte) (int, error) { return f(p) }
+
+// read reads the upgrade's read-ahead first, then the socket.
+func (c *Conn) read(p []byte) (int, error) {
 	if len(c.pending) > 0 {
 		n := copy(p, c.pending)
 		c.pending = c.pending[n:]
@@ -183,7 +211,7 @@ func (c *conn) Read(p []byte) (int, error) {
 
 // waitReadable parks until the socket has data (or EOF, or the deadline),
 // without holding a buffer.
-func (c *conn) waitReadable() error {
+func (c *Conn) waitReadable() error {
 	if len(c.pending) > 0 || c.raw == nil {
 		return nil
 	}
@@ -194,23 +222,33 @@ func (c *conn) waitReadable() error {
 	})
 }
 
+// Start serves the connection on its own goroutines, counted in Deps.WG,
+// and returns at once. Call it once, after Upgrade.
+func (c *Conn) Start(ctx context.Context) {
+	c.u.deps.WG.Add(1)
+	go c.serve(ctx)
+}
+
 // serve sets the connection up: welcome, then announce it to the hub. The
 // reading itself runs on park goroutines.
-func (c *conn) serve(ctx context.Context) {
-	defer c.srv.wg.Done()
+func (c *Conn) serve(ctx context.Context) {
+	defer c.u.deps.WG.Done()
 	// The welcome is queued first so it precedes anything the hub delivers
 	// once Attach made the client reachable.
-	view := c.srv.cluster.View()
+	var epoch uint64
+	if c.u.deps.RingEpoch != nil {
+		epoch = c.u.deps.RingEpoch()
+	}
 	c.Send(wire.Encode(&wire.Frame{
-		Op: wire.OpWelcome, ClientID: c.id, Node: c.srv.cfg.ID,
-		RingEpoch: wire.Uint64(view.Epoch), HeartbeatMS: int(c.srv.cfg.Heartbeat / time.Millisecond),
+		Op: wire.OpWelcome, ClientID: c.id, Node: c.u.cfg.Node,
+		RingEpoch: wire.Uint64(epoch), HeartbeatMS: int(c.u.cfg.Heartbeat / time.Millisecond),
 	}))
-	actx, cancel := context.WithTimeout(ctx, c.srv.cfg.RequestTimeout)
-	prev, err := c.srv.hub.Attach(actx, c)
+	actx, cancel := context.WithTimeout(ctx, c.u.cfg.RequestTimeout)
+	prev, err := c.u.deps.Hub.Attach(actx, c)
 	cancel()
-	<-c.srv.admit
-	if prev != nil {
-		prev.(*conn).close(wire.CloseMoved, "replaced by a newer connection")
+	c.u.release()
+	if p, ok := prev.(*Conn); ok {
+		p.Close(wire.CloseMoved, "replaced by a newer connection")
 	}
 	if err != nil {
 		c.log.Warn("attach", zap.Error(err))
@@ -218,7 +256,7 @@ func (c *conn) serve(ctx context.Context) {
 		c.cleanup(false)
 		return
 	}
-	c.srv.wg.Add(1)
+	c.u.deps.WG.Add(1)
 	go c.park(ctx)
 }
 
@@ -226,10 +264,10 @@ func (c *conn) serve(ctx context.Context) {
 // happens on a fresh goroutine whose stack never ran the request path, so
 // an idle connection costs the smallest stack the runtime has: after each
 // burst of frames, loop hands the wait over to a new park goroutine.
-func (c *conn) park(ctx context.Context) {
-	defer c.srv.wg.Done()
+func (c *Conn) park(ctx context.Context) {
+	defer c.u.deps.WG.Done()
 	if c.wait() && c.loop(ctx) {
-		c.srv.wg.Add(1)
+		c.u.deps.WG.Add(1)
 		go c.park(ctx)
 		return
 	}
@@ -238,7 +276,7 @@ func (c *conn) park(ctx context.Context) {
 
 // wait parks until the socket is readable. It returns false when the
 // connection is over: closing, timed out or gone.
-func (c *conn) wait() bool {
+func (c *Conn) wait() bool {
 	if at, closing := c.closingSince(); closing {
 		// A close frame is queued: handle nothing more, and give the peer
 		// a bounded time to read it and answer.
@@ -246,7 +284,7 @@ func (c *conn) wait() bool {
 		c.discard()
 		return false
 	}
-	c.nc.SetReadDeadline(time.Now().Add(3 * c.srv.cfg.Heartbeat))
+	c.nc.SetReadDeadline(time.Now().Add(3 * c.u.cfg.Heartbeat))
 	if err := c.waitReadable(); err != nil {
 		c.end(err)
 		return false
@@ -255,19 +293,21 @@ func (c *conn) wait() bool {
 }
 
 // cleanup releases the connection once it is over.
-func (c *conn) cleanup(attached bool) {
+func (c *Conn) cleanup(attached bool) {
 	if attached {
-		c.srv.hub.Detach(c)
+		c.u.deps.Hub.Detach(c)
 	}
 	c.finish()
 	c.nc.Close()
-	c.srv.forget(c)
+	if c.u.deps.Done != nil {
+		c.u.deps.Done(c)
+	}
 }
 
 // loop reads and handles frames while the socket has data. It returns true
 // when the socket ran dry between messages (the caller hands the wait to a
 // fresh goroutine) and false when the connection is over.
-func (c *conn) loop(ctx context.Context) bool {
+func (c *Conn) loop(ctx context.Context) bool {
 	var msg []byte
 	var msgOp ws.OpCode
 	for {
@@ -280,7 +320,7 @@ func (c *conn) loop(ctx context.Context) bool {
 		if _, closing := c.closingSince(); closing {
 			return c.wait() // drains and reports false
 		}
-		h, err := ws.ReadHeader(c)
+		h, err := ws.ReadHeader(c.in)
 		if err != nil {
 			c.end(err)
 			return false
@@ -305,13 +345,13 @@ func (c *conn) loop(ctx context.Context) bool {
 		case h.OpCode != ws.OpContinuation:
 			msgOp = h.OpCode
 		}
-		if h.Length > int64(c.srv.cfg.MaxMessage-len(msg)) {
+		if h.Length > int64(c.u.cfg.MaxMessage-len(msg)) {
 			c.closeNow(wire.CloseTooBig, "message too big")
 			return false
 		}
 		start := len(msg)
 		msg = append(msg, make([]byte, h.Length)...)
-		if _, err := io.ReadFull(c, msg[start:]); err != nil {
+		if _, err := io.ReadFull(c.in, msg[start:]); err != nil {
 			c.end(err)
 			return false
 		}
@@ -326,21 +366,21 @@ func (c *conn) loop(ctx context.Context) bool {
 			c.closeNow(int(ws.StatusInvalidFramePayloadData), "invalid UTF-8")
 			return false
 		}
-		c.srv.met.in.Inc()
+		c.u.met.in.Inc()
 		c.handle(ctx, msg)
 		msg = nil
 	}
 }
 
 // control handles a ping, pong or close frame; false ends the connection.
-func (c *conn) control(h ws.Header) bool {
+func (c *Conn) control(h ws.Header) bool {
 	if h.Length > 125 || !h.Fin {
 		c.closeNow(int(ws.StatusProtocolError), "bad control frame")
 		return false
 	}
 	var b [125]byte
 	p := b[:h.Length]
-	if _, err := io.ReadFull(c, p); err != nil {
+	if _, err := io.ReadFull(c.in, p); err != nil {
 		c.end(err)
 		return false
 	}
@@ -349,7 +389,7 @@ func (c *conn) control(h ws.Header) bool {
 	case ws.OpPing:
 		c.enqueue(ws.OpPong, append([]byte(nil), p...))
 	case ws.OpClose:
-		c.close(wire.CloseNormal, "")
+		c.Close(wire.CloseNormal, "")
 		c.drain()
 		return false
 	}
@@ -357,7 +397,7 @@ func (c *conn) control(h ws.Header) bool {
 }
 
 // readable reports, without blocking, whether the socket has data (or EOF).
-func (c *conn) readable() bool {
+func (c *Conn) readable() bool {
 	if len(c.pending) > 0 || c.raw == nil {
 		return true
 	}
@@ -372,22 +412,22 @@ func (c *conn) readable() bool {
 }
 
 // closeNow sends a close frame and drains the peer briefly.
-func (c *conn) closeNow(code int, reason string) {
-	c.close(code, reason)
+func (c *Conn) closeNow(code int, reason string) {
+	c.Close(code, reason)
 	c.drain()
 }
 
 // drain gives the peer a second to close its side after our close frame.
-func (c *conn) drain() {
+func (c *Conn) drain() {
 	c.nc.SetReadDeadline(time.Now().Add(time.Second))
 	c.discard()
 }
 
 // discard reads and drops until the peer closes or the read deadline passes.
-func (c *conn) discard() {
+func (c *Conn) discard() {
 	var b [512]byte
 	for {
-		if _, err := c.Read(b[:]); err != nil {
+		if _, err := c.read(b[:]); err != nil {
 			return
 		}
 	}
@@ -398,7 +438,7 @@ func (c *conn) discard() {
 const closeGrace = 2 * time.Second
 
 // closingSince reports whether a close frame is queued, and since when.
-func (c *conn) closingSince() (time.Time, bool) {
+func (c *Conn) closingSince() (time.Time, bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.closedAt, c.closing
@@ -406,7 +446,7 @@ func (c *conn) closingSince() (time.Time, bool) {
 
 // finish runs when serve returns: nothing more is queued and a pending move
 // timer is stopped.
-func (c *conn) finish() {
+func (c *Conn) finish() {
 	c.mu.Lock()
 	c.closing = true
 	if c.moveTimer != nil {
@@ -415,7 +455,7 @@ func (c *conn) finish() {
 	c.mu.Unlock()
 }
 
-func (c *conn) end(err error) {
+func (c *Conn) end(err error) {
 	if _, closing := c.closingSince(); closing {
 		return // our close frame went out: the peer's silence ends it
 	}
@@ -432,56 +472,42 @@ func (c *conn) end(err error) {
 
 // handle runs one client request. Requests run in order; fan-out to this
 // connection runs concurrently through Send.
-func (c *conn) handle(ctx context.Context, b []byte) {
+func (c *Conn) handle(ctx context.Context, b []byte) {
 	f, err := wire.Decode(b)
 	if err != nil {
 		c.Send(wire.ErrorFrame(f.ID, err))
 		return
 	}
-	rctx, cancel := context.WithTimeout(ctx, c.srv.cfg.RequestTimeout)
+	rctx, cancel := context.WithTimeout(ctx, c.u.cfg.RequestTimeout)
 	defer cancel()
 	switch f.Op {
 	case wire.OpPing:
 		c.Send(wire.Encode(&wire.Frame{Op: wire.OpPong, ID: f.ID}))
 	case wire.OpSubscribe:
-		err := c.srv.hub.Subscribe(rctx, c, f.Channel, f.Since, f.ID)
+		err := c.u.deps.Hub.Subscribe(rctx, c, f.Channel, f.Since, f.ID)
 		switch {
 		case errors.Is(err, hub.ErrOverflow):
-			c.close(wire.CloseSlowConsumer, "too many messages during recovery")
+			c.Close(wire.CloseSlowConsumer, "too many messages during recovery")
 		case err != nil:
-			c.Send(wire.ErrorFrame(f.ID, requestError(err)))
+			c.Send(wire.ErrorFrame(f.ID, hub.WireError(err)))
 		}
 	case wire.OpUnsubscribe:
-		c.srv.hub.Unsubscribe(c, f.Channel)
+		c.u.deps.Hub.Unsubscribe(c, f.Channel)
 		c.Send(wire.Encode(&wire.Frame{Op: wire.OpUnsubscribed, ID: f.ID, Channel: f.Channel}))
 	case wire.OpPublish:
-		_, err := c.srv.hub.Publish(rctx, bridge.Message{Channel: f.Channel, Data: f.Data, From: c.id})
+		_, err := c.u.deps.Hub.Publish(rctx, bridge.Message{Channel: f.Channel, Data: f.Data, From: c.id})
 		c.reply(f, err)
 	case wire.OpSend:
-		_, err := c.srv.hub.Send(rctx, bridge.Direct{To: f.To, From: c.id, Data: f.Data})
+		_, err := c.u.deps.Hub.Send(rctx, bridge.Direct{To: f.To, From: c.id, Data: f.Data})
 		c.reply(f, err)
 	}
 }
 
-func (c *conn) reply(f wire.Frame, err error) {
+func (c *Conn) reply(f wire.Frame, err error) {
 	switch {
 	case err != nil:
-		c.Send(wire.ErrorFrame(f.ID, requestError(err)))
+		c.Send(wire.ErrorFrame(f.ID, hub.WireError(err)))
 	case len(f.ID) > 0:
 		c.Send(wire.Encode(&wire.Frame{Op: wire.OpAck, ID: f.ID}))
 	}
-}
-
-// requestError maps internal errors to protocol errors.
-func requestError(err error) error {
-	var we *wire.Error
-	switch {
-	case errors.As(err, &we):
-		return we
-	case errors.Is(err, hub.ErrTooManyChannels):
-		return &wire.Error{Code: wire.CodeTooManyChannels, Message: err.Error()}
-	case errors.Is(err, bridge.ErrUnavailable), errors.Is(err, context.DeadlineExceeded):
-		return &wire.Error{Code: wire.CodeBridgeUnavailable, Message: err.Error()}
-	}
-	return &wire.Error{Code: wire.CodeInternal, Message: err.Error()}
 }

@@ -1,0 +1,187 @@
+// Package session is one client's WebSocket on a node: handshake, read
+// loop, bounded write queue, heartbeat and limits, serving requests through the hub.
+package session
+
+import (
+	"errors"
+	"fmt"
+	"net/http"
+	"slices"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/gobwas/ws"
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap"
+
+	"github.com/ringcast/ringcast/pkg/hub"
+	"github.com/ringcast/ringcast/pkg/wire"
+)
+
+// Config holds the limits every connection of an Upgrader shares.
+type Config struct {
+	Node             string        // node id told to clients in the welcome; required
+	Origins          []string      // allowed Origin header values; empty = any
+	Heartbeat        time.Duration // heartbeat_ms told to clients; a link silent for 3× is closed; default 10s
+	MaxMessage       int           // largest client message summed over fragments, bytes; default 64 KiB
+	SendQueue        int           // frames queued before the connection is closed 4008; default 1024
+	SendQueueBytes   int           // bytes queued before the connection is closed 4008; default 4 MiB
+	WriteTimeout     time.Duration // a write to the client that takes longer closes it; default 10s
+	RequestTimeout   time.Duration // hub and bridge work per request (attach, subscribe, publish); default 5s
+	HandshakeTimeout time.Duration // the WebSocket upgrade's I/O; default 5s
+}
+
+// DefaultConfig returns the defaults documented on Config.
+func DefaultConfig() Config {
+	return Config{
+		Heartbeat:        10 * time.Second,
+		MaxMessage:       64 << 10,
+		SendQueue:        1024,
+		SendQueueBytes:   4 << 20,
+		WriteTimeout:     10 * time.Second,
+		RequestTimeout:   5 * time.Second,
+		HandshakeTimeout: 5 * time.Second,
+	}
+}
+
+func (c *Config) validate() error {
+	if c.Node == "" {
+		return errors.New("session: Node is required")
+	}
+	d := DefaultConfig()
+	for _, v := range []struct{ p, def *time.Duration }{
+		{&c.Heartbeat, &d.Heartbeat}, {&c.WriteTimeout, &d.WriteTimeout},
+		{&c.RequestTimeout, &d.RequestTimeout}, {&c.HandshakeTimeout, &d.HandshakeTimeout},
+	} {
+		if *v.p < 0 {
+			return fmt.Errorf("session: duration %v < 0", *v.p)
+		}
+		if *v.p == 0 {
+			*v.p = *v.def
+		}
+	}
+	for _, v := range []struct{ p, def *int }{
+		{&c.MaxMessage, &d.MaxMessage}, {&c.SendQueue, &d.SendQueue}, {&c.SendQueueBytes, &d.SendQueueBytes},
+	} {
+		if *v.p < 0 {
+			return fmt.Errorf("session: size %d < 0", *v.p)
+		}
+		if *v.p == 0 {
+			*v.p = *v.def
+		}
+	}
+	return nil
+}
+
+// Deps is what connections need from the node that runs them. The funcs
+// are called concurrently from connection goroutines and must not block.
+type Deps struct {
+	Hub      *hub.Hub              // serves the requests; required
+	WG       *sync.WaitGroup       // counts every goroutine a connection runs; the owner waits on it; required
+	Log      *zap.Logger           // nil = no logs
+	Registry prometheus.Registerer // where the session metrics go; required
+
+	// RingEpoch is the ring epoch told in the welcome. Nil = 0.
+	RingEpoch func() uint64
+	// Admit decides, before the upgrade, whether the node takes one more
+	// connection; when it returns false it has answered w. Every true is
+	// paired with one later call of Release. Nil = always.
+	Admit func(w http.ResponseWriter) bool
+	// Release ends the admission Admit granted: the connection is attached
+	// to the hub, failed to attach, or failed to upgrade. May be nil.
+	Release func()
+	// Done is called once when an upgraded connection is over. May be nil.
+	Done func(*Conn)
+}
+
+// Upgrader turns WebSocket upgrade requests into connections and holds
+// what they share. Safe for concurrent use.
+type Upgrader struct {
+	cfg  Config
+	deps Deps
+	log  *zap.Logger
+	met  *metrics
+}
+
+// New checks cfg and deps and registers the session metrics.
+func New(cfg Config, deps Deps) (*Upgrader, error) {
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	if deps.Hub == nil || deps.WG == nil || deps.Registry == nil {
+		return nil, errors.New("session: Deps.Hub, Deps.WG and Deps.Registry are required")
+	}
+	if deps.Log == nil {
+		deps.Log = zap.NewNop()
+	}
+	return &Upgrader{cfg: cfg, deps: deps, log: deps.Log, met: newMetrics(deps.Registry)}, nil
+}
+
+// Upgrade checks the handshake (client_id, Origin), asks Deps.Admit, and
+// upgrades r. It returns nil when it refused or failed the request, which it
+// has then answered; the caller starts a returned connection with Start or
+// turns it away with Reject.
+func (u *Upgrader) Upgrade(w http.ResponseWriter, r *http.Request) *Conn {
+	id := r.URL.Query().Get("client_id")
+	if err := wire.ValidateClientID(id); err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return nil
+	}
+	if len(u.cfg.Origins) > 0 {
+		if o := r.Header.Get("Origin"); o != "" && !slices.Contains(u.cfg.Origins, o) {
+			http.Error(w, "origin not allowed", http.StatusForbidden)
+			return nil
+		}
+	}
+	if u.deps.Admit != nil && !u.deps.Admit(w) {
+		return nil
+	}
+	nc, rw, _, err := ws.HTTPUpgrader{Timeout: u.cfg.HandshakeTimeout}.Upgrade(r, w)
+	if err != nil {
+		u.release()
+		u.log.Debug("upgrade", zap.Error(err))
+		return nil
+	}
+	c := &Conn{u: u, id: id, nc: nc, since: time.Now(), log: u.log.WithLazy(zap.String("client_id", id))}
+	c.in = readFunc(c.read)
+	if n := rw.Reader.Buffered(); n > 0 {
+		c.pending, _ = rw.Reader.Peek(n)
+		c.pending = append([]byte(nil), c.pending...)
+	}
+	if sc, ok := nc.(syscall.Conn); ok {
+		c.raw, _ = sc.SyscallConn()
+	}
+	return c
+}
+
+// Reject turns away an upgraded connection that was never started: a 1001
+// close frame, then the socket is closed. The caller releases its admission.
+func (c *Conn) Reject() {
+	c.nc.Write(ws.CompiledCloseGoingAway)
+	c.nc.Close()
+}
+
+func (u *Upgrader) release() {
+	if u.deps.Release != nil {
+		u.deps.Release()
+	}
+}
+
+type metrics struct {
+	in   prometheus.Counter
+	slow prometheus.Counter
+}
+
+func newMetrics(reg prometheus.Registerer) *metrics {
+	m := &metrics{
+		in: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "ringcast_node_frames_in_total", Help: "Client messages read.",
+		}),
+		slow: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "ringcast_node_slow_consumers_total", Help: "Connections closed 4008 because their send queue overflowed.",
+		}),
+	}
+	reg.MustRegister(m.in, m.slow)
+	return m
+}
