@@ -34,6 +34,7 @@ type Config struct {
 	OnWelcome          func(wire.Frame)                         // each welcome frame
 	OnDirect           func(Direct)                             // each direct message
 	OnSubscribed       func(wire.Frame)                         // each subscribed frame (recovered, epoch, offset)
+	OnMessageFrame     func(wire.Frame)                         // each message frame as it arrived, before duplicates are dropped: for protocol checks
 	OnReconnectRequest func(reason string, after time.Duration) // each reconnect frame from the server
 }
 

@@ -288,6 +288,9 @@ func (c *Client) detach(l *link) {
 func (c *Client) handle(f *wire.Frame) {
 	switch f.Op {
 	case wire.OpMessage:
+		if c.cfg.OnMessageFrame != nil {
+			c.cfg.OnMessageFrame(*f)
+		}
 		c.deliver(f)
 	case wire.OpSubscribed:
 		c.subscribed(f)

@@ -56,12 +56,32 @@ type channel struct {
 
 // member is one sink's subscription to one channel. Until it is live,
 // deliveries are parked in pending so that recovered history and live
-// messages meet without gap or duplicate.
+// messages meet without gap. Every delivery that carries a position goes
+// through send, which drops what the subscriber already has: a live message
+// can arrive after the history read already returned it.
 type member struct {
 	live     atomic.Bool
 	mu       sync.Mutex
 	pending  []bridge.Message
-	overflow bool // more than pendingLimit arrived while recovering
+	overflow bool          // more than pendingLimit arrived while recovering
+	last     wire.Position // the position the subscriber has reached; guarded by mu
+}
+
+// send sends msg to s unless it carries a position s already reached. It
+// reports whether a frame went out (false for a duplicate or a refusing
+// sink). Called with m.mu held; frame, when non-nil, is msg encoded.
+func (m *member) send(s Sink, msg bridge.Message, frame []byte) (sent, ok bool) {
+	if msg.Epoch != "" {
+		if msg.Epoch == m.last.Epoch && msg.Offset <= m.last.Offset {
+			return false, true // already delivered
+		}
+		m.last = wire.Position{Epoch: msg.Epoch, Offset: msg.Offset}
+	}
+	if frame == nil {
+		frame = messageFrame(msg)
+	}
+	ok = s.Send(frame)
+	return ok, ok
 }
 
 // ErrOverflow is returned by Subscribe when more live messages arrived
@@ -222,28 +242,19 @@ func (h *Hub) Subscribe(ctx context.Context, s Sink, name string, since *wire.Po
 	if !s.Send(wire.Encode(reply)) {
 		return nil
 	}
-	var last wire.Position
+	m.last = wire.Position{}
 	if since != nil && recovered {
-		last = *since
-	}
-	send := func(msg bridge.Message) bool {
-		if msg.Epoch != "" && msg.Epoch == last.Epoch && msg.Offset <= last.Offset {
-			return true // already delivered
-		}
-		if msg.Epoch != "" {
-			last = wire.Position{Epoch: msg.Epoch, Offset: msg.Offset}
-		}
-		return s.Send(messageFrame(msg))
+		m.last = *since
 	}
 	if recovered {
 		for _, msg := range backlog {
-			if !send(msg) {
+			if _, ok := m.send(s, msg, nil); !ok {
 				return nil
 			}
 		}
 	}
-	if last.Epoch == "" && top.Epoch != "" {
-		last = top
+	if m.last.Epoch == "" && top.Epoch != "" {
+		m.last = top
 	}
 	if m.overflow {
 		// More arrived than could be parked: never a silent gap.
@@ -251,7 +262,7 @@ func (h *Hub) Subscribe(ctx context.Context, s Sink, name string, since *wire.Po
 		return ErrOverflow
 	}
 	for _, msg := range m.pending {
-		if !send(msg) {
+		if _, ok := m.send(s, msg, nil); !ok {
 			return nil
 		}
 	}
@@ -309,15 +320,17 @@ func (h *Hub) Deliver(msg bridge.Message) {
 	frame := messageFrame(msg)
 	n := 0
 	for s, m := range ch.members {
-		if m.live.Load() {
+		if msg.Epoch == "" && m.live.Load() {
+			// No position, nothing to de-duplicate: the lock-free path.
 			s.Send(frame)
 			n++
 			continue
 		}
 		m.mu.Lock()
 		if m.live.Load() {
-			s.Send(frame)
-			n++
+			if sent, _ := m.send(s, msg, frame); sent {
+				n++
+			}
 		} else if len(m.pending) < pendingLimit {
 			m.pending = append(m.pending, msg)
 		} else {

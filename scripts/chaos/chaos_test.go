@@ -80,6 +80,22 @@ func TestCheck(t *testing.T) {
 			{Node: "n1", Welcome: 12 * s, End: open, Subs: map[string]time.Duration{"a": 12*s + s/10}},
 		}}
 	}
+	// c1got is c1 having received h1/1 at offset off of epoch e.
+	c1got := func(off uint64) clientLog {
+		c := c1()
+		c.Messages = []delivery{{At: 11 * s, Channel: "a", Pub: "h1", Seq: 1, Epoch: "e", Offset: off}}
+		return c
+	}
+	// diedAfterRecovery is c2 with a third session: on n1 from 12 s until
+	// 12.2 s, on n3 from 13 s; replies are its subscribed replies after the
+	// first one.
+	diedAfterRecovery := func(replies ...reply) clientLog {
+		c := c2()
+		c.Sessions[1].End = 12*s + s/5
+		c.Sessions = append(c.Sessions, session{Node: "n3", Welcome: 13 * s, End: open, Subs: map[string]time.Duration{"a": 13*s + s/10}})
+		c.Replies = append([]reply{{At: s / 10, Channel: "a"}}, replies...)
+		return c
+	}
 	pub := func(seq int64, at time.Duration, status string) op {
 		return op{Pub: "h1", Seq: seq, Channel: "a", Start: at, End: at + s/100, Status: status}
 	}
@@ -114,6 +130,36 @@ func TestCheck(t *testing.T) {
 				return c
 			}()}},
 			func(r result) (int, int) { return r.Messages.Lost, 1 }, "lost"},
+		{"recovered, died before the recovered messages came, then told: told",
+			history{HistoryOn: true, Publishes: []op{pub(1, 11*s, statusOK)}, Faults: killN2, Clients: []clientLog{c1got(6), diedAfterRecovery(
+				reply{At: 12*s + s/10, Channel: "a", Recovered: &yes, Epoch: "e", Offset: 5},
+				reply{At: 13*s + s/10, Channel: "a", Recovered: &no, Epoch: "e", Offset: 7})}},
+			func(r result) (int, int) { return r.Messages.LostTold*10 + r.Messages.Lost, 10 }, "lost_told×10+lost"},
+		{"the same without the message's position: told by the time of the reply",
+			history{HistoryOn: true, Publishes: []op{pub(1, 11*s, statusOK)}, Faults: killN2, Clients: []clientLog{diedAfterRecovery(
+				reply{At: 12*s + s/10, Channel: "a", Recovered: &yes, Epoch: "e", Offset: 5},
+				reply{At: 13*s + s/10, Channel: "a", Recovered: &no, Epoch: "e", Offset: 7})}},
+			func(r result) (int, int) { return r.Messages.LostTold*10 + r.Messages.Lost, 10 }, "lost_told×10+lost"},
+		{"recovered:false that starts before the message leaves it owed",
+			history{HistoryOn: true, Publishes: []op{pub(1, 11*s, statusOK)}, Faults: killN2, Clients: []clientLog{c1got(6), diedAfterRecovery(
+				reply{At: 12*s + s/10, Channel: "a", Recovered: &no, Epoch: "e", Offset: 5})}},
+			func(r result) (int, int) { return r.Messages.LostTold*10 + r.Messages.Lost, 1 }, "lost_told×10+lost"},
+		{"recovered:false in a new epoch tells",
+			history{HistoryOn: true, Publishes: []op{pub(1, 11*s, statusOK)}, Faults: killN2, Clients: []clientLog{c1got(6), diedAfterRecovery(
+				reply{At: 12*s + s/10, Channel: "a", Recovered: &no, Epoch: "e2", Offset: 1})}},
+			func(r result) (int, int) { return r.Messages.LostTold*10 + r.Messages.Lost, 10 }, "lost_told×10+lost"},
+		{"recovered:false while the publish was in flight, then a recovery that owed it: lost",
+			history{HistoryOn: true, Publishes: []op{pub(1, 11*s, statusOK)}, Faults: killN2, Clients: []clientLog{diedAfterRecovery(
+				reply{At: 11*s + s/200, Channel: "a", Recovered: &no, Epoch: "e", Offset: 5},
+				reply{At: 13*s + s/10, Channel: "a", Recovered: &yes, Epoch: "e", Offset: 7})}},
+			func(r result) (int, int) { return r.Messages.LostTold*10 + r.Messages.Lost, 1 }, "lost_told×10+lost"},
+		{"an offset the server sent twice in one subscription is a violation",
+			history{HistoryOn: true, Publishes: []op{pub(1, s, statusOK)}, Clients: []clientLog{func() clientLog {
+				c := c1got(6)
+				c.WireRepeats = []delivery{{Channel: "a", Pub: "h1", Seq: 1, Epoch: "e", Offset: 6}}
+				return c
+			}()}},
+			func(r result) (int, int) { return r.Messages.WireRepeated * len(r.violations()), 1 }, "sent twice × violations"},
 		{"a second delivery is a duplicate",
 			history{Publishes: []op{pub(1, s, statusOK)}, Clients: []clientLog{func() clientLog {
 				c := c1()

@@ -63,6 +63,11 @@ type clientLog struct {
 	Replies  []reply   // subscribed replies, in arrival order
 	Messages []delivery
 	Directs  []delivery
+	// WireRepeats are message frames the server sent again within one
+	// subscription (an offset at or below one already received since the
+	// channel's last subscribed reply): what a client without its own
+	// de-duplication would have delivered twice.
+	WireRepeats []delivery
 }
 
 // session is one welcomed connection.
@@ -77,7 +82,9 @@ type session struct {
 type reply struct {
 	At        time.Duration
 	Channel   string
-	Recovered *bool // absent unless the subscribe carried since
+	Recovered *bool  // absent unless the subscribe carried since
+	Epoch     string // the channel's position at the reply (history on)
+	Offset    uint64
 }
 
 type delivery struct {
@@ -85,6 +92,8 @@ type delivery struct {
 	Channel string // empty for directs
 	Pub     string // "" when the data was not ours
 	Seq     int64
+	Epoch   string // history on: the message's position
+	Offset  uint64
 }
 
 type fault struct {
@@ -108,6 +117,7 @@ type tally struct {
 	LostAllowed   int `json:"lost_allowed"`  // at-most-once: lost across a fault
 	LostTold      int `json:"lost_told"`     // the client was told recovered:false
 	Duplicated    int `json:"duplicated"`    // delivered more than once
+	WireRepeated  int `json:"wire_repeated"` // sent again by the server within one subscription (messages only)
 	OutOfOrder    int `json:"out_of_order"`  // after a later acknowledged op of its publisher
 	Unexpected    int `json:"unexpected"`    // never attempted, or not our data
 	Indeterminate int `json:"indeterminate"` // delivered, from a failed attempt: fine either way
@@ -163,6 +173,7 @@ func index(ops []op) map[opKey]*op {
 func check(h *history) result {
 	var res result
 	pubs, sends := index(h.Publishes), index(h.Sends)
+	positions := positionsOf(h)
 	windows := faultWindows(h.Faults)
 	quiet := func(o *op) bool {
 		for _, w := range windows {
@@ -212,7 +223,7 @@ func check(h *history) result {
 				continue
 			}
 			connected := c.connectedThrough(p.Channel, p.Start, p.End)
-			told := h.HistoryOn && c.toldUnrecovered(p.Channel, p.Start)
+			told := h.HistoryOn && c.told(p, positions[opKey{p.Pub, p.Seq}])
 			switch {
 			case connected && quiet(p):
 				res.Messages.Lost++
@@ -225,6 +236,11 @@ func check(h *history) result {
 			default:
 				res.Messages.LostAllowed++
 			}
+		}
+
+		for _, d := range c.WireRepeats {
+			res.Messages.WireRepeated++
+			res.Messages.note(false, "sent twice: %s got %s/%d on %s at offset %s/%d again at %v", c.ID, d.Pub, d.Seq, d.Channel, d.Epoch, d.Offset, d.At)
 		}
 
 		// Direct messages: no history in any mode.
@@ -309,7 +325,7 @@ func (r *result) violations() []string {
 		for _, f := range []struct {
 			what string
 			n    int
-		}{{"lost", k.t.Lost}, {"duplicated", k.t.Duplicated}, {"out of order", k.t.OutOfOrder}, {"unexpected", k.t.Unexpected}} {
+		}{{"lost", k.t.Lost}, {"duplicated", k.t.Duplicated}, {"sent twice", k.t.WireRepeated}, {"out of order", k.t.OutOfOrder}, {"unexpected", k.t.Unexpected}} {
 			if f.n > 0 {
 				v = append(v, fmt.Sprintf("%s %s: %d", k.name, f.what, f.n))
 			}
@@ -338,16 +354,52 @@ func (c *clientLog) connectedThrough(channel string, start, end time.Duration) b
 	return false
 }
 
-// toldUnrecovered reports whether the first subscribed reply on channel
-// after t — the resubscription that had to recover a message published at
-// t — said recovered:false.
-func (c *clientLog) toldUnrecovered(channel string, t time.Duration) bool {
-	for _, r := range c.Replies {
-		if r.Channel == channel && r.At >= t {
-			return r.Recovered != nil && !*r.Recovered
+// positionsOf returns the {epoch, offset} of every publish some client
+// received with one.
+func positionsOf(h *history) map[opKey]*wire.Position {
+	pos := map[opKey]*wire.Position{}
+	for i := range h.Clients {
+		for _, d := range h.Clients[i].Messages {
+			if k := (opKey{d.Pub, d.Seq}); d.Epoch != "" && pos[k] == nil {
+				pos[k] = &wire.Position{Epoch: d.Epoch, Offset: d.Offset}
+			}
 		}
 	}
-	return false
+	return pos
+}
+
+// told reports whether the client was told recovered:false about p, which
+// it never received: a reply on p's channel after p started that said
+// recovered:false and whose starting point lies at or past p, so that no
+// later subscription owed p to the client. A reply that recovered, or that
+// starts before p, leaves p owed: a later reply must cover it.
+//
+// pos is p's position when some client received it. Without it, a
+// recovered:false after p was acknowledged covers p (p was in history
+// before it), and one while p was in flight covers it unless a later reply
+// recovered, which then owed p.
+func (c *clientLog) told(p *op, pos *wire.Position) bool {
+	told := false
+	for _, r := range c.Replies {
+		if r.Channel != p.Channel || r.At < p.Start {
+			continue
+		}
+		unrecovered := r.Recovered != nil && !*r.Recovered
+		switch {
+		case pos != nil && unrecovered:
+			if r.Epoch != pos.Epoch || r.Offset >= pos.Offset {
+				return true
+			}
+		case pos != nil:
+		case unrecovered && r.At >= p.End:
+			return true
+		case unrecovered:
+			told = true
+		case r.Recovered != nil:
+			told = false
+		}
+	}
+	return told
 }
 
 // faulted reports whether a fault on node or balancer was in its window at t.

@@ -43,12 +43,13 @@ type member struct {
 	c   *client.Client
 	clk clock
 
-	mu  sync.Mutex
-	log clientLog
+	mu   sync.Mutex
+	log  clientLog
+	wire map[string]wire.Position // channel → last offset received since its subscribed reply
 }
 
 func newMember(clk clock, id, url, balancer string, channels []string) (*member, error) {
-	m := &member{clk: clk}
+	m := &member{clk: clk, wire: map[string]wire.Position{}}
 	m.log = clientLog{ID: id, Balancer: balancer, Channels: channels}
 	cfg := client.DefaultConfig()
 	cfg.URL, cfg.ClientID = url, id
@@ -56,6 +57,7 @@ func newMember(clk clock, id, url, balancer string, channels []string) (*member,
 	cfg.OnWelcome = func(w wire.Frame) {
 		m.mu.Lock()
 		m.log.Sessions = append(m.log.Sessions, session{Node: w.Node, Welcome: clk.now(), End: open, Subs: map[string]time.Duration{}})
+		clear(m.wire)
 		m.mu.Unlock()
 	}
 	cfg.OnState = func(s client.State, err error) {
@@ -71,12 +73,32 @@ func newMember(clk clock, id, url, balancer string, channels []string) (*member,
 	cfg.OnSubscribed = func(f wire.Frame) {
 		at := clk.now()
 		m.mu.Lock()
-		m.log.Replies = append(m.log.Replies, reply{At: at, Channel: f.Channel, Recovered: f.Recovered})
+		r := reply{At: at, Channel: f.Channel, Recovered: f.Recovered, Epoch: f.Epoch}
+		if f.Offset != nil {
+			r.Offset = *f.Offset
+		}
+		m.log.Replies = append(m.log.Replies, r)
+		delete(m.wire, f.Channel)
 		if n := len(m.log.Sessions); n > 0 {
 			if _, ok := m.log.Sessions[n-1].Subs[f.Channel]; !ok {
 				m.log.Sessions[n-1].Subs[f.Channel] = at
 			}
 		}
+		m.mu.Unlock()
+	}
+	cfg.OnMessageFrame = func(f wire.Frame) {
+		// What the server sent on the wire, before the client drops
+		// duplicates: within one subscription offsets must rise.
+		if f.Offset == nil {
+			return
+		}
+		at := clk.now()
+		m.mu.Lock()
+		if last, ok := m.wire[f.Channel]; ok && last.Epoch == f.Epoch && *f.Offset <= last.Offset {
+			t, _ := parseTag(f.Data)
+			m.log.WireRepeats = append(m.log.WireRepeats, delivery{At: at, Channel: f.Channel, Pub: t.P, Seq: t.S, Epoch: f.Epoch, Offset: *f.Offset})
+		}
+		m.wire[f.Channel] = wire.Position{Epoch: f.Epoch, Offset: *f.Offset}
 		m.mu.Unlock()
 	}
 	cfg.OnDirect = func(d client.Direct) {
@@ -94,7 +116,7 @@ func newMember(clk clock, id, url, balancer string, channels []string) (*member,
 		_, err := c.Subscribe(ch, func(msg client.Message) {
 			t, _ := parseTag(msg.Data)
 			m.mu.Lock()
-			m.log.Messages = append(m.log.Messages, delivery{At: clk.now(), Channel: msg.Channel, Pub: t.P, Seq: t.S})
+			m.log.Messages = append(m.log.Messages, delivery{At: clk.now(), Channel: msg.Channel, Pub: t.P, Seq: t.S, Epoch: msg.Epoch, Offset: msg.Offset})
 			m.mu.Unlock()
 		})
 		if err != nil {
@@ -138,6 +160,7 @@ func (m *member) snapshot() clientLog {
 	l.Replies = append([]reply(nil), m.log.Replies...)
 	l.Messages = append([]delivery(nil), m.log.Messages...)
 	l.Directs = append([]delivery(nil), m.log.Directs...)
+	l.WireRepeats = append([]delivery(nil), m.log.WireRepeats...)
 	return l
 }
 

@@ -120,6 +120,7 @@ func (r *report) print(w io.Writer) {
 		{"lost_told (recovered:false)", func(t tally) int { return t.LostTold }},
 		{"LOST", func(t tally) int { return t.Lost }},
 		{"DUPLICATED", func(t tally) int { return t.Duplicated }},
+		{"SENT TWICE (on the wire)", func(t tally) int { return t.WireRepeated }},
 		{"OUT OF ORDER", func(t tally) int { return t.OutOfOrder }},
 		{"UNEXPECTED", func(t tally) int { return t.Unexpected }},
 		{"from failed attempts", func(t tally) int { return t.Indeterminate }},
