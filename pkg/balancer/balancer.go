@@ -29,7 +29,8 @@ type Config struct {
 	Gossip     string        // gossip bind address; default 127.0.0.1:7000
 	GossipAdv  string        // gossip address others use when it differs from Gossip
 	Join       []string      // gossip seeds; the first process of a cluster joins nothing
-	ClusterKey string        // gossip encryption; empty = off
+	ClusterKey string        // gossip encryption; empty = off (loopback gossip only, unless Insecure)
+	Insecure   bool          // allow an open cluster (no ClusterKey) on a non-loopback gossip address
 	Detect     string        // failure detection profile: lan (default) | fast
 	Proxy      proxy.Config  // WebSocket relay settings; zero fields take proxy defaults
 	APITimeout time.Duration // admin API calls forwarded to nodes; default 5s
@@ -101,6 +102,7 @@ func New(cfg Config) (*Server, error) {
 	if cfg.ClusterKey != "" {
 		ccfg.Key = []byte(cfg.ClusterKey)
 	}
+	ccfg.Insecure = cfg.Insecure
 	s.cluster, err = cluster.New(ccfg)
 	if err != nil {
 		ln.Close()

@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -27,6 +28,7 @@ type Cluster struct {
 	meta   [2][]byte // encoded metadata: [0] normally, [1] once leaving
 
 	running atomic.Bool
+	joined  atomic.Bool // a join reached a peer
 
 	mu      sync.Mutex        // guards records
 	records map[string]record // by member id, written by the delegate
@@ -141,6 +143,14 @@ func (c *Cluster) Leave(timeout time.Duration) error {
 	return nil
 }
 
+// Joined reports whether this process is a member of the cluster it was
+// told to join: it has no seeds (it is the first), a join reached a peer, or
+// a peer joined it. A process whose seeds refuse it (a wrong -cluster-key)
+// stays unjoined, in a cluster of its own.
+func (c *Cluster) Joined() bool {
+	return len(c.cfg.Join) == 0 || c.joined.Load() || c.ml.NumMembers() > 1
+}
+
 // GossipAddr returns the gossip host:port peers use to reach this process,
 // with the actual port when Bind asked for port 0.
 func (c *Cluster) GossipAddr() string { return c.gossip }
@@ -191,13 +201,15 @@ func (c *Cluster) coalesceLoop(ctx context.Context) {
 
 // joinLoop joins the seeds until a peer answers, with backoff from 100 ms
 // up to RejoinInterval, then re-joins them every RejoinInterval while
-// needsRejoin says so.
+// needsRejoin says so. A seed that answers but refuses the join (another
+// cluster key, or none) is retried with backoff up to refusedBackoff, and
+// logged once at warn until a join succeeds.
 func (c *Cluster) joinLoop(ctx context.Context) {
 	if len(c.cfg.Join) == 0 {
 		return
 	}
 	const firstBackoff = 100 * time.Millisecond
-	backoff, joined := firstBackoff, false
+	backoff, joined, warned := firstBackoff, false, false
 	t := time.NewTimer(0)
 	defer t.Stop()
 	for {
@@ -212,18 +224,44 @@ func (c *Cluster) joinLoop(ctx context.Context) {
 		}
 		if !joined || c.needsRejoin() {
 			// A seed list may name this process: only a peer counts.
-			if err := c.join(ctx); err != nil || c.ml.NumMembers() <= 1 {
-				c.log.Debug("join seeds", zap.Strings("seeds", c.cfg.Join), zap.Error(err))
-				next, backoff = backoff, min(2*backoff, c.cfg.RejoinInterval)
-			} else {
-				if !joined {
+			err := c.join(ctx)
+			switch {
+			case err == nil && c.ml.NumMembers() > 1:
+				if !joined || warned {
 					c.log.Info("joined cluster", zap.Strings("seeds", c.cfg.Join))
 				}
-				joined, backoff = true, firstBackoff
+				joined, warned, backoff = true, false, firstBackoff
+				c.joined.Store(true)
+			case err != nil && refused(err):
+				if !warned && ctx.Err() == nil {
+					c.log.Warn("seeds refuse the join: check -cluster-key", zap.Strings("seeds", c.cfg.Join), zap.Error(err))
+					warned = true
+				}
+				next, backoff = backoff, min(2*backoff, refusedBackoff)
+			default:
+				c.log.Debug("join seeds", zap.Strings("seeds", c.cfg.Join), zap.Error(err))
+				next, backoff = backoff, min(2*backoff, c.cfg.RejoinInterval)
 			}
 		}
 		t.Reset(next)
 	}
+}
+
+// refusedBackoff caps the retry interval of joins the seeds refused: each
+// attempt makes every seed log an error, and a key mismatch needs an operator.
+const refusedBackoff = time.Minute
+
+// refused reports whether a join failed after reaching a seed, as opposed
+// to no seed being reachable. memberlist flattens its errors to text, so the
+// dial and timeout errors of the net package are recognised by their words.
+func refused(err error) bool {
+	msg := err.Error()
+	for _, unreachable := range []string{"dial tcp", "i/o timeout", "failed to resolve", "no such host"} {
+		if strings.Contains(msg, unreachable) {
+			return false
+		}
+	}
+	return true
 }
 
 // join contacts every seed, one at a time so that a cancelled ctx waits for

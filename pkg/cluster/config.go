@@ -46,6 +46,11 @@ type Config struct {
 	// quiet LAN, more false suspicions under load). Default "lan".
 	Detect string
 	Key    []byte // gossip encryption secret of any length (AES-256 key = SHA-256 of it); empty = no encryption
+	// Insecure allows gossip without Key on an address that is not loopback.
+	// Default false: such a member refuses to start (ErrOpenCluster), as any
+	// process that reaches an open gossip port joins the ring and is handed
+	// clients.
+	Insecure bool
 	// RejoinInterval is how often seeds are re-joined while a member is seen
 	// dead (heals partitions memberlist does not re-merge), and the cap of
 	// the backoff before the first join. Default 5 s (fast: 1 s); each
@@ -123,7 +128,31 @@ func (c Config) validate() error {
 			return errors.New("empty join address")
 		}
 	}
+	if len(c.Key) == 0 && !c.Insecure {
+		for _, a := range []string{c.Bind, c.Advertise} {
+			if a != "" && !loopback(a) {
+				return fmt.Errorf("%w: gossip address %s is not loopback", ErrOpenCluster, a)
+			}
+		}
+	}
 	return nil
+}
+
+// ErrOpenCluster refuses gossip reachable from other hosts without a key.
+var ErrOpenCluster = errors.New("an open cluster: set -cluster-key (the same secret on every member), or -insecure to accept any process that reaches the gossip port")
+
+// loopback reports whether hostport's host is a loopback address or
+// "localhost". Any other name may resolve anywhere, so it is not.
+func loopback(hostport string) bool {
+	host, _, err := net.SplitHostPort(hostport)
+	if err != nil {
+		return false
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }
 
 // memberlistConfig translates c (validated, with defaults) for memberlist.

@@ -34,6 +34,7 @@ type Options struct {
 	Heartbeat   string   // node -heartbeat; default the node's
 	NodeArgs    []string // extra node flags
 	Host        string   // bind address; default 127.0.0.1
+	ClusterKey  string   // -cluster-key of every process; default none (NewNet's clusters: a random one)
 	LogDir      string   // where process logs go; default a temp dir
 	Stdout      io.Writer
 }
@@ -193,6 +194,9 @@ func start(ctx context.Context, o Options, place func(*Proc) ([]string, error)) 
 			return nil, err
 		}
 		p.args = append([]string{"-id", p.Name, "-addr", p.Addr, "-gossip", p.Gossip, "-detect", o.Detect, "-log", "json"}, args...)
+		if o.ClusterKey != "" {
+			p.args = append(p.args, "-cluster-key", o.ClusterKey)
+		}
 		if len(prefix) > 0 {
 			p.args = append(append(prefix[1:len(prefix):len(prefix)], p.bin), p.args...)
 			p.bin = prefix[0]

@@ -84,6 +84,9 @@ func (n *Net) Start(ctx context.Context, o Options) (*Cluster, error) {
 	if err != nil {
 		return nil, err
 	}
+	if o.ClusterKey == "" {
+		o.ClusterKey = "key-" + n.id // gossip leaves loopback here: closed by default
+	}
 	return start(ctx, o, func(p *Proc) ([]string, error) {
 		ip := n.ips[p.Name]
 		p.Addr, p.Gossip = ip+":8080", ip+":7946"

@@ -156,6 +156,9 @@ func (s *Server) ready() error {
 	if draining {
 		return errors.New("draining")
 	}
+	if !s.cluster.Joined() {
+		return errors.New("not joined: no seed accepted this node (is -cluster-key the cluster's?)")
+	}
 	if v := s.cluster.View(); v.Ring == nil || !v.Ring.Has(s.cfg.ID) {
 		return errors.New("not joined: this node is not in the ring yet")
 	}

@@ -36,7 +36,8 @@ type Config struct {
 	GossipAdv   string        // gossip address others use when it differs from Gossip
 	Join        []string      // gossip seeds
 	Bridge      string        // "mesh" (default) or redis://host:port[/db]
-	ClusterKey  string        // gossip encryption + mesh link auth; empty = off
+	ClusterKey  string        // gossip encryption + mesh link auth; empty = off (loopback gossip only, unless Insecure)
+	Insecure    bool          // allow an open cluster (no ClusterKey) on a non-loopback gossip address
 	Detect      string        // failure detection profile: lan (default) | fast
 	HistorySize int           // messages kept per channel; 0 = history off
 	HistoryTTL  time.Duration // how long history is kept; default 2m when HistorySize > 0
@@ -196,6 +197,7 @@ func New(cfg Config) (*Server, error) {
 	case cfg.Bridge == "mesh":
 		mcfg := mesh.DefaultConfig()
 		mcfg.ID, mcfg.Key, mcfg.Log = cfg.ID, []byte(cfg.ClusterKey), cfg.Log
+		mcfg.Insecure = cfg.Insecure
 		s.mesh, err = mesh.New(mcfg, recv)
 		s.bridge = s.mesh
 	case strings.HasPrefix(cfg.Bridge, "redis://") || strings.HasPrefix(cfg.Bridge, "rediss://"):
@@ -228,6 +230,7 @@ func New(cfg Config) (*Server, error) {
 	if cfg.ClusterKey != "" {
 		ccfg.Key = []byte(cfg.ClusterKey)
 	}
+	ccfg.Insecure = cfg.Insecure
 	if err == nil {
 		s.cluster, err = cluster.New(ccfg)
 	}

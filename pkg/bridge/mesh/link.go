@@ -348,6 +348,9 @@ func verify(cfg Config, r *http.Request) (string, error) {
 		return "", fmt.Errorf("link meant for %q, this is %q", r.Header.Get(hdrPeer), cfg.ID)
 	}
 	if len(cfg.Key) == 0 {
+		if !cfg.Insecure && !fromLoopback(r) {
+			return "", fmt.Errorf("link from %s refused: without a cluster key only loopback peers may link", r.RemoteAddr)
+		}
 		return peer, nil
 	}
 	ts := r.Header.Get(hdrTime)
@@ -362,6 +365,12 @@ func verify(cfg Config, r *http.Request) (string, error) {
 		return "", errors.New("bad link auth")
 	}
 	return peer, nil
+}
+
+func fromLoopback(r *http.Request) bool {
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	ip := net.ParseIP(host)
+	return err == nil && ip != nil && ip.IsLoopback()
 }
 
 // accept hijacks an upgrade request and answers 101.

@@ -21,7 +21,8 @@ import (
 // Config configures a Mesh.
 type Config struct {
 	ID           string        // this node's id; required
-	Key          []byte        // shared secret authenticating links; empty = no auth
+	Key          []byte        // shared secret authenticating links; empty = no auth, links from loopback only (unless Insecure)
+	Insecure     bool          // without Key, accept links from any address, not only loopback
 	DialTimeout  time.Duration // connect + upgrade of a link; default 2s
 	WriteTimeout time.Duration // a link write that takes longer kills the link; default 5s
 	Ping         time.Duration // idle links send a ping this often; a link silent for 3× is dead; default 1s

@@ -391,6 +391,32 @@ func TestVerify(t *testing.T) {
 	}
 }
 
+// TestVerifyWithoutKey: an unkeyed mesh links with loopback peers only,
+// unless it is told to be open.
+func TestVerifyWithoutKey(t *testing.T) {
+	for _, tt := range []struct {
+		remote   string
+		insecure bool
+		ok       bool
+	}{
+		{"127.0.0.1:5000", false, true},
+		{"[::1]:5000", false, true},
+		{"10.1.2.3:5000", false, false},
+		{"192.168.1.9:5000", false, false},
+		{"10.1.2.3:5000", true, true},
+	} {
+		r := httptest.NewRequest("GET", "/v1/mesh", nil)
+		r.RemoteAddr = tt.remote
+		r.Header.Set("Upgrade", upgradeToken)
+		r.Header.Set(hdrNode, "a")
+		r.Header.Set(hdrPeer, "m")
+		_, err := verify(Config{ID: "m", Insecure: tt.insecure}, r)
+		if (err == nil) != tt.ok {
+			t.Errorf("verify(from %s, insecure=%v) error = %v, want ok=%v", tt.remote, tt.insecure, err, tt.ok)
+		}
+	}
+}
+
 // TestLinkRecovers kills the accepting side's connections, then brings its
 // server back on the same address.
 func TestLinkRecovers(t *testing.T) {
