@@ -2,7 +2,6 @@ package balancer
 
 import (
 	"bytes"
-	"encoding/json"
 	"errors"
 	"io"
 	"net"
@@ -13,7 +12,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/ringcast/ringcast/pkg/cluster"
-	"github.com/ringcast/ringcast/pkg/node"
+	"github.com/ringcast/ringcast/pkg/httpapi"
 	"github.com/ringcast/ringcast/pkg/webclient"
 	"github.com/ringcast/ringcast/pkg/wire"
 )
@@ -28,7 +27,7 @@ func (s *Server) routes() http.Handler {
 	mux.HandleFunc("GET /v1/owner", s.serveOwner)
 	mux.HandleFunc("POST /v1/publish", s.servePublish)
 	mux.HandleFunc("POST /v1/send", s.serveSend)
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { node.WriteJSON(w, 200, map[string]any{"ok": true}) })
+	mux.HandleFunc("GET /healthz", httpapi.ServeHealthz)
 	mux.HandleFunc("GET /readyz", s.serveReady)
 	mux.Handle("GET /metrics", promhttp.HandlerFor(s.reg, promhttp.HandlerOpts{}))
 	web := webclient.Handler()
@@ -55,21 +54,21 @@ func (s *Server) serveCluster(w http.ResponseWriter, _ *http.Request) {
 		}
 	}
 	sort.Slice(nodes, func(i, j int) bool { return nodes[i].ID < nodes[j].ID })
-	node.WriteJSON(w, http.StatusOK, map[string]any{"epoch": v.Epoch, "nodes": nodes})
+	httpapi.WriteJSON(w, http.StatusOK, map[string]any{"epoch": v.Epoch, "nodes": nodes})
 }
 
 func (s *Server) serveOwner(w http.ResponseWriter, r *http.Request) {
 	id := r.URL.Query().Get("client_id")
 	if err := wire.ValidateClientID(id); err != nil {
-		node.WriteError(w, http.StatusBadRequest, wire.CodeBadClientID, err.(*wire.Error).Message)
+		httpapi.WriteWireError(w, err)
 		return
 	}
 	v := s.cluster.View()
 	if v.Ring == nil {
-		node.WriteError(w, http.StatusServiceUnavailable, "no_nodes", "no node is alive")
+		httpapi.WriteError(w, wire.CodeNoNodes, "no node is alive")
 		return
 	}
-	node.WriteJSON(w, http.StatusOK, map[string]any{"node": v.Ring.Owner(id), "epoch": v.Epoch})
+	httpapi.WriteJSON(w, http.StatusOK, map[string]any{"node": v.Ring.Owner(id), "epoch": v.Epoch})
 }
 
 func (s *Server) serveReady(w http.ResponseWriter, _ *http.Request) {
@@ -78,28 +77,24 @@ func (s *Server) serveReady(w http.ResponseWriter, _ *http.Request) {
 		return
 	}
 	if v := s.cluster.View(); v.Ring == nil {
-		node.WriteError(w, http.StatusServiceUnavailable, "not_ready", "no node is alive")
+		httpapi.WriteError(w, wire.CodeNotReady, "no node is alive")
 		return
 	}
-	node.WriteJSON(w, http.StatusOK, map[string]any{"ok": true})
+	httpapi.WriteOK(w)
 }
 
 // servePublish forwards to the ring owner of the channel, so HTTP publishes
 // to one channel keep their order.
 func (s *Server) servePublish(w http.ResponseWriter, r *http.Request) {
-	body, ok := readBody(w, r)
-	if !ok {
-		return
-	}
 	var req struct {
 		Channel string `json:"channel"`
 	}
-	if err := json.Unmarshal(body, &req); err != nil {
-		node.WriteError(w, http.StatusBadRequest, wire.CodeBadJSON, err.Error())
+	body, ok := httpapi.DecodeBody(w, r, maxBody, &req)
+	if !ok {
 		return
 	}
 	if err := wire.ValidateChannel(req.Channel); err != nil {
-		node.WriteError(w, http.StatusBadRequest, wire.CodeBadChannel, err.(*wire.Error).Message)
+		httpapi.WriteWireError(w, err)
 		return
 	}
 	s.forward(w, r, "ch:"+req.Channel, body)
@@ -107,19 +102,15 @@ func (s *Server) servePublish(w http.ResponseWriter, r *http.Request) {
 
 // serveSend forwards to the ring owner of the client id.
 func (s *Server) serveSend(w http.ResponseWriter, r *http.Request) {
-	body, ok := readBody(w, r)
-	if !ok {
-		return
-	}
 	var req struct {
 		ClientID string `json:"client_id"`
 	}
-	if err := json.Unmarshal(body, &req); err != nil {
-		node.WriteError(w, http.StatusBadRequest, wire.CodeBadJSON, err.Error())
+	body, ok := httpapi.DecodeBody(w, r, maxBody, &req)
+	if !ok {
 		return
 	}
 	if err := wire.ValidateClientID(req.ClientID); err != nil {
-		node.WriteError(w, http.StatusBadRequest, wire.CodeBadClientID, err.(*wire.Error).Message)
+		httpapi.WriteWireError(w, err)
 		return
 	}
 	s.forward(w, r, req.ClientID, body)
@@ -133,12 +124,12 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request, key string, bod
 	for attempt := 0; attempt < 3; attempt++ {
 		id, addr, err := picker{s}.Pick(key, tried)
 		if err != nil {
-			node.WriteError(w, http.StatusServiceUnavailable, "no_nodes", err.Error())
+			httpapi.WriteError(w, wire.CodeNoNodes, err.Error())
 			return
 		}
 		req, err := http.NewRequestWithContext(r.Context(), http.MethodPost, "http://"+addr+r.URL.Path, bytes.NewReader(body))
 		if err != nil {
-			node.WriteError(w, http.StatusInternalServerError, wire.CodeInternal, err.Error())
+			httpapi.WriteError(w, wire.CodeInternal, err.Error())
 			return
 		}
 		req.Header.Set("Content-Type", "application/json")
@@ -150,7 +141,7 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request, key string, bod
 				continue
 			}
 			s.log.Warn("forward api call", zap.String("node", id), zap.String("path", r.URL.Path), zap.Error(err))
-			node.WriteError(w, http.StatusBadGateway, "node_unreachable", "node "+id+": "+err.Error())
+			httpapi.WriteError(w, wire.CodeNodeUnreachable, "node "+id+": "+err.Error())
 			return
 		}
 		w.Header().Set("Content-Type", resp.Header.Get("Content-Type"))
@@ -159,19 +150,5 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request, key string, bod
 		resp.Body.Close()
 		return
 	}
-	node.WriteError(w, http.StatusServiceUnavailable, "no_nodes", "no node answered")
-}
-
-func readBody(w http.ResponseWriter, r *http.Request) ([]byte, bool) {
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxBody))
-	if err != nil {
-		status := http.StatusBadRequest
-		var mbe *http.MaxBytesError
-		if errors.As(err, &mbe) {
-			status = http.StatusRequestEntityTooLarge
-		}
-		node.WriteError(w, status, wire.CodeBadRequest, err.Error())
-		return nil, false
-	}
-	return body, true
+	httpapi.WriteError(w, wire.CodeNoNodes, "no node answered")
 }

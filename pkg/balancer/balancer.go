@@ -17,7 +17,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/ringcast/ringcast/pkg/cluster"
-	"github.com/ringcast/ringcast/pkg/node"
+	"github.com/ringcast/ringcast/pkg/httpapi"
 	"github.com/ringcast/ringcast/pkg/proxy"
 	"github.com/ringcast/ringcast/pkg/ring"
 )
@@ -228,7 +228,7 @@ func (s *Server) watch(ctx context.Context) {
 			}
 			delete(dead, id)
 			acted[id] = true
-			if m, ok := v.Node(id); ok && node.Healthy(ctx, s.api, m.Addr, 300*time.Millisecond) {
+			if m, ok := v.Node(id); ok && httpapi.Healthy(ctx, s.api, m.Addr, 300*time.Millisecond) {
 				s.log.Warn("gossip says dead but the node answers, keeping its connections", zap.String("node", id))
 				continue
 			}

@@ -4,12 +4,12 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"io"
 	"net/http"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/ringcast/ringcast/pkg/bridge"
+	"github.com/ringcast/ringcast/pkg/httpapi"
 	"github.com/ringcast/ringcast/pkg/hub"
 	"github.com/ringcast/ringcast/pkg/wire"
 )
@@ -19,7 +19,7 @@ func (s *Server) routes() http.Handler {
 	mux.HandleFunc("GET /ws", s.serveWS)
 	mux.HandleFunc("POST /v1/publish", s.servePublish)
 	mux.HandleFunc("POST /v1/send", s.serveSend)
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { WriteJSON(w, 200, map[string]any{"ok": true}) })
+	mux.HandleFunc("GET /healthz", httpapi.ServeHealthz)
 	mux.HandleFunc("GET /readyz", s.serveReady)
 	mux.Handle("GET /metrics", promhttp.HandlerFor(s.reg, promhttp.HandlerOpts{}))
 	if s.mesh != nil {
@@ -72,81 +72,62 @@ type sendRequest struct {
 	Data     json.RawMessage `json:"data"`
 }
 
-// decodeBody reads a JSON body bounded by MaxMessage.
-func (s *Server) decodeBody(w http.ResponseWriter, r *http.Request, v any) bool {
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, int64(s.cfg.MaxMessage)))
-	if err != nil {
-		var mbe *http.MaxBytesError
-		if errors.As(err, &mbe) {
-			WriteError(w, http.StatusRequestEntityTooLarge, wire.CodeTooLarge, err.Error())
-		} else {
-			WriteError(w, http.StatusBadRequest, wire.CodeBadRequest, err.Error())
-		}
-		return false
-	}
-	if err := json.Unmarshal(body, v); err != nil {
-		WriteError(w, http.StatusBadRequest, wire.CodeBadJSON, err.Error())
-		return false
-	}
-	return true
-}
-
 func (s *Server) servePublish(w http.ResponseWriter, r *http.Request) {
 	var req publishRequest
-	if !s.decodeBody(w, r, &req) {
+	if _, ok := httpapi.DecodeBody(w, r, int64(s.cfg.MaxMessage), &req); !ok {
 		return
 	}
 	if err := wire.ValidateChannel(req.Channel); err != nil {
-		writeWireError(w, err)
+		httpapi.WriteWireError(w, err)
 		return
 	}
 	if len(req.Data) == 0 {
-		WriteError(w, http.StatusBadRequest, wire.CodeBadRequest, "publish needs data")
+		httpapi.WriteError(w, wire.CodeBadRequest, "publish needs data")
 		return
 	}
 	ctx, cancel := s.requestCtx(r)
 	defer cancel()
 	m, err := s.hub.Publish(ctx, bridge.Message{Channel: req.Channel, Data: req.Data})
 	if err != nil {
-		writeWireError(w, hub.WireError(err))
+		httpapi.WriteWireError(w, hub.WireError(err))
 		return
 	}
 	out := map[string]any{"ok": true}
 	if m.Epoch != "" {
 		out["epoch"], out["offset"] = m.Epoch, m.Offset
 	}
-	WriteJSON(w, http.StatusOK, out)
+	httpapi.WriteJSON(w, http.StatusOK, out)
 }
 
 func (s *Server) serveSend(w http.ResponseWriter, r *http.Request) {
 	var req sendRequest
-	if !s.decodeBody(w, r, &req) {
+	if _, ok := httpapi.DecodeBody(w, r, int64(s.cfg.MaxMessage), &req); !ok {
 		return
 	}
 	if err := wire.ValidateClientID(req.ClientID); err != nil {
-		writeWireError(w, err)
+		httpapi.WriteWireError(w, err)
 		return
 	}
 	if len(req.Data) == 0 {
-		WriteError(w, http.StatusBadRequest, wire.CodeBadRequest, "send needs data")
+		httpapi.WriteError(w, wire.CodeBadRequest, "send needs data")
 		return
 	}
 	ctx, cancel := s.requestCtx(r)
 	defer cancel()
 	ok, err := s.hub.Send(ctx, bridge.Direct{To: req.ClientID, Data: req.Data})
 	if err != nil {
-		writeWireError(w, hub.WireError(err))
+		httpapi.WriteWireError(w, hub.WireError(err))
 		return
 	}
-	WriteJSON(w, http.StatusOK, map[string]any{"ok": true, "delivered": ok})
+	httpapi.WriteJSON(w, http.StatusOK, map[string]any{"ok": true, "delivered": ok})
 }
 
 func (s *Server) serveReady(w http.ResponseWriter, _ *http.Request) {
 	if err := s.ready(); err != nil {
-		WriteError(w, http.StatusServiceUnavailable, "not_ready", err.Error())
+		httpapi.WriteError(w, wire.CodeNotReady, err.Error())
 		return
 	}
-	WriteJSON(w, http.StatusOK, map[string]any{"ok": true})
+	httpapi.WriteOK(w)
 }
 
 func (s *Server) ready() error {
@@ -163,34 +144,6 @@ func (s *Server) ready() error {
 		return errors.New("not joined: this node is not in the ring yet")
 	}
 	return s.bridge.Ready()
-}
-
-// WriteJSON writes v as the JSON body of an HTTP API answer.
-func WriteJSON(w http.ResponseWriter, status int, v any) {
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(status)
-	json.NewEncoder(w).Encode(v)
-}
-
-// WriteError writes the HTTP API's error body: {"ok": false, "code", "message"}.
-func WriteError(w http.ResponseWriter, status int, code, msg string) {
-	WriteJSON(w, status, map[string]any{"ok": false, "code": code, "message": msg})
-}
-
-// writeWireError maps a protocol error to an HTTP status.
-func writeWireError(w http.ResponseWriter, err error) {
-	var we *wire.Error
-	if !errors.As(err, &we) {
-		we = &wire.Error{Code: wire.CodeInternal, Message: err.Error()}
-	}
-	status := http.StatusBadRequest
-	switch we.Code {
-	case wire.CodeBridgeUnavailable:
-		status = http.StatusServiceUnavailable
-	case wire.CodeInternal:
-		status = http.StatusInternalServerError
-	}
-	WriteError(w, status, we.Code, we.Message)
 }
 
 func (s *Server) requestCtx(r *http.Request) (context.Context, context.CancelFunc) {

@@ -8,6 +8,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/ringcast/ringcast/pkg/cluster"
+	"github.com/ringcast/ringcast/pkg/httpapi"
 	"github.com/ringcast/ringcast/pkg/session"
 	"github.com/ringcast/ringcast/pkg/wire"
 )
@@ -76,7 +77,7 @@ func (s *Server) rebalance(ctx context.Context, v *cluster.View, changes <-chan 
 		ok, seen := reachable[owner]
 		if !seen {
 			m, _ := v.Node(owner) // a crashed node not yet declared dead must not attract clients
-			ok = Healthy(ctx, s.probe, m.Addr, 500*time.Millisecond)
+			ok = httpapi.Healthy(ctx, s.probe, m.Addr, 500*time.Millisecond)
 			reachable[owner] = ok
 		}
 		if ok {

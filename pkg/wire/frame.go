@@ -36,7 +36,8 @@ const (
 	ReasonOverload  = "overload"
 )
 
-// Error codes carried by error frames.
+// Error codes carried by error frames and HTTP API error bodies. The HTTP
+// status each maps to is in package httpapi, whose test checks every code here.
 const (
 	CodeBadRequest        = "bad_request"
 	CodeBadJSON           = "bad_json"
@@ -48,6 +49,9 @@ const (
 	CodeNotSubscribed     = "not_subscribed"
 	CodeBridgeUnavailable = "bridge_unavailable"
 	CodeInternal          = "internal"
+	CodeNoNodes           = "no_nodes"         // HTTP only: no node is alive to route to
+	CodeNotReady          = "not_ready"        // HTTP only: /readyz while not joined or the bridge is down
+	CodeNodeUnreachable   = "node_unreachable" // HTTP only: the balancer reached no answer from the owner node
 )
 
 // Position is a point in a channel's history.

@@ -1,0 +1,110 @@
+// Package httpapi is the HTTP API's shared plumbing for nodes and balancers:
+// JSON and error bodies, bounded body decoding, wire error → status, the health probe.
+package httpapi
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"net/http"
+	"time"
+
+	"github.com/ringcast/ringcast/pkg/wire"
+)
+
+// statuses maps every wire error code to its HTTP status.
+var statuses = map[string]int{
+	wire.CodeBadRequest:        http.StatusBadRequest,
+	wire.CodeBadJSON:           http.StatusBadRequest,
+	wire.CodeTooLarge:          http.StatusRequestEntityTooLarge,
+	wire.CodeUnknownOp:         http.StatusBadRequest,
+	wire.CodeBadChannel:        http.StatusBadRequest,
+	wire.CodeBadClientID:       http.StatusBadRequest,
+	wire.CodeTooManyChannels:   http.StatusBadRequest,
+	wire.CodeNotSubscribed:     http.StatusBadRequest,
+	wire.CodeBridgeUnavailable: http.StatusServiceUnavailable,
+	wire.CodeInternal:          http.StatusInternalServerError,
+	wire.CodeNoNodes:           http.StatusServiceUnavailable,
+	wire.CodeNotReady:          http.StatusServiceUnavailable,
+	wire.CodeNodeUnreachable:   http.StatusBadGateway,
+}
+
+// Status is the HTTP status of an error with code; an unknown code is 500.
+func Status(code string) int {
+	if s, ok := statuses[code]; ok {
+		return s
+	}
+	return http.StatusInternalServerError
+}
+
+// WriteJSON writes v as the JSON body of an answer.
+func WriteJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	json.NewEncoder(w).Encode(v)
+}
+
+// WriteOK writes 200 {"ok": true}.
+func WriteOK(w http.ResponseWriter) { WriteJSON(w, http.StatusOK, map[string]any{"ok": true}) }
+
+// WriteError writes the error body {"ok": false, "code", "message"} with the
+// status of code.
+func WriteError(w http.ResponseWriter, code, msg string) {
+	WriteJSON(w, Status(code), map[string]any{"ok": false, "code": code, "message": msg})
+}
+
+// WriteWireError writes err as an error body: a *wire.Error keeps its code,
+// anything else is internal.
+func WriteWireError(w http.ResponseWriter, err error) {
+	var we *wire.Error
+	if !errors.As(err, &we) {
+		we = &wire.Error{Code: wire.CodeInternal, Message: err.Error()}
+	}
+	WriteError(w, we.Code, we.Message)
+}
+
+// DecodeBody reads r's body, at most limit bytes, and unmarshals it into v.
+// It returns the body; on failure it has written a too_large, bad_request or
+// bad_json answer and returns false.
+func DecodeBody(w http.ResponseWriter, r *http.Request, limit int64, v any) ([]byte, bool) {
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, limit))
+	if err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			WriteError(w, wire.CodeTooLarge, err.Error())
+		} else {
+			WriteError(w, wire.CodeBadRequest, err.Error())
+		}
+		return nil, false
+	}
+	if err := json.Unmarshal(body, v); err != nil {
+		WriteError(w, wire.CodeBadJSON, err.Error())
+		return nil, false
+	}
+	return body, true
+}
+
+// ServeHealthz answers GET /healthz: 200 while the process serves HTTP.
+func ServeHealthz(w http.ResponseWriter, _ *http.Request) { WriteOK(w) }
+
+// Healthy reports whether the node serving HTTP at addr answers GET /healthz
+// with 200 within timeout. Balancers and peers use it to tell a node that
+// crashed or froze from one gossip merely lost track of.
+func Healthy(ctx context.Context, c *http.Client, addr string, timeout time.Duration) bool {
+	if addr == "" {
+		return false
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/healthz", nil)
+	if err != nil {
+		return false
+	}
+	resp, err := c.Do(req)
+	if err != nil {
+		return false
+	}
+	resp.Body.Close()
+	return resp.StatusCode == http.StatusOK
+}
