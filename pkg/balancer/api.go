@@ -73,7 +73,7 @@ func (s *Server) serveOwner(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) serveReady(w http.ResponseWriter, _ *http.Request) {
 	if !s.cluster.Joined() {
-		node.WriteError(w, http.StatusServiceUnavailable, "not_ready", "not joined: no seed accepted this balancer (is -cluster-key the cluster's?)")
+		httpapi.WriteError(w, wire.CodeNotReady, "not joined: no seed accepted this balancer (is -cluster-key the cluster's?)")
 		return
 	}
 	if v := s.cluster.View(); v.Ring == nil {
