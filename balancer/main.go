@@ -41,7 +41,7 @@ func run(ctx context.Context, args []string, env func(string) string, stderr io.
 	fs.StringVar(&cfg.ClusterKey, "cluster-key", "", "shared secret encrypting gossip; required when -gossip is not loopback")
 	fs.BoolVar(&cfg.Insecure, "insecure", false, "allow a non-loopback -gossip without -cluster-key: any process reaching it joins the cluster")
 	fs.StringVar(&cfg.Detect, "detect", d.Detect, "failure detection profile: lan (5-7 s) | fast (< 1 s, loopback/LAN)")
-	fs.DurationVar(&cfg.Proxy.DialTimeout, "dial-timeout", d.Proxy.DialTimeout, "timeout dialling a node")
+	fs.DurationVar(&cfg.Proxy.DialTimeout, "dial-timeout", d.Proxy.DialTimeout, "bounds dialling a node and the first byte of its answer to the upgrade; longer is a failed dial (next owner)")
 	fs.DurationVar(&cfg.Proxy.DownFor, "down-for", d.Proxy.DownFor, "a node whose dial failed is skipped locally for this long")
 	logFormat := fs.String("log", "dev", "log format: dev | json")
 	logLevel := fs.String("log-level", "info", "log level: debug | info | warn | error")

@@ -367,3 +367,40 @@ func TestPausedNode(t *testing.T) {
 		t.Errorf("%s did not fence itself after the pause", victim.Name)
 	}
 }
+
+// TestStalledNode: a node that accepts TCP but never answers (SIGSTOP, with
+// LAN detection so that gossip has not noticed yet) costs a new client of
+// it one dial timeout of the balancer (1 s by default), then the client is
+// welcomed by the next owner.
+func TestStalledNode(t *testing.T) {
+	ctx := context.Background()
+	c := startCluster(t, Options{Nodes: 3, Detect: "lan"})
+	victim := c.Nodes[0]
+	var ids []string
+	for i := 0; len(ids) < 2 && i < 1000; i++ {
+		id := fmt.Sprint("stall-", i)
+		if o, err := c.Owner(ctx, id); err == nil && o == victim.Name {
+			ids = append(ids, id)
+		}
+	}
+	if len(ids) < 2 {
+		t.Fatalf("no two client ids owned by %s", victim.Name)
+	}
+	if err := victim.Signal(syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { victim.Signal(syscall.SIGCONT) })
+	var took []time.Duration
+	for _, id := range ids {
+		start := time.Now()
+		r := dialRaw(t, c.URL(), id) // reads the welcome
+		took = append(took, time.Since(start))
+		r.nc.Close()
+	}
+	// The target (dial timeout + 0.5 s) is a figure for the README; the
+	// test only rules out waiting for gossip or the 5 s handshake timeout.
+	if took[0] > 3*time.Second || took[1] > time.Second {
+		t.Errorf("welcomed after %v and %v, want about the 1 s dial timeout, then at once", took[0], took[1])
+	}
+	t.Logf("stalled owner: first new client welcomed after %v, the next after %v", took[0].Round(time.Millisecond), took[1].Round(time.Millisecond))
+}

@@ -7,12 +7,17 @@ import (
 
 // Config tunes a Proxy. A zero field means its default.
 type Config struct {
-	// DialTimeout bounds the TCP dial to a node. Default 1s: a loopback or LAN
-	// dial takes well under a millisecond, a longer wait only delays fallback.
+	// DialTimeout bounds one attempt on a node: the TCP dial, the forwarded
+	// upgrade and the first byte of the node's answer. An attempt that takes
+	// longer is a failed dial: the node is marked down and the next owner is
+	// tried. Default 1s: a healthy node answers a loopback or LAN upgrade in
+	// about a millisecond; a node that accepts TCP but is frozen (SIGSTOP,
+	// overload) costs a new client this much before it moves on. Lower
+	// falls back sooner but may give up on a node that is only slow.
 	DialTimeout time.Duration
-	// HandshakeTimeout is how long a node has to answer the forwarded upgrade.
-	// Default 5s: a node that accepted TCP but is frozen (SIGSTOP, overload)
-	// costs the client this much before it gets 502.
+	// HandshakeTimeout bounds the rest of the node's answer once its first
+	// byte arrived. Default 5s; a node that began answering is not tried
+	// again elsewhere: the client gets 502.
 	HandshakeTimeout time.Duration
 	// MaxAttempts is how many nodes are dialled per client connection. Default
 	// 3: one failed owner plus two fallbacks; more only delays the 503.

@@ -34,6 +34,7 @@ type backend struct {
 	ln       net.Listener
 	status   int  // answer with this status instead of 101
 	hang     bool // never answer
+	stall    bool // send the first bytes of the answer, then nothing
 	hold     bool // after the 101, keep the connection without a goroutine and record nothing
 	accepted atomic.Int32
 
@@ -98,7 +99,10 @@ func (b *backend) serve(c net.Conn) {
 		b.mu.Unlock()
 	}
 	switch {
-	case b.hang:
+	case b.hang, b.stall:
+		if b.stall {
+			_, _ = c.Write([]byte("HTTP/1.1 101 Swi"))
+		}
 		_, _ = c.Read(make([]byte, 1)) // until the proxy gives up
 		return
 	case b.status != 0:

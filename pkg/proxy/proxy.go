@@ -119,14 +119,16 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, err.Error(), http.StatusBadRequest)
 		return
 	}
-	nodeID, node, err := p.dialOwner(r.Context(), clientID)
+	nodeID, node, br, err := p.dialOwner(r, clientID)
 	if err != nil {
 		if r.Context().Err() == nil {
 			http.Error(w, "no node available: "+err.Error(), http.StatusServiceUnavailable)
 		}
 		return
 	}
-	if err := p.upgrade(w, r, clientID, nodeID, node); err != nil {
+	err = p.upgrade(w, r, clientID, nodeID, node, br)
+	p.putReader(br)
+	if err != nil {
 		node.Close()
 		if ce := p.log.Check(zap.DebugLevel, "upgrade not relayed"); ce != nil {
 			ce.Write(zap.String("client_id", clientID), zap.String("node", nodeID), zap.Error(err))
@@ -134,9 +136,15 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-// dialOwner dials the owner of clientID, falling back to the next owner for
-// up to MaxAttempts nodes. A node whose dial fails is marked down.
-func (p *Proxy) dialOwner(ctx context.Context, clientID string) (string, net.Conn, error) {
+// dialOwner dials the owner of clientID and forwards the upgrade to it,
+// falling back to the next owner for up to MaxAttempts nodes. An attempt
+// fails when the node cannot be dialled or sends no byte of its answer
+// within DialTimeout (a stalled process still completes TCP handshakes);
+// the node is then marked down. It returns the node with a reader holding
+// the start of its answer.
+func (p *Proxy) dialOwner(r *http.Request, clientID string) (string, net.Conn, *bufio.Reader, error) {
+	ctx := r.Context()
+	head := requestHead(r)
 	tried := make([]string, 0, p.cfg.MaxAttempts)
 	var lastErr error
 	for range p.cfg.MaxAttempts {
@@ -151,12 +159,12 @@ func (p *Proxy) dialOwner(ctx context.Context, clientID string) (string, net.Con
 			break
 		}
 		tried = append(tried, nodeID)
-		c, err := p.dialer.DialContext(ctx, "tcp", addr)
+		c, br, err := p.dialNode(ctx, addr, head)
 		if err == nil {
-			return nodeID, c, nil
+			return nodeID, c, br, nil
 		}
 		if ctx.Err() != nil {
-			return "", nil, ctx.Err()
+			return "", nil, nil, ctx.Err()
 		}
 		p.fallbacks.Inc()
 		lastErr = fmt.Errorf("dial node %s at %s: %w", nodeID, addr, err)
@@ -164,16 +172,45 @@ func (p *Proxy) dialOwner(ctx context.Context, clientID string) (string, net.Con
 			p.log.Warn("node marked down", zap.String("node", nodeID), zap.String("addr", addr), zap.Error(err))
 		}
 	}
-	return "", nil, lastErr
+	return "", nil, nil, lastErr
 }
 
-// upgrade forwards r to node and answers the client with the node's
-// response. On a 101 it hijacks the client and starts the relay. It writes
-// the client's response itself; a returned error means node must be closed.
-func (p *Proxy) upgrade(w http.ResponseWriter, r *http.Request, clientID, nodeID string, node net.Conn) error {
-	br := p.reader(node)
-	defer p.putReader(br)
-	resp, err := p.handshake(r, node, br)
+// dialNode connects to addr, writes the upgrade request head and waits for
+// the first byte of the answer, all within DialTimeout.
+func (p *Proxy) dialNode(ctx context.Context, addr string, head []byte) (net.Conn, *bufio.Reader, error) {
+	deadline := time.Now().Add(p.cfg.DialTimeout)
+	c, err := p.dialer.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return nil, nil, err
+	}
+	if err := c.SetDeadline(deadline); err != nil {
+		c.Close()
+		return nil, nil, fmt.Errorf("set node deadline: %w", err)
+	}
+	// The request's context ends the wait too: a client that gave up
+	// frees the attempt at once.
+	stop := context.AfterFunc(ctx, func() { c.SetDeadline(time.Now()) })
+	defer stop()
+	br := p.reader(c)
+	if _, err := c.Write(head); err != nil {
+		p.putReader(br)
+		c.Close()
+		return nil, nil, fmt.Errorf("write upgrade: %w", err)
+	}
+	if _, err := br.Peek(1); err != nil {
+		p.putReader(br)
+		c.Close()
+		return nil, nil, fmt.Errorf("no answer to the upgrade within %v: %w", p.cfg.DialTimeout, err)
+	}
+	return c, br, nil
+}
+
+// upgrade reads node's answer to the forwarded upgrade (whose first bytes
+// br holds) and answers the client with it. On a 101 it hijacks the client
+// and starts the relay. It writes the client's response itself; a returned
+// error means node must be closed.
+func (p *Proxy) upgrade(w http.ResponseWriter, r *http.Request, clientID, nodeID string, node net.Conn, br *bufio.Reader) error {
+	resp, err := p.readAnswer(r, node, br)
 	if err != nil {
 		if p.markDown(nodeID) {
 			p.log.Warn("node marked down", zap.String("node", nodeID), zap.Error(err))
@@ -204,14 +241,12 @@ func (p *Proxy) upgrade(w http.ResponseWriter, r *http.Request, clientID, nodeID
 	return nil
 }
 
-// handshake writes the rewritten upgrade request to node and reads its
-// answer, both within HandshakeTimeout.
-func (p *Proxy) handshake(r *http.Request, node net.Conn, br *bufio.Reader) (*http.Response, error) {
+// readAnswer reads the rest of the node's answer within HandshakeTimeout. A
+// node that began answering is alive: a failure now is not retried
+// elsewhere.
+func (p *Proxy) readAnswer(r *http.Request, node net.Conn, br *bufio.Reader) (*http.Response, error) {
 	if err := node.SetDeadline(time.Now().Add(p.cfg.HandshakeTimeout)); err != nil {
 		return nil, fmt.Errorf("set node deadline: %w", err)
-	}
-	if _, err := node.Write(requestHead(r)); err != nil {
-		return nil, fmt.Errorf("write upgrade to node: %w", err)
 	}
 	resp, err := http.ReadResponse(br, r)
 	if err != nil {

@@ -159,6 +159,39 @@ func TestFallbackMarksDown(t *testing.T) {
 	}
 }
 
+// TestStalledNodeFallsBack: a node that accepts TCP but never answers the
+// upgrade (a SIGSTOPped process) is a failed dial once DialTimeout passed:
+// the client is welcomed by the next owner and the node is marked down.
+func TestStalledNodeFallsBack(t *testing.T) {
+	stalled := startBackend(t, "n1", func(b *backend) { b.hang = true })
+	next := startBackend(t, "n2", nil)
+	const dial = 200 * time.Millisecond
+	p, addr, reg := startProxy(t, Config{DialTimeout: dial, DownFor: time.Minute},
+		&fakePicker{nodes: []testNode{{"n1", stalled.addr()}, {"n2", next.addr()}}})
+	start := time.Now()
+	connect(t, addr, "alice", "n2")
+	took := time.Since(start)
+	if took < dial {
+		t.Errorf("welcomed by n2 after %v, before the dial timeout %v: n1 was not waited for", took, dial)
+	}
+	if !p.Down("n1") {
+		t.Errorf("Down(n1) = false, want true")
+	}
+	if v, _ := metric(t, reg, "ringcast_balancer_dial_fallbacks_total"); v != 1 {
+		t.Errorf("dial fallbacks = %v, want 1", v)
+	}
+	if n := stalled.accepted.Load(); n != 1 {
+		t.Errorf("stalled node got %d connections, want 1", n)
+	}
+	// The next client does not pay for n1 again.
+	start = time.Now()
+	connect(t, addr, "bob", "n2")
+	if n := stalled.accepted.Load(); n != 1 {
+		t.Errorf("stalled node got %d connections after bob, want 1 (it is marked down)", n)
+	}
+	t.Logf("first client welcomed after %v (dial timeout %v), second after %v", took.Round(time.Millisecond), dial, time.Since(start).Round(time.Millisecond))
+}
+
 func TestNoNodeAnswers(t *testing.T) {
 	tests := []struct {
 		name      string
@@ -201,7 +234,7 @@ func TestNodeRefusalRelayed(t *testing.T) {
 	}{
 		{"400 stays 400", func(b *backend) { b.status = http.StatusBadRequest }, http.StatusBadRequest, "refused by n1", false},
 		{"403 stays 403", func(b *backend) { b.status = http.StatusForbidden }, http.StatusForbidden, "refused by n1", false},
-		{"silent node is 502", func(b *backend) { b.hang = true }, http.StatusBadGateway, "read upgrade response", true},
+		{"node silent after its first bytes is 502", func(b *backend) { b.stall = true }, http.StatusBadGateway, "read upgrade response", true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -8,6 +8,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"net/http"
 	"sync"
 	"time"
@@ -30,7 +31,8 @@ type Config struct {
 	QueueBytes   int           // bytes queued per link before it is declared stuck and closed; default 64 MiB
 	MaxFrame     int           // largest frame accepted, bytes; default 1 MiB
 	AckTimeout   time.Duration // Subscribe/Hold wait this long for peers to confirm; default 2s
-	Redial       time.Duration // delay between attempts to re-establish a link; default 200ms
+	Redial       time.Duration // first delay before dialling a peer again after a failed dial; default 200ms
+	RedialMax    time.Duration // the delay doubles per failed dial up to this, with jitter; default 5s
 	Log          *zap.Logger
 }
 
@@ -44,7 +46,8 @@ func DefaultConfig() Config {
 		QueueBytes:   64 << 20,
 		MaxFrame:     1 << 20,
 		AckTimeout:   2 * time.Second,
-		Redial:       200 * time.Millisecond,
+		Redial:       200 * time.Millisecond, // a peer that restarted is linked again this soon
+		RedialMax:    5 * time.Second,        // a dead peer costs one dial per 2.5–5 s until gossip drops it
 	}
 }
 
@@ -77,6 +80,12 @@ func (c *Config) setDefaults() error {
 	if c.Redial <= 0 {
 		c.Redial = d.Redial
 	}
+	if c.RedialMax <= 0 {
+		c.RedialMax = max(d.RedialMax, c.Redial)
+	}
+	if c.RedialMax < c.Redial {
+		return fmt.Errorf("mesh: RedialMax %v < Redial %v", c.RedialMax, c.Redial)
+	}
 	if c.Log == nil {
 		c.Log = zap.NewNop()
 	}
@@ -96,6 +105,7 @@ type Mesh struct {
 	kick     chan struct{}       // peers changed
 	linkc    chan struct{}       // closed and replaced whenever a link starts
 	linked   map[string]bool     // peers that had a link since they joined the peer set
+	retry    map[string]*backoff // peers whose last dial failed; owned by Run
 
 	wg      sync.WaitGroup // link goroutines
 	stopped chan struct{}  // closed when Run returns
@@ -121,6 +131,7 @@ func New(cfg Config, recv bridge.Receiver) (*Mesh, error) {
 		kick:     make(chan struct{}, 1),
 		linkc:    make(chan struct{}),
 		linked:   map[string]bool{},
+		retry:    map[string]*backoff{},
 		stopped:  make(chan struct{}),
 	}, nil
 }
@@ -174,46 +185,96 @@ func (m *Mesh) Run(ctx context.Context) error {
 		m.wg.Wait()
 	}()
 	dialing := map[string]bool{}
-	done := make(chan string)
-	t := time.NewTicker(m.cfg.Redial)
+	done := make(chan dialResult)
+	t := time.NewTimer(0)
 	defer t.Stop()
 	for {
+		now := time.Now()
+		wake := time.Duration(-1) // until the earliest retry; -1: none due
 		m.mu.Lock()
-		for id, addr := range m.peers {
-			if id > m.cfg.ID && m.links[id] == nil && !dialing[id] {
-				dialing[id] = true
-				m.wg.Add(1)
-				go m.dialPeer(ctx, id, addr, done)
+		for id, b := range m.retry {
+			if addr, ok := m.peers[id]; !ok || addr != b.addr {
+				delete(m.retry, id) // left or moved: a fresh start
 			}
 		}
+		for id, addr := range m.peers {
+			if id <= m.cfg.ID || m.links[id] != nil || dialing[id] {
+				continue
+			}
+			if b := m.retry[id]; b != nil && now.Before(b.next) {
+				if d := b.next.Sub(now); wake < 0 || d < wake {
+					wake = d
+				}
+				continue
+			}
+			dialing[id] = true
+			m.wg.Add(1)
+			go m.dialPeer(ctx, id, addr, done)
+		}
 		m.mu.Unlock()
+		t.Stop()
+		if wake >= 0 {
+			t.Reset(wake)
+		}
 		select {
 		case <-ctx.Done():
 			for len(dialing) > 0 {
-				delete(dialing, <-done)
+				delete(dialing, (<-done).id)
 			}
 			return nil
-		case id := <-done:
-			delete(dialing, id)
+		case r := <-done:
+			delete(dialing, r.id)
+			m.mu.Lock()
+			if r.err == nil {
+				delete(m.retry, r.id)
+			} else {
+				b := m.retry[r.id]
+				if b == nil || b.addr != r.addr {
+					b = &backoff{addr: r.addr}
+					m.retry[r.id] = b
+				}
+				b.fail(m.cfg.Redial, m.cfg.RedialMax, time.Now())
+			}
+			m.mu.Unlock()
 		case <-m.kick:
 		case <-t.C:
 		}
 	}
 }
 
-func (m *Mesh) dialPeer(ctx context.Context, id, addr string, done chan<- string) {
+// backoff paces the dials to a peer whose last dial failed.
+type backoff struct {
+	addr     string    // the address that failed
+	failures int       // failed dials in a row
+	next     time.Time // no dial before
+}
+
+// fail records a failed dial at now: the next waits Redial, doubling per
+// failure up to RedialMax, drawn from its upper half so that nodes that
+// lost the same peer do not dial it in step.
+func (b *backoff) fail(base, ceiling time.Duration, now time.Time) {
+	b.failures++
+	d := ceiling
+	if shift := b.failures - 1; shift < 30 && base<<shift < ceiling {
+		d = base << shift
+	}
+	b.next = now.Add(d/2 + rand.N(d/2+1))
+}
+
+type dialResult struct {
+	id, addr string
+	err      error
+}
+
+func (m *Mesh) dialPeer(ctx context.Context, id, addr string, done chan<- dialResult) {
 	defer m.wg.Done()
-	defer func() { done <- id }()
 	nc, br, err := dial(ctx, m.cfg, id, addr)
 	if err != nil {
 		m.log.Debug("dial peer", zap.String("peer", id), zap.String("addr", addr), zap.Error(err))
-		select {
-		case <-ctx.Done():
-		case <-time.After(m.cfg.Redial):
-		}
-		return
+	} else {
+		m.start(newLink(m, id, addr, true, nc, br))
 	}
-	m.start(newLink(m, id, addr, true, nc, br))
+	done <- dialResult{id, addr, err}
 }
 
 // Handler accepts links from peers with a smaller id. Mount it at /v1/mesh.
