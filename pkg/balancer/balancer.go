@@ -50,6 +50,35 @@ func DefaultConfig() Config {
 	}
 }
 
+// LocalConfig is DefaultConfig for a balancer on loopback: any free ports
+// and fast failure detection. Tests and clustertest start from it.
+func LocalConfig() Config {
+	c := DefaultConfig()
+	c.Addr, c.Gossip, c.Detect = "127.0.0.1:0", "127.0.0.1:0", cluster.DetectFast
+	return c
+}
+
+// validate fills zero fields with their defaults and rejects negatives.
+func (c *Config) validate() error {
+	d := DefaultConfig()
+	if c.Addr == "" {
+		c.Addr = d.Addr
+	}
+	if c.Gossip == "" {
+		c.Gossip = d.Gossip
+	}
+	if c.APITimeout < 0 {
+		return fmt.Errorf("balancer: APITimeout %v < 0", c.APITimeout)
+	}
+	if c.APITimeout == 0 {
+		c.APITimeout = d.APITimeout
+	}
+	if c.Log == nil {
+		c.Log = zap.NewNop()
+	}
+	return nil
+}
+
 // Server is a running balancer.
 type Server struct {
 	cfg     Config
@@ -65,18 +94,8 @@ type Server struct {
 
 // New binds the balancer's sockets; Run starts it.
 func New(cfg Config) (*Server, error) {
-	d := DefaultConfig()
-	if cfg.Addr == "" {
-		cfg.Addr = d.Addr
-	}
-	if cfg.Gossip == "" {
-		cfg.Gossip = d.Gossip
-	}
-	if cfg.APITimeout == 0 {
-		cfg.APITimeout = d.APITimeout
-	}
-	if cfg.Log == nil {
-		cfg.Log = zap.NewNop()
+	if err := cfg.validate(); err != nil {
+		return nil, err
 	}
 	s := &Server{cfg: cfg, log: cfg.Log, reg: cfg.Registry}
 	if s.reg == nil {
@@ -156,7 +175,9 @@ func (s *Server) Run(ctx context.Context) error {
 	select {
 	case <-ctx.Done():
 	case <-gctx.Done():
-		err = errors.New("balancer part stopped")
+		// A part failed: shut the rest down and return why.
+		err = fmt.Errorf("balancer stopped: %w", context.Cause(gctx))
+		s.log.Error("part failed, shutting down", zap.Error(context.Cause(gctx)))
 	}
 	if lerr := s.cluster.Leave(time.Second); lerr != nil {
 		s.log.Warn("leave gossip", zap.Error(lerr))
@@ -168,8 +189,8 @@ func (s *Server) Run(ctx context.Context) error {
 	s.api.CloseIdleConnections()
 	stopWatch()
 	stopCluster()
-	if gerr := g.Wait(); err == nil {
-		err = gerr
+	if gerr := g.Wait(); err == nil && gerr != nil {
+		err = fmt.Errorf("balancer stopped: %w", gerr)
 	}
 	s.log.Info("balancer stopped")
 	return err

@@ -16,21 +16,11 @@ import (
 	"go.uber.org/goleak"
 	"go.uber.org/zap/zaptest"
 
+	"github.com/ringcast/ringcast/internal/testkit"
 	"github.com/ringcast/ringcast/pkg/wire"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
-
-// eventually polls cond every 5ms for up to within and reports whether it
-// held; the caller reports the state it found.
-func eventually(within time.Duration, cond func() bool) bool {
-	for deadline := time.Now().Add(within); !cond(); time.Sleep(5 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			return false
-		}
-	}
-	return true
-}
 
 // recorder collects what the client reports through its callbacks.
 type recorder struct {
@@ -110,7 +100,7 @@ func start(t testing.TB, cfg Config, prep ...func(*Client)) *Client {
 
 func connected(t testing.TB, c *Client) {
 	t.Helper()
-	if !eventually(2*time.Second, func() bool { return c.State() == StateConnected }) {
+	if !testkit.Until(2*time.Second, func() bool { return c.State() == StateConnected }) {
 		t.Fatalf("state = %v, want connected", c.State())
 	}
 }
@@ -143,7 +133,7 @@ func TestConnectAndClose(t *testing.T) {
 	c.Close()
 	want := []State{StateConnecting, StateConnected, StateClosed}
 	states := func() []State { return get(r, func() []State { return slices.Clone(r.states) }) }
-	if !eventually(2*time.Second, func() bool { return slices.Equal(states(), want) }) {
+	if !testkit.Until(2*time.Second, func() bool { return slices.Equal(states(), want) }) {
 		t.Fatalf("states = %v, want %v", states(), want)
 	}
 	if err := c.Publish(context.Background(), "room", 1); !errors.Is(err, ErrNotConnected) {
@@ -170,7 +160,7 @@ func TestPublishAndSend(t *testing.T) {
 	}
 	want := Message{Channel: "room", Data: json.RawMessage(`{"n":1}`), From: "alice", Offset: 1, Epoch: "e1", HasOffset: true}
 	for name, r := range map[string]*recorder{"alice": alice, "bob": bob} {
-		if !eventually(2*time.Second, func() bool { return len(r.messages()) == 1 }) {
+		if !testkit.Until(2*time.Second, func() bool { return len(r.messages()) == 1 }) {
 			t.Fatalf("%s got %v, want 1 message", name, offsets(r.messages()))
 		}
 		if got := r.messages()[0]; !equalMessage(got, want) {
@@ -181,7 +171,7 @@ func TestPublishAndSend(t *testing.T) {
 	if err := b.Send(ctx, "alice", "hi"); err != nil {
 		t.Fatalf("Send = %v, want nil", err)
 	}
-	if !eventually(2*time.Second, func() bool { return len(get(alice, func() []Direct { return alice.directs })) == 1 }) {
+	if !testkit.Until(2*time.Second, func() bool { return len(get(alice, func() []Direct { return alice.directs })) == 1 }) {
 		t.Fatal("no direct message")
 	}
 	if d := get(alice, func() Direct { return alice.directs[0] }); d.From != "bob" || string(d.Data) != `"hi"` {
@@ -220,14 +210,14 @@ func TestPublishErrors(t *testing.T) {
 	before := srv.count(&srv.publishes)
 	done := make(chan error, 1)
 	go func() { done <- c.Publish(ctx, "room", 1) }()
-	if !eventually(2*time.Second, func() bool { return srv.count(&srv.publishes) == before+1 }) {
+	if !testkit.Until(2*time.Second, func() bool { return srv.count(&srv.publishes) == before+1 }) {
 		t.Fatal("publish never reached the server")
 	}
 	srv.drop()
 	if err := <-done; !errors.Is(err, ErrDisconnected) {
 		t.Errorf("Publish across a drop = %v, want ErrDisconnected", err)
 	}
-	if !eventually(2*time.Second, func() bool { return c.Reconnects() == 1 }) {
+	if !testkit.Until(2*time.Second, func() bool { return c.Reconnects() == 1 }) {
 		t.Fatalf("Reconnects() = %d, want 1", c.Reconnects())
 	}
 	if got := srv.count(&srv.publishes); got != before+1 {
@@ -267,7 +257,7 @@ func TestResubscribeRecovers(t *testing.T) {
 			t.Fatalf("Publish = %v", err)
 		}
 	}
-	if !eventually(2*time.Second, func() bool { return len(r.messages()) == 2 }) {
+	if !testkit.Until(2*time.Second, func() bool { return len(r.messages()) == 2 }) {
 		t.Fatalf("got %v, want 2 messages", offsets(r.messages()))
 	}
 
@@ -277,7 +267,7 @@ func TestResubscribeRecovers(t *testing.T) {
 		s.dropLocked()
 		s.publishLocked("room", json.RawMessage(`2`), "bob")
 	})
-	if !eventually(2*time.Second, func() bool { return len(r.messages()) == 3 }) {
+	if !testkit.Until(2*time.Second, func() bool { return len(r.messages()) == 3 }) {
 		t.Fatalf("got %v, want 3 messages", offsets(r.messages()))
 	}
 	if got := srv.lastSubscribe().Since; got == nil || *got != (wire.Position{Epoch: "e1", Offset: 2}) {
@@ -293,7 +283,7 @@ func TestResubscribeRecovers(t *testing.T) {
 		s.dropLocked()
 		s.epoch, s.history = "e2", map[string][]wire.Frame{}
 	})
-	if !eventually(2*time.Second, func() bool { return len(get(r, func() []wire.Frame { return r.subscribed })) == 3 }) {
+	if !testkit.Until(2*time.Second, func() bool { return len(get(r, func() []wire.Frame { return r.subscribed })) == 3 }) {
 		t.Fatal("no subscribed reply after the history loss")
 	}
 	if s := get(r, func() wire.Frame { return r.subscribed[2] }); s.Recovered == nil || *s.Recovered || s.Epoch != "e2" {
@@ -303,7 +293,7 @@ func TestResubscribeRecovers(t *testing.T) {
 		t.Fatalf("Publish = %v", err)
 	}
 	want := []string{"e1:1", "e1:2", "e1:3", "e2:1"}
-	if !eventually(2*time.Second, func() bool { return len(r.messages()) == 4 }) {
+	if !testkit.Until(2*time.Second, func() bool { return len(r.messages()) == 4 }) {
 		t.Fatalf("got %v, want %v", offsets(r.messages()), want)
 	}
 	if got := offsets(r.messages()); !slices.Equal(got, want) {
@@ -341,7 +331,7 @@ func TestDuplicatesDropped(t *testing.T) {
 		srv.inject(f)
 	}
 	want := []string{"e1:1", "e1:2", "e1:3", `-:"x"`, `-:"x"`}
-	if !eventually(2*time.Second, func() bool { return len(r.messages()) >= len(want) }) {
+	if !testkit.Until(2*time.Second, func() bool { return len(r.messages()) >= len(want) }) {
 		t.Fatalf("got %v, want %v", offsets(r.messages()), want)
 	}
 	if got := offsets(r.messages()); !slices.Equal(got, want) {
@@ -368,7 +358,7 @@ func TestUnsubscribe(t *testing.T) {
 	// bring the subscription back.
 	srv.inject(wire.Frame{Op: wire.OpMessage, Channel: "room", Data: json.RawMessage(`1`)})
 	srv.drop()
-	if !eventually(2*time.Second, func() bool { return c.Reconnects() == 1 }) {
+	if !testkit.Until(2*time.Second, func() bool { return c.Reconnects() == 1 }) {
 		t.Fatalf("Reconnects() = %d, want 1", c.Reconnects())
 	}
 	subscribe(t, c, "marker", func(Message) {}) // its reply follows anything sent before it
@@ -407,7 +397,7 @@ func TestSubscribeBeforeConnect(t *testing.T) {
 	if err := c.Publish(context.Background(), "room", 1); err != nil {
 		t.Fatalf("Publish = %v", err)
 	}
-	if !eventually(2*time.Second, func() bool { return len(r.messages()) == 1 }) {
+	if !testkit.Until(2*time.Second, func() bool { return len(r.messages()) == 1 }) {
 		t.Fatalf("got %v, want 1 message", offsets(r.messages()))
 	}
 }
@@ -429,7 +419,7 @@ func TestPublishFromHandler(t *testing.T) {
 	if err := <-errc; err != nil {
 		t.Errorf("Publish from handler = %v, want nil", err)
 	}
-	if !eventually(2*time.Second, func() bool { return len(r.messages()) == 1 }) {
+	if !testkit.Until(2*time.Second, func() bool { return len(r.messages()) == 1 }) {
 		t.Fatal("echo not delivered")
 	}
 }
@@ -459,7 +449,7 @@ func TestReconnectWithoutBackoff(t *testing.T) {
 			connected(t, c)
 			t0 := time.Now()
 			tc.fault(srv)
-			if !eventually(3*time.Second, func() bool { return c.Reconnects() == 1 }) {
+			if !testkit.Until(3*time.Second, func() bool { return c.Reconnects() == 1 }) {
 				t.Fatalf("Reconnects() = %d, want 1", c.Reconnects())
 			}
 			d := time.Since(t0)
@@ -483,7 +473,7 @@ func TestHeartbeatDetectsSilentServer(t *testing.T) {
 	connected(t, c)
 
 	// Pongs keep the link alive past 2× heartbeat.
-	if !eventually(2*time.Second, func() bool { return srv.count(&srv.pings) >= 3 }) {
+	if !testkit.Until(2*time.Second, func() bool { return srv.count(&srv.pings) >= 3 }) {
 		t.Fatalf("server got %d pings, want 3", srv.count(&srv.pings))
 	}
 	if n := c.Reconnects(); n != 0 {
@@ -493,7 +483,7 @@ func TestHeartbeatDetectsSilentServer(t *testing.T) {
 	t0 := time.Now()
 	srv.blackhole()
 	within := 2*hb + cfg.MaxBackoff + 300*time.Millisecond
-	if !eventually(within, func() bool { return c.Reconnects() == 1 }) {
+	if !testkit.Until(within, func() bool { return c.Reconnects() == 1 }) {
 		t.Fatalf("Reconnects() = %d %v after the server went silent, want 1", c.Reconnects(), within)
 	}
 	t.Logf("heartbeat %v: reconnected %v after the server went silent", hb, time.Since(t0))
@@ -546,7 +536,7 @@ func TestHungHandshake(t *testing.T) {
 			start(t, cfg)
 			// Two attempts in 2s: the client gives up on each and keeps trying.
 			var errs []error
-			if !eventually(2*time.Second, func() bool {
+			if !testkit.Until(2*time.Second, func() bool {
 				errs = get(r, func() []error {
 					return slices.DeleteFunc(slices.Clone(r.errs), func(err error) bool { return err == nil })
 				})
@@ -695,7 +685,7 @@ func TestGapResubscribes(t *testing.T) {
 	} {
 		srv.inject(wire.Frame{Op: wire.OpMessage, Channel: "room", Epoch: "e1", Offset: wire.Uint64(1), Data: json.RawMessage("1")})
 		srv.inject(wire.Frame{Op: wire.OpMessage, Channel: "room", Epoch: tc.epoch, Offset: wire.Uint64(tc.offset), Data: json.RawMessage("0")})
-		if !eventually(2*time.Second, func() bool { return len(srv.subscribesCopy()) > before }) {
+		if !testkit.Until(2*time.Second, func() bool { return len(srv.subscribesCopy()) > before }) {
 			t.Fatalf("message %s:%d after e1:1: no resubscribe", tc.epoch, tc.offset)
 		}
 		subs := srv.subscribesCopy()

@@ -14,24 +14,11 @@ import (
 	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest/observer"
 
-	"github.com/ringcast/ringcast/pkg/clustertest"
+	"github.com/ringcast/ringcast/internal/testkit"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m, clustertest.MemberlistLeaks...) }
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m, testkit.MemberlistLeaks...) }
 
-// eventually polls cond every 10 ms until it holds or timeout passes.
-func eventually(t *testing.T, timeout time.Duration, cond func() bool, format string, args ...any) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("after %v: "+format, append([]any{timeout}, args...)...)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
-// start runs a fast-detection member on 127.0.0.1 until the test ends.
 func start(t *testing.T, cfg Config) *Cluster {
 	t.Helper()
 	if cfg.Bind == "" {
@@ -155,7 +142,7 @@ func TestConverge(t *testing.T) {
 	nodes := startNodes(t, 3)
 	b := start(t, Config{ID: "b", Role: RoleBalancer, Join: []string{nodes[2].GossipAddr()}})
 	all := append(slices.Clone(nodes), b)
-	eventually(t, 10*time.Second, func() bool {
+	testkit.Eventually(t, 10*time.Second, func() bool {
 		if !converged(all, "1", "2", "3") {
 			return false
 		}
@@ -196,7 +183,7 @@ func TestConverge(t *testing.T) {
 
 func TestBalancerJoinKeepsEpoch(t *testing.T) {
 	n := start(t, Config{ID: "1"})
-	eventually(t, 2*time.Second, func() bool { return n.View().Epoch == 1 }, "first view not built")
+	testkit.Eventually(t, 2*time.Second, func() bool { return n.View().Epoch == 1 }, "first view not built")
 	changed := n.Changes()
 	v := n.View()
 	start(t, Config{ID: "b", Role: RoleBalancer, Join: []string{n.GossipAddr()}})
@@ -213,7 +200,7 @@ func TestBalancerJoinKeepsEpoch(t *testing.T) {
 
 func TestGracefulLeave(t *testing.T) {
 	cs := startNodes(t, 3)
-	eventually(t, 10*time.Second, func() bool { return converged(cs, "1", "2", "3") }, "did not converge:%s", dump(cs))
+	testkit.Eventually(t, 10*time.Second, func() bool { return converged(cs, "1", "2", "3") }, "did not converge:%s", dump(cs))
 	epoch := cs[0].View().Epoch
 	changed := cs[0].Changes()
 
@@ -223,7 +210,7 @@ func TestGracefulLeave(t *testing.T) {
 	if err := cs[2].Leave(time.Second); err != nil {
 		t.Errorf("second Leave() = %v, want nil", err)
 	}
-	eventually(t, 10*time.Second, func() bool {
+	testkit.Eventually(t, 10*time.Second, func() bool {
 		return converged(cs, "1", "2") && state(cs[0], "3") == StateLeft && state(cs[1], "3") == StateLeft && state(cs[2], "3") == StateLeft
 	}, "leave not seen:%s", dump(cs))
 	select {
@@ -238,12 +225,12 @@ func TestGracefulLeave(t *testing.T) {
 
 func TestCrashDetection(t *testing.T) {
 	cs := startNodes(t, 3)
-	eventually(t, 10*time.Second, func() bool { return converged(cs, "1", "2", "3") }, "did not converge:%s", dump(cs))
+	testkit.Eventually(t, 10*time.Second, func() bool { return converged(cs, "1", "2", "3") }, "did not converge:%s", dump(cs))
 	epoch := cs[0].View().Epoch
 
 	began := time.Now()
 	cs[2].shutdown() // no leave: peers see a crash
-	eventually(t, 2*time.Second, func() bool {
+	testkit.Eventually(t, 2*time.Second, func() bool {
 		return state(cs[0], "3") == StateDead && state(cs[1], "3") == StateDead
 	}, "crash not detected:%s", dump(cs))
 	took := time.Since(began)
@@ -268,15 +255,15 @@ func TestJoinLateSeedAndRejoin(t *testing.T) {
 
 	core, logs := observer.New(zapcore.DebugLevel)
 	b := start(t, Config{ID: "b", Role: RoleBalancer, Join: []string{seedAddr}, Log: zap.New(core)})
-	eventually(t, 10*time.Second, func() bool { return logs.FilterMessage("join seeds").Len() > 0 }, "no failed join attempt logged")
+	testkit.Eventually(t, 10*time.Second, func() bool { return logs.FilterMessage("join seeds").Len() > 0 }, "no failed join attempt logged")
 
 	seed := start(t, Config{ID: "1", Bind: seedAddr})
-	eventually(t, 10*time.Second, func() bool { return converged([]*Cluster{b, seed}, "1") && len(seed.View().Members) == 2 }, "late seed not joined:%s", dump{b, seed})
+	testkit.Eventually(t, 10*time.Second, func() bool { return converged([]*Cluster{b, seed}, "1") && len(seed.View().Members) == 2 }, "late seed not joined:%s", dump{b, seed})
 
 	seed.shutdown()
-	eventually(t, 3*time.Second, func() bool { return state(b, "1") == StateDead }, "seed crash not detected:%s", dump{b})
+	testkit.Eventually(t, 3*time.Second, func() bool { return state(b, "1") == StateDead }, "seed crash not detected:%s", dump{b})
 	seed2 := start(t, Config{ID: "1", Bind: seedAddr})
-	eventually(t, 10*time.Second, func() bool {
+	testkit.Eventually(t, 10*time.Second, func() bool {
 		return state(b, "1") == StateAlive && state(seed2, "b") == StateAlive
 	}, "restarted seed not re-merged:%s", dump{b, seed2})
 }
@@ -284,7 +271,7 @@ func TestJoinLateSeedAndRejoin(t *testing.T) {
 func TestEncryption(t *testing.T) {
 	a := start(t, Config{ID: "1", Key: []byte("secret")})
 	b := start(t, Config{ID: "2", Key: []byte("secret"), Join: []string{a.GossipAddr()}})
-	eventually(t, 10*time.Second, func() bool { return converged([]*Cluster{a, b}, "1", "2") }, "keyed members did not converge:%s", dump{a, b})
+	testkit.Eventually(t, 10*time.Second, func() bool { return converged([]*Cluster{a, b}, "1", "2") }, "keyed members did not converge:%s", dump{a, b})
 
 	for _, key := range [][]byte{nil, []byte("other")} {
 		c := start(t, Config{ID: "3", Key: key})

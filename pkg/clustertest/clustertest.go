@@ -22,6 +22,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/ringcast/ringcast/internal/testkit"
 )
 
 // Options describe a cluster.
@@ -317,7 +319,7 @@ func (c *Cluster) Owner(ctx context.Context, clientID string) (string, error) {
 // WaitConverged waits until every balancer sees n alive nodes and every
 // running node reports ready.
 func (c *Cluster) WaitConverged(ctx context.Context, n int) error {
-	return Eventually(ctx, 30*time.Second, func() error {
+	return testkit.Wait(ctx, 30*time.Second, func() error {
 		if err := c.seeAlive(ctx, n); err != nil {
 			return err
 		}
@@ -335,7 +337,7 @@ func (c *Cluster) WaitConverged(ctx context.Context, n int) error {
 
 // WaitAlive waits until every balancer sees exactly n alive nodes.
 func (c *Cluster) WaitAlive(ctx context.Context, n int, timeout time.Duration) error {
-	return Eventually(ctx, timeout, func() error { return c.seeAlive(ctx, n) })
+	return testkit.Wait(ctx, timeout, func() error { return c.seeAlive(ctx, n) })
 }
 
 func (c *Cluster) seeAlive(ctx context.Context, n int) error {
@@ -349,26 +351,6 @@ func (c *Cluster) seeAlive(ctx context.Context, n int) error {
 		}
 	}
 	return nil
-}
-
-// Eventually polls f every 20 ms until it returns nil or timeout passes,
-// returning f's last error.
-func Eventually(ctx context.Context, timeout time.Duration, f func() error) error {
-	ctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
-	t := time.NewTicker(20 * time.Millisecond)
-	defer t.Stop()
-	for {
-		err := f()
-		if err == nil {
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			return err
-		case <-t.C:
-		}
-	}
 }
 
 var httpClient = &http.Client{Timeout: 5 * time.Second}

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ringcast/ringcast/internal/testkit"
 	"github.com/ringcast/ringcast/pkg/client"
 )
 
@@ -121,7 +122,7 @@ func TestCrossNodeDelivery(t *testing.T) {
 	if code, err := PostJSON(ctx, c.HTTP()+"/v1/send", map[string]any{"client_id": to.ID, "data": "over http"}, &sent); err != nil || code != 200 || !sent.Delivered {
 		t.Fatalf("POST /v1/send = %d %v %+v, want delivered", code, err, sent)
 	}
-	err := Eventually(ctx, 5*time.Second, func() error {
+	err := testkit.Wait(ctx, 5*time.Second, func() error {
 		if d := to.Directs(); len(d) != 2 {
 			return fmt.Errorf("%s got %d directs, want 2", to.ID, len(d))
 		}

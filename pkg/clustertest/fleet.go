@@ -7,6 +7,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/ringcast/ringcast/internal/testkit"
 	"github.com/ringcast/ringcast/pkg/client"
 	"github.com/ringcast/ringcast/pkg/wire"
 )
@@ -96,7 +97,7 @@ func NewFleet(ctx context.Context, url, prefix string, n int, channels []string,
 			c.Run(rctx)
 		}()
 	}
-	err := Eventually(ctx, 30*time.Second, func() error {
+	err := testkit.Wait(ctx, 30*time.Second, func() error {
 		for _, m := range f.Clients {
 			m.mu.Lock()
 			ok := len(m.subscribed) == len(channels) && m.node != ""
@@ -178,7 +179,7 @@ func (m *Member) HasData(channel string, want any) bool {
 
 // WaitAll waits until every member satisfies ok.
 func (f *Fleet) WaitAll(ctx context.Context, timeout time.Duration, what string, ok func(*Member) bool) error {
-	return Eventually(ctx, timeout, func() error {
+	return testkit.Wait(ctx, timeout, func() error {
 		n := 0
 		var first string
 		for _, m := range f.Clients {

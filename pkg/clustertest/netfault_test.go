@@ -7,6 +7,8 @@ import (
 	"errors"
 	"testing"
 	"time"
+
+	"github.com/ringcast/ringcast/internal/testkit"
 )
 
 func TestNetCutAndHeal(t *testing.T) {
@@ -30,14 +32,14 @@ func TestNetCutAndHeal(t *testing.T) {
 	defer c.Close()
 	ready := func() error { return GetJSON(ctx, "http://"+c.Nodes[0].Addr+"/readyz", nil) }
 	// Ready once its mesh link to n2 is up (it may lag the membership).
-	if err := Eventually(ctx, 10*time.Second, ready); err != nil {
+	if err := testkit.Wait(ctx, 10*time.Second, ready); err != nil {
 		t.Fatalf("n1 not ready before the cut: %v", err)
 	}
 	// Cut off from its only peer, n1 loses its mesh link and says so.
 	if err := n.Cut("n1", "n2"); err != nil {
 		t.Fatal(err)
 	}
-	if err := Eventually(ctx, 15*time.Second, func() error {
+	if err := testkit.Wait(ctx, 15*time.Second, func() error {
 		if ready() == nil {
 			return errors.New("n1 still ready")
 		}
@@ -48,7 +50,7 @@ func TestNetCutAndHeal(t *testing.T) {
 	if err := n.Heal("n1"); err != nil {
 		t.Fatal(err)
 	}
-	if err := Eventually(ctx, 15*time.Second, ready); err != nil {
+	if err := testkit.Wait(ctx, 15*time.Second, ready); err != nil {
 		t.Fatalf("after Heal(n1): %v", err)
 	}
 }

@@ -13,6 +13,7 @@ import (
 	"github.com/gobwas/ws"
 	"github.com/gobwas/ws/wsutil"
 
+	"github.com/ringcast/ringcast/internal/testkit"
 	"github.com/ringcast/ringcast/pkg/bridge/redis/redistest"
 	"github.com/ringcast/ringcast/pkg/wire"
 )
@@ -139,7 +140,7 @@ func TestRedisOutage(t *testing.T) {
 	rs.Kill()
 	killed := time.Now()
 	for _, n := range c.Nodes {
-		err := Eventually(ctx, 5*time.Second, func() error {
+		err := testkit.Wait(ctx, 5*time.Second, func() error {
 			if GetJSON(ctx, "http://"+n.Addr+"/readyz", nil) == nil {
 				return fmt.Errorf("%s still ready", n.Name)
 			}
@@ -171,7 +172,7 @@ func TestRedisOutage(t *testing.T) {
 	if err := f.WaitAll(ctx, 10*time.Second, "told recovered:false", func(m *Member) bool { return m.Unrecovered() > 0 }); err != nil {
 		t.Fatal(err)
 	}
-	if err := Eventually(ctx, 10*time.Second, func() error {
+	if err := testkit.Wait(ctx, 10*time.Second, func() error {
 		if code := publish(t, c, "news", "after"); code != 200 {
 			return fmt.Errorf("publish = %d", code)
 		}
@@ -221,7 +222,7 @@ func TestRedisFailoverNoLoss(t *testing.T) {
 		}
 	}()
 	waitAcked := func(n int) {
-		Eventually(ctx, 10*time.Second, func() error {
+		testkit.Wait(ctx, 10*time.Second, func() error {
 			mu.Lock()
 			defer mu.Unlock()
 			if len(acked) < n {

@@ -283,7 +283,9 @@ func (s *Server) Run(ctx context.Context) error {
 	select {
 	case <-ctx.Done():
 	case <-gctx.Done():
-		err = errors.New("node part stopped")
+		// A part failed: shut the rest down and return why.
+		err = fmt.Errorf("node stopped: %w", context.Cause(gctx))
+		s.log.Error("part failed, shutting down", zap.Error(context.Cause(gctx)))
 	}
 	s.log.Info("node draining", zap.Duration("window", s.cfg.DrainWindow))
 	if lerr := s.cluster.Leave(time.Second); lerr != nil {
@@ -303,8 +305,8 @@ func (s *Server) Run(ctx context.Context) error {
 	s.wg.Wait()
 	stopBridge()
 	stopCluster()
-	if gerr := g.Wait(); err == nil {
-		err = gerr
+	if gerr := g.Wait(); err == nil && gerr != nil {
+		err = fmt.Errorf("node stopped: %w", gerr)
 	}
 	s.log.Info("node stopped")
 	return err

@@ -18,25 +18,12 @@ import (
 	"github.com/gobwas/ws/wsutil"
 	"go.uber.org/goleak"
 
-	"github.com/ringcast/ringcast/pkg/clustertest"
+	"github.com/ringcast/ringcast/internal/testkit"
 	"github.com/ringcast/ringcast/pkg/wire"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m, clustertest.MemberlistLeaks...) }
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m, testkit.MemberlistLeaks...) }
 
-// eventually polls cond every 10 ms until it holds or timeout passes.
-func eventually(t *testing.T, timeout time.Duration, cond func() bool, format string, args ...any) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("after %v: "+format, append([]any{timeout}, args...)...)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
-// testNode is a single-node cluster on 127.0.0.1.
 type testNode struct {
 	*Server
 	cancel context.CancelFunc
@@ -64,7 +51,7 @@ func startNode(t *testing.T, edit func(*Config)) *testNode {
 	n := &testNode{Server: s, cancel: cancel, done: make(chan error, 1)}
 	go func() { n.done <- s.Run(ctx) }()
 	t.Cleanup(func() { n.stop(t) })
-	eventually(t, 5*time.Second, func() bool {
+	testkit.Eventually(t, 5*time.Second, func() bool {
 		code, _ := n.get(t, "/readyz")
 		return code == http.StatusOK
 	}, "/readyz never answered 200")
@@ -640,7 +627,7 @@ func TestReplacedConnection(t *testing.T) {
 	if d := newer.expect(wire.OpDirect); d.From != "bob" {
 		t.Errorf("direct = %+v, want from bob", d)
 	}
-	eventually(t, 5*time.Second, func() bool {
+	testkit.Eventually(t, 5*time.Second, func() bool {
 		_, body := n.get(t, "/metrics")
 		return strings.Contains(body, "ringcast_node_connections 2")
 	}, "the replaced connection is still attached")
@@ -719,5 +706,19 @@ func TestShutdownWithChattyClient(t *testing.T) {
 		}
 	case <-time.After(5 * time.Second): // DrainWindow 200 ms + grace
 		t.Fatalf("Run has not returned 5s after cancel")
+	}
+}
+
+func TestRunReturnsTheFailedPart(t *testing.T) {
+	n := startNode(t, nil)
+	n.ln.Close() // the HTTP server's Serve fails
+	select {
+	case err := <-n.done:
+		if err == nil || !strings.Contains(err.Error(), "serve http") || !errors.Is(err, net.ErrClosed) {
+			t.Fatalf("Run = %v, want the serve http error wrapping net.ErrClosed", err)
+		}
+		close(n.done)
+	case <-time.After(10 * time.Second):
+		t.Fatal("Run did not return within 10s of its HTTP server failing")
 	}
 }

@@ -11,6 +11,7 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest/observer"
 
+	"github.com/ringcast/ringcast/internal/testkit"
 	"github.com/ringcast/ringcast/pkg/cluster"
 )
 
@@ -58,7 +59,7 @@ func TestRefusedJoinNotReady(t *testing.T) {
 	t.Cleanup(func() { n.stop(t) })
 
 	refusals := func() int { return logs.FilterMessage("seeds refuse the join: check -cluster-key").Len() }
-	eventually(t, 5*time.Second, func() bool { return refusals() > 0 }, "no warning about the refused join")
+	testkit.Eventually(t, 5*time.Second, func() bool { return refusals() > 0 }, "no warning about the refused join")
 	// By now the node is in a ring of its own; 2 s of retries later it still
 	// is, says so, and has not logged again.
 	deadline := time.Now().Add(2 * time.Second)

@@ -19,6 +19,8 @@ import (
 	"time"
 
 	"github.com/gobwas/ws"
+
+	"github.com/ringcast/ringcast/internal/testkit"
 )
 
 func TestConfigDefaults(t *testing.T) {
@@ -141,7 +143,7 @@ func TestFallbackMarksDown(t *testing.T) {
 	if !p.Down("n1") || p.Down("n2") {
 		t.Errorf("Down(n1), Down(n2) = %v, %v, want true, false", p.Down("n1"), p.Down("n2"))
 	}
-	if v, _ := metric(t, reg, "ringcast_balancer_dial_fallbacks_total"); v != 1 {
+	if v, _ := testkit.Metric(t, reg, "ringcast_balancer_dial_fallbacks_total"); v != 1 {
 		t.Errorf("dial fallbacks = %v, want 1", v)
 	}
 	if calls := pick.pickCalls(); !slices.Equal(calls[1], []string{"n1"}) {
@@ -154,7 +156,7 @@ func TestFallbackMarksDown(t *testing.T) {
 	if got := calls[len(calls)-1]; !slices.Equal(got, []string{"n1"}) {
 		t.Errorf("Pick for bob excluded %q, want [n1]", got)
 	}
-	if v, _ := metric(t, reg, "ringcast_balancer_dial_fallbacks_total"); v != 1 {
+	if v, _ := testkit.Metric(t, reg, "ringcast_balancer_dial_fallbacks_total"); v != 1 {
 		t.Errorf("dial fallbacks after bob = %v, want 1", v)
 	}
 }
@@ -177,7 +179,7 @@ func TestStalledNodeFallsBack(t *testing.T) {
 	if !p.Down("n1") {
 		t.Errorf("Down(n1) = false, want true")
 	}
-	if v, _ := metric(t, reg, "ringcast_balancer_dial_fallbacks_total"); v != 1 {
+	if v, _ := testkit.Metric(t, reg, "ringcast_balancer_dial_fallbacks_total"); v != 1 {
 		t.Errorf("dial fallbacks = %v, want 1", v)
 	}
 	if n := stalled.accepted.Load(); n != 1 {
@@ -275,8 +277,8 @@ func TestEchoRoundTrips(t *testing.T) {
 	for i := range conns {
 		conns[i] = connect(t, addr, fmt.Sprintf("c%d", i), "n1")
 	}
-	eventually(t, "8 connections on n1", func() bool { return p.Connections()["n1"] == clients })
-	if v, _ := metric(t, reg, "ringcast_balancer_connections", "n1"); v != clients {
+	testkit.Eventually(t, ioTimeout, func() bool { return p.Connections()["n1"] == clients }, "8 connections on n1")
+	if v, _ := testkit.Metric(t, reg, "ringcast_balancer_connections", "n1"); v != clients {
 		t.Errorf("connections gauge = %v, want %d", v, clients)
 	}
 
@@ -308,8 +310,8 @@ func TestEchoRoundTrips(t *testing.T) {
 	for err := range errs {
 		t.Error(err)
 	}
-	toNode, _ := metric(t, reg, "ringcast_balancer_proxied_bytes_total", "to_node")
-	toClient, _ := metric(t, reg, "ringcast_balancer_proxied_bytes_total", "to_client")
+	toNode, _ := testkit.Metric(t, reg, "ringcast_balancer_proxied_bytes_total", "to_node")
+	toClient, _ := testkit.Metric(t, reg, "ringcast_balancer_proxied_bytes_total", "to_client")
 	if int64(toNode) != sent || int64(toClient) < sent {
 		t.Errorf("proxied bytes to_node %v, to_client %v, want %d and at least %d", toNode, toClient, sent, sent)
 	}
@@ -366,7 +368,7 @@ func TestHalfClose(t *testing.T) {
 	if err != nil || string(rest) != "last words" {
 		t.Errorf("after half-close read %q, %v, want %q then EOF", rest, err, "last words")
 	}
-	eventually(t, "no connections", func() bool { return len(p.Connections()) == 0 })
+	testkit.Eventually(t, ioTimeout, func() bool { return len(p.Connections()) == 0 }, "no connections")
 }
 
 func TestCloseNode(t *testing.T) {
@@ -382,7 +384,7 @@ func TestCloseNode(t *testing.T) {
 		on2 = append(on2, connect(t, addr, fmt.Sprintf("n2-%d", i), "n2"))
 	}
 	want := map[string]int{"n1": 3, "n2": 2}
-	eventually(t, "3 on n1 and 2 on n2", func() bool { return maps.Equal(p.Connections(), want) })
+	testkit.Eventually(t, ioTimeout, func() bool { return maps.Equal(p.Connections(), want) }, "3 on n1 and 2 on n2")
 
 	if got := p.CloseNode("n1"); got != 3 {
 		t.Errorf("CloseNode(n1) = %d, want 3", got)
@@ -398,8 +400,8 @@ func TestCloseNode(t *testing.T) {
 		}
 	}
 	want = map[string]int{"n2": 2}
-	eventually(t, "only n2 connections", func() bool { return maps.Equal(p.Connections(), want) })
-	if _, ok := metric(t, reg, "ringcast_balancer_connections", "n1"); ok {
+	testkit.Eventually(t, ioTimeout, func() bool { return maps.Equal(p.Connections(), want) }, "only n2 connections")
+	if _, ok := testkit.Metric(t, reg, "ringcast_balancer_connections", "n1"); ok {
 		t.Error("connections gauge for n1 still exported, want it removed")
 	}
 	if got := p.CloseNode("n1"); got != 0 {
@@ -447,7 +449,7 @@ func TestIdleTimeout(t *testing.T) {
 	if err := busy.echo([]byte("ping")); err != nil {
 		t.Errorf("busy client after quiet one closed: %v", err)
 	}
-	eventually(t, "one connection on n1", func() bool { return p.Connections()["n1"] == 1 })
+	testkit.Eventually(t, ioTimeout, func() bool { return p.Connections()["n1"] == 1 }, "one connection on n1")
 }
 
 func TestNodeCrash(t *testing.T) {
@@ -460,7 +462,7 @@ func TestNodeCrash(t *testing.T) {
 		t.Errorf("client read error %v after the node went away, want EOF", err)
 	}
 	// The client keeps its side open: the relay ends after drainTimeout.
-	eventually(t, "no connections", func() bool { return len(p.Connections()) == 0 })
+	testkit.Eventually(t, ioTimeout, func() bool { return len(p.Connections()) == 0 }, "no connections")
 }
 
 // TestTLSClient covers a client connection without a usable file descriptor

@@ -12,6 +12,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/ringcast/ringcast/internal/testkit"
 )
 
 func countFDs(tb testing.TB) int {
@@ -37,7 +39,7 @@ func TestFDsPerConnection(t *testing.T) {
 	for i := range conns {
 		conns[i] = connect(t, addr, fmt.Sprintf("c%d", i), "n1")
 	}
-	eventually(t, "all relayed", func() bool { return p.Connections()["n1"] == n+1 })
+	testkit.Eventually(t, ioTimeout, func() bool { return p.Connections()["n1"] == n+1 }, "all relayed")
 	// Move bytes both ways: a splicing copy would hold a pipe pair by now.
 	for i, c := range conns {
 		if err := c.echo([]byte("ping")); err != nil {
@@ -85,7 +87,7 @@ func TestSlowReader(t *testing.T) {
 	errc := make(chan error, 1)
 	go func() { errc <- fill(c, total, &written) }()
 	// The echo backs up before the client reads any of it.
-	eventually(t, "4 MiB written", func() bool { return written.Load() >= 4<<20 })
+	testkit.Eventually(t, ioTimeout, func() bool { return written.Load() >= 4<<20 }, "4 MiB written")
 	buf := make([]byte, 64<<10)
 	for off := 0; off < total; {
 		n, err := c.r.Read(buf)
@@ -126,7 +128,7 @@ func TestStalledClient(t *testing.T) {
 			errc := make(chan error, 1)
 			go func() { errc <- fill(c, 1<<30, &written) }()
 			if tc.closeNode {
-				eventually(t, "4 MiB written", func() bool { return written.Load() >= 4<<20 })
+				testkit.Eventually(t, ioTimeout, func() bool { return written.Load() >= 4<<20 }, "4 MiB written")
 				if got := p.CloseNode("n1"); got != 1 {
 					t.Errorf("CloseNode(n1) = %d, want 1", got)
 				}
@@ -134,7 +136,7 @@ func TestStalledClient(t *testing.T) {
 			if err := <-errc; err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
 				t.Errorf("client write error %v after %d bytes, want the proxy to close the connection", err, written.Load())
 			}
-			eventually(t, "no connections", func() bool { return len(p.Connections()) == 0 })
+			testkit.Eventually(t, ioTimeout, func() bool { return len(p.Connections()) == 0 }, "no connections")
 		})
 	}
 }
@@ -169,7 +171,7 @@ func TestIdleMemory(t *testing.T) {
 			}
 			conns[i] = c.Conn // the client's read buffer is garbage from here
 		}
-		eventually(t, "connections settled", settled)
+		testkit.Eventually(t, ioTimeout, settled, "connections settled")
 		used := float64(memInUse()-base) / n
 		for _, c := range conns {
 			c.Close()

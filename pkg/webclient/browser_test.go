@@ -19,6 +19,7 @@ import (
 	"github.com/chromedp/chromedp"
 	"go.uber.org/goleak"
 
+	"github.com/ringcast/ringcast/internal/testkit"
 	"github.com/ringcast/ringcast/pkg/bridge/redis/redistest"
 	"github.com/ringcast/ringcast/pkg/clustertest"
 )
@@ -98,7 +99,7 @@ func receiveAfter(t *testing.T, ctx context.Context, c *clustertest.Cluster, run
 	t.Helper()
 	var at int64
 	seq := 0
-	err := clustertest.Eventually(ctx, timeout, func() error {
+	err := testkit.Wait(ctx, timeout, func() error {
 		seq++
 		publish(ctx, c, map[string]int{"run": run, "seq": seq}) // fails while the cluster re-routes; the next try follows
 		at = eval[int64](t, ctx, fmt.Sprintf(`ringcast.log.find(m => m.data && m.data.run === %d)?.at ?? 0`, run))
@@ -473,7 +474,7 @@ func nodeAccepts(t *testing.T, bridge string) (bool, string) {
 		cmd.Wait()
 		close(exited)
 	}()
-	err = clustertest.Eventually(t.Context(), 10*time.Second, func() error {
+	err = testkit.Wait(t.Context(), 10*time.Second, func() error {
 		select {
 		case <-exited:
 			return nil

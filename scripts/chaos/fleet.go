@@ -13,8 +13,8 @@ import (
 
 	"github.com/gobwas/ws/wsutil"
 
+	"github.com/ringcast/ringcast/internal/testkit"
 	"github.com/ringcast/ringcast/pkg/client"
-	"github.com/ringcast/ringcast/pkg/clustertest"
 	"github.com/ringcast/ringcast/pkg/wire"
 )
 
@@ -230,7 +230,7 @@ func startFleet(ctx context.Context, clk clock, n int, urls, balancers, channels
 		f.members = append(f.members, m)
 		f.wg.Go(func() { m.c.Run(rctx) })
 	}
-	err := clustertest.Eventually(ctx, 30*time.Second, func() error {
+	err := testkit.Wait(ctx, 30*time.Second, func() error {
 		for _, m := range f.members {
 			if _, ok := m.current(); !ok {
 				return fmt.Errorf("client %s is not subscribed yet", m.log.ID)

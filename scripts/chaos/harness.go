@@ -19,6 +19,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/ringcast/ringcast/internal/testkit"
 	"github.com/ringcast/ringcast/pkg/clustertest"
 )
 
@@ -118,7 +119,7 @@ func scenario(ctx context.Context, cfg config, out io.Writer) (*report, error) {
 		tl.out = out
 	}
 	bg.Go(func() { tl.run(bgctx) })
-	if err := clustertest.Eventually(ctx, 10*time.Second, func() error {
+	if err := testkit.Wait(ctx, 10*time.Second, func() error {
 		if _, ok := pubw.current(); !ok {
 			return errors.New("publishing client not connected")
 		}
@@ -177,7 +178,7 @@ func scenario(ctx context.Context, cfg config, out io.Writer) (*report, error) {
 	members := append(slices.Clone(fl.members), pubw)
 	stopped := clk.now()
 	var fin final
-	err = clustertest.Eventually(ctx, cfg.Settle, func() error {
+	err = testkit.Wait(ctx, cfg.Settle, func() error {
 		fin = finalState(ctx, cl, members)
 		if clk.now()-stopped < 2*time.Second {
 			return errors.New("settling")
@@ -208,7 +209,7 @@ func probe(ctx context.Context, clk clock, base string, channels []string, membe
 		st := pub(ctx, ch, tag{P: "probe", S: int64(i + 1)})
 		pubs.add(op{Pub: "probe", Seq: int64(i + 1), Channel: ch, Start: start, End: clk.now(), Status: st})
 	}
-	clustertest.Eventually(ctx, probeWait, func() error {
+	testkit.Wait(ctx, probeWait, func() error {
 		for _, m := range members {
 			for i, ch := range channels {
 				if slices.Contains(m.log.Channels, ch) && !m.has(ch, "probe", int64(i+1)) {
@@ -435,7 +436,7 @@ func (rs *redisServer) start() error {
 		return fmt.Errorf("start redis-server (apt-get install redis-server): %w", err)
 	}
 	rs.cmd = cmd
-	err = clustertest.Eventually(context.Background(), 10*time.Second, func() error { return redisPing(rs.addr) })
+	err = testkit.Wait(context.Background(), 10*time.Second, func() error { return redisPing(rs.addr) })
 	if err != nil {
 		rs.stop()
 		return fmt.Errorf("redis-server on %s: %w", rs.addr, err)

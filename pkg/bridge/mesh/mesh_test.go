@@ -16,26 +16,12 @@ import (
 
 	"go.uber.org/goleak"
 
+	"github.com/ringcast/ringcast/internal/testkit"
 	"github.com/ringcast/ringcast/pkg/bridge"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
-// eventually polls cond every 10 ms until it holds or timeout passes.
-func eventually(t *testing.T, timeout time.Duration, cond func() bool, format string, args ...any) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("after %v: "+format, append([]any{timeout}, args...)...)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
-// server serves a mesh's Handler at /v1/mesh on 127.0.0.1. stop closes
-// every connection it accepted, hijacked ones included, so links die as
-// they would with the process; start again reuses the address.
 type server struct {
 	addr string
 	h    http.Handler
@@ -188,7 +174,7 @@ func connect(t *testing.T, ps ...*peer) {
 		p.m.SetPeers(all)
 	}
 	for _, p := range ps {
-		eventually(t, 5*time.Second, func() bool { return p.m.Links() == len(ps)-1 },
+		testkit.Eventually(t, 5*time.Second, func() bool { return p.m.Links() == len(ps)-1 },
 			"%s has %d links, want %d", p.id, p.m.Links(), len(ps)-1)
 	}
 }
@@ -257,7 +243,7 @@ func TestInterestRouting(t *testing.T) {
 	// have been too.
 	pub(t, a, "fence-b", `0`)
 	pub(t, a, "fence-c", `0`)
-	eventually(t, 5*time.Second, func() bool { return b.count("fence-b") == 1 && c.count("fence-c") == 1 }, "fences not delivered")
+	testkit.Eventually(t, 5*time.Second, func() bool { return b.count("fence-b") == 1 && c.count("fence-c") == 1 }, "fences not delivered")
 	for _, tt := range []struct {
 		p    *peer
 		want int
@@ -268,10 +254,10 @@ func TestInterestRouting(t *testing.T) {
 	}
 
 	b.m.Unsubscribe("x")
-	eventually(t, 5*time.Second, func() bool { return !peerHas(a, "b", "c:x") }, "a still sees b's interest in x")
+	testkit.Eventually(t, 5*time.Second, func() bool { return !peerHas(a, "b", "c:x") }, "a still sees b's interest in x")
 	pub(t, a, "x", `2`)
 	pub(t, a, "fence-b", `0`)
-	eventually(t, 5*time.Second, func() bool { return b.count("fence-b") == 2 }, "second fence not delivered")
+	testkit.Eventually(t, 5*time.Second, func() bool { return b.count("fence-b") == 2 }, "second fence not delivered")
 	if got := b.count("x"); got != 1 {
 		t.Errorf("b got %d deliveries of x after unsubscribing, want 1", got)
 	}
@@ -291,7 +277,7 @@ func TestSubscribeWaitsForPeers(t *testing.T) {
 		pub(t, a, ch, `1`) // a dials b
 		pub(t, c, ch, `1`) // c is dialled by b
 	}
-	eventually(t, 5*time.Second, func() bool {
+	testkit.Eventually(t, 5*time.Second, func() bool {
 		for i := range n {
 			if b.count(fmt.Sprint("ch", i)) < 2 {
 				return false
@@ -327,13 +313,13 @@ func TestDirect(t *testing.T) {
 			t.Errorf("Send(bob) from %s = %v, %v, want true, nil", from.id, ok, err)
 		}
 	}
-	eventually(t, 5*time.Second, func() bool { return b.directCount() == 3 }, "b got %d directs, want 3", b.directCount())
+	testkit.Eventually(t, 5*time.Second, func() bool { return b.directCount() == 3 }, "b got %d directs, want 3", b.directCount())
 	if ok, err := a.m.Send(ctx, bridge.Direct{To: "nobody", Data: json.RawMessage(`1`)}); err != nil || ok {
 		t.Errorf("Send(nobody) = %v, %v, want false, nil", ok, err)
 	}
 
 	b.m.Release("bob")
-	eventually(t, 5*time.Second, func() bool { return !peerHas(a, "b", "u:bob") }, "a still sees bob on b")
+	testkit.Eventually(t, 5*time.Second, func() bool { return !peerHas(a, "b", "u:bob") }, "a still sees bob on b")
 	if ok, _ := a.m.Send(ctx, bridge.Direct{To: "bob", Data: json.RawMessage(`1`)}); ok {
 		t.Errorf("Send(bob) after Release = true, want false")
 	}
@@ -427,26 +413,26 @@ func TestLinkRecovers(t *testing.T) {
 	}
 	b.srv.stop()
 	for _, p := range []*peer{a, b} {
-		eventually(t, 5*time.Second, func() bool { return p.m.Ready() != nil }, "%s.Ready() = nil with its only link down", p.id)
+		testkit.Eventually(t, 5*time.Second, func() bool { return p.m.Ready() != nil }, "%s.Ready() = nil with its only link down", p.id)
 		if err := p.m.Ready(); !errors.Is(err, bridge.ErrUnavailable) {
 			t.Errorf("%s.Ready() = %v, want ErrUnavailable", p.id, err)
 		}
 	}
 	b.srv.start(t)
 	for _, p := range []*peer{a, b} {
-		eventually(t, 5*time.Second, func() bool { return p.m.Ready() == nil && p.m.Links() == 1 }, "%s: link not re-established", p.id)
+		testkit.Eventually(t, 5*time.Second, func() bool { return p.m.Ready() == nil && p.m.Links() == 1 }, "%s: link not re-established", p.id)
 	}
 	// The new link carries b's interest from before the outage.
-	eventually(t, 5*time.Second, func() bool { return peerHas(a, "b", "c:x") }, "a lost b's interest in x")
+	testkit.Eventually(t, 5*time.Second, func() bool { return peerHas(a, "b", "c:x") }, "a lost b's interest in x")
 	pub(t, a, "x", `1`)
-	eventually(t, 5*time.Second, func() bool { return b.count("x") == 1 }, "b got %d deliveries of x, want 1", b.count("x"))
+	testkit.Eventually(t, 5*time.Second, func() bool { return b.count("x") == 1 }, "b got %d deliveries of x, want 1", b.count("x"))
 }
 
 func TestSetPeersDropsLinks(t *testing.T) {
 	a, b := startPeer(t, "a", ""), startPeer(t, "b", "")
 	connect(t, a, b)
 	a.m.SetPeers(nil)
-	eventually(t, 5*time.Second, func() bool { return a.m.Links() == 0 }, "a kept its link to a removed peer")
+	testkit.Eventually(t, 5*time.Second, func() bool { return a.m.Links() == 0 }, "a kept its link to a removed peer")
 	if err := a.m.Ready(); err != nil {
 		t.Errorf("Ready() with no peers = %v, want nil", err)
 	}

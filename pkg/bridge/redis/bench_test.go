@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ringcast/ringcast/internal/testkit"
 	"github.com/ringcast/ringcast/pkg/bridge"
 	"github.com/ringcast/ringcast/pkg/bridge/redis/redistest"
 )
@@ -61,7 +62,7 @@ func benchPublishDeliver(b *testing.B, history, publishers int) {
 		wg.Wait()
 	})
 	pub := start(b, Config{URL: srv.URL(), NodeID: "pub", HistorySize: history})
-	eventually(b, 5*time.Second, func() bool { return pub.Ready() == nil && sub.Ready() == nil }, "not ready")
+	testkit.Eventually(b, 5*time.Second, func() bool { return pub.Ready() == nil && sub.Ready() == nil }, "not ready")
 	if err := sub.Subscribe(ctx, "bench"); err != nil {
 		b.Fatal(err)
 	}

@@ -15,6 +15,7 @@ import (
 
 	goredis "github.com/redis/go-redis/v9"
 
+	"github.com/ringcast/ringcast/internal/testkit"
 	"github.com/ringcast/ringcast/pkg/bridge"
 	"github.com/ringcast/ringcast/pkg/bridge/redis/redistest"
 	"github.com/ringcast/ringcast/pkg/wire"
@@ -99,22 +100,10 @@ func (n *node) directsTo(id string) []bridge.Direct {
 	return out
 }
 
-// eventually polls cond every 10ms until it holds or within has passed.
-func eventually(tb testing.TB, within time.Duration, cond func() bool, format string, args ...any) {
-	tb.Helper()
-	deadline := time.Now().Add(within)
-	for !cond() {
-		if time.Now().After(deadline) {
-			tb.Fatalf("after %v: "+format, append([]any{within}, args...)...)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
 func waitReady(tb testing.TB, nodes ...*node) {
 	tb.Helper()
 	for _, n := range nodes {
-		eventually(tb, 5*time.Second, func() bool { return n.Ready() == nil }, "Ready() = %v, want nil", n.Ready())
+		testkit.Eventually(tb, 5*time.Second, func() bool { return n.Ready() == nil }, "Ready() = %v, want nil", n.Ready())
 	}
 }
 
@@ -189,7 +178,7 @@ func TestPublishReachesOnlyInterestedNodes(t *testing.T) {
 			t.Errorf("Publish with history off = offset %d epoch %q, want none", got.Offset, got.Epoch)
 		}
 	}
-	eventually(t, 2*time.Second, func() bool { return len(b.received("other")) == 1 }, "b did not get the message on other")
+	testkit.Eventually(t, 2*time.Second, func() bool { return len(b.received("other")) == 1 }, "b did not get the message on other")
 	if got := b.received("room"); len(got) != 0 {
 		t.Errorf("b without interest received %v", got)
 	}
@@ -206,7 +195,7 @@ func TestPublishReachesOnlyInterestedNodes(t *testing.T) {
 	}
 	for i := range 50 {
 		ch := "c" + strconv.Itoa(i)
-		eventually(t, 2*time.Second, func() bool { return len(b.received(ch)) == 1 }, "b got %d messages on %s, want 1", len(b.received(ch)), ch)
+		testkit.Eventually(t, 2*time.Second, func() bool { return len(b.received(ch)) == 1 }, "b got %d messages on %s, want 1", len(b.received(ch)), ch)
 	}
 	if got := a.received("c0"); len(got) != 0 {
 		t.Errorf("a without interest received %v", got)
@@ -223,24 +212,24 @@ func TestPublishReachesOnlyInterestedNodes(t *testing.T) {
 		t.Fatalf("Publish: %v", err)
 	}
 	for name, n := range map[string]*node{"a": a, "b": b} {
-		eventually(t, 2*time.Second, func() bool { return len(n.received("room")) == 1 }, "%s did not get its room message", name)
+		testkit.Eventually(t, 2*time.Second, func() bool { return len(n.received("room")) == 1 }, "%s did not get its room message", name)
 		if got := n.received("room")[0]; string(got.Data) != "3" || got.From != "alice" {
 			t.Errorf("%s received %+v, want data 3 from alice", name, got)
 		}
 	}
 
 	b.Unsubscribe("room")
-	eventually(t, 2*time.Second, func() bool { return numSub(t, srv, "ringcast:c:room") == 1 }, "b still subscribed to room")
+	testkit.Eventually(t, 2*time.Second, func() bool { return numSub(t, srv, "ringcast:c:room") == 1 }, "b still subscribed to room")
 	for _, m := range []bridge.Message{msg("room", 4), msg("other", 5)} {
 		if _, err := a.Publish(ctx, m); err != nil {
 			t.Fatalf("Publish: %v", err)
 		}
 	}
-	eventually(t, 2*time.Second, func() bool { return len(b.received("other")) == 2 }, "b did not get its second message on other")
+	testkit.Eventually(t, 2*time.Second, func() bool { return len(b.received("other")) == 2 }, "b did not get its second message on other")
 	if got := b.received("room"); len(got) != 1 {
 		t.Errorf("b after Unsubscribe has %d room messages, want 1", len(got))
 	}
-	eventually(t, 2*time.Second, func() bool { return len(a.received("room")) == 2 }, "a did not get the room message")
+	testkit.Eventually(t, 2*time.Second, func() bool { return len(a.received("room")) == 2 }, "a did not get the room message")
 }
 
 func TestSubscribeUnsubscribeChurn(t *testing.T) {
@@ -261,9 +250,9 @@ func TestSubscribeUnsubscribeChurn(t *testing.T) {
 	if _, err := a.Publish(ctx, msg("x", "last")); err != nil {
 		t.Fatalf("Publish: %v", err)
 	}
-	eventually(t, 2*time.Second, func() bool { return len(a.received("x")) == 1 }, "subscribed after churn, got %d messages", len(a.received("x")))
+	testkit.Eventually(t, 2*time.Second, func() bool { return len(a.received("x")) == 1 }, "subscribed after churn, got %d messages", len(a.received("x")))
 	a.Unsubscribe("x")
-	eventually(t, 2*time.Second, func() bool { return numSub(t, srv, "ringcast:c:x") == 0 }, "still subscribed after the last Unsubscribe")
+	testkit.Eventually(t, 2*time.Second, func() bool { return numSub(t, srv, "ringcast:c:x") == 0 }, "still subscribed after the last Unsubscribe")
 }
 
 func TestDirect(t *testing.T) {
@@ -294,7 +283,7 @@ func TestDirect(t *testing.T) {
 		if err != nil || ok != tt.wantDelivered {
 			t.Errorf("Send(%q) = %v, %v, want %v, nil", tt.to, ok, err, tt.wantDelivered)
 		}
-		eventually(t, 2*time.Second, func() bool { return len(b.directsTo(tt.to)) == tt.wantB },
+		testkit.Eventually(t, 2*time.Second, func() bool { return len(b.directsTo(tt.to)) == tt.wantB },
 			"b saw %d directs to %q, want %d", len(b.directsTo(tt.to)), tt.to, tt.wantB)
 		if got := len(a.directsTo(tt.to)); got != tt.wantA {
 			t.Errorf("a saw %d directs to %q, want %d", got, tt.to, tt.wantA)
@@ -305,7 +294,7 @@ func TestDirect(t *testing.T) {
 	}
 
 	b.Release("bob")
-	eventually(t, 2*time.Second, func() bool { return numSub(t, srv, "ringcast:u:bob") == 0 }, "b still holds bob")
+	testkit.Eventually(t, 2*time.Second, func() bool { return numSub(t, srv, "ringcast:u:bob") == 0 }, "b still holds bob")
 	if ok, err := a.Send(ctx, bridge.Direct{To: "bob", Data: json.RawMessage(`1`)}); err != nil || ok {
 		t.Errorf("Send(bob) after Release = %v, %v, want false, nil", ok, err)
 	}
@@ -336,7 +325,7 @@ func TestHistory(t *testing.T) {
 			t.Fatalf("Publish #%d = offset %d epoch %q, want %d %q", i, m.Offset, m.Epoch, i, epoch)
 		}
 	}
-	eventually(t, 2*time.Second, func() bool { return len(a.received("h")) == 13 }, "delivered %d of 13", len(a.received("h")))
+	testkit.Eventually(t, 2*time.Second, func() bool { return len(a.received("h")) == 13 }, "delivered %d of 13", len(a.received("h")))
 	for i, m := range a.received("h") {
 		if m.Offset != uint64(i+1) || m.Epoch != epoch || string(m.Data) != strconv.Itoa(i+1) {
 			t.Errorf("delivered #%d = %+v, want offset and data %d, epoch %q", i+1, m, i+1, epoch)
@@ -397,7 +386,7 @@ func TestHistoryTTL(t *testing.T) {
 	since := &wire.Position{Epoch: first.Epoch, Offset: 0}
 	// Publishing keeps the channel's keys alive; the first message still
 	// ages out of reach.
-	eventually(t, 5*time.Second, func() bool {
+	testkit.Eventually(t, 5*time.Second, func() bool {
 		if _, err := a.Publish(ctx, msg("h", 2)); err != nil {
 			t.Fatalf("Publish: %v", err)
 		}
@@ -408,7 +397,7 @@ func TestHistoryTTL(t *testing.T) {
 		return err == nil && !rec
 	}, "History since a message older than HistoryTTL still recovers")
 	// Idle past HistoryTTL: the keys expire and a new epoch starts.
-	eventually(t, 5*time.Second, func() bool {
+	testkit.Eventually(t, 5*time.Second, func() bool {
 		_, top, rec, err := a.History(ctx, "h", since)
 		return err == nil && !rec && top.Epoch != first.Epoch && top.Offset == 0
 	}, "no new epoch after the channel idled past HistoryTTL")
@@ -455,7 +444,7 @@ func TestOffsetsAndOrderUnderConcurrentPublishers(t *testing.T) {
 			t.Fatalf("returned offsets %v, want 1..%d once each", got, publishers*each)
 		}
 	}
-	eventually(t, 5*time.Second, func() bool { return len(b.received("room")) == publishers*each }, "b got %d of %d", len(b.received("room")), publishers*each)
+	testkit.Eventually(t, 5*time.Second, func() bool { return len(b.received("room")) == publishers*each }, "b got %d of %d", len(b.received("room")), publishers*each)
 	next := make([]int, publishers)
 	for i, m := range b.received("room") {
 		var pi [2]int
@@ -486,7 +475,7 @@ func TestNewEpochAfterRedisRestart(t *testing.T) {
 	srv.Restart() // SIGKILL; the new process has no data
 	since := &wire.Position{Epoch: last.Epoch, Offset: last.Offset}
 	var top wire.Position
-	eventually(t, 5*time.Second, func() bool {
+	testkit.Eventually(t, 5*time.Second, func() bool {
 		var rec bool
 		var err error
 		_, top, rec, err = a.History(ctx, "h", since)
@@ -524,7 +513,7 @@ func TestRedisOutage(t *testing.T) {
 
 	srv.Kill()
 	killed := time.Now()
-	eventually(t, 5*time.Second, func() bool { return a.Ready() != nil && b.Ready() != nil }, "Ready() = nil with Redis down")
+	testkit.Eventually(t, 5*time.Second, func() bool { return a.Ready() != nil && b.Ready() != nil }, "Ready() = nil with Redis down")
 	t.Logf("not ready %v after kill", time.Since(killed).Round(time.Millisecond))
 
 	calls := []struct {
@@ -552,16 +541,16 @@ func TestRedisOutage(t *testing.T) {
 
 	srv.Restart()
 	back := time.Now()
-	eventually(t, 5*time.Second, func() bool { return a.Ready() == nil && b.Ready() == nil }, "not ready again after Redis came back")
+	testkit.Eventually(t, 5*time.Second, func() bool { return a.Ready() == nil && b.Ready() == nil }, "not ready again after Redis came back")
 	t.Logf("ready %v after restart", time.Since(back).Round(time.Millisecond))
 	// Lost comes once the subscriptions are back: a publish right after it
 	// reaches b.
-	eventually(t, 5*time.Second, func() bool { return b.lost.Load() == 1 }, "Lost called %d times, want 1", b.lost.Load())
+	testkit.Eventually(t, 5*time.Second, func() bool { return b.lost.Load() == 1 }, "Lost called %d times, want 1", b.lost.Load())
 	m, err := a.Publish(ctx, msg("room", "after"))
 	if err != nil {
 		t.Fatalf("Publish after restart: %v", err)
 	}
-	eventually(t, 2*time.Second, func() bool {
+	testkit.Eventually(t, 2*time.Second, func() bool {
 		got := b.received("room")
 		return len(got) == 1 && reflect.DeepEqual(got[0], m)
 	}, "b received %v, want [%+v]", b.received("room"), m)
@@ -597,15 +586,15 @@ func TestRedisFrozen(t *testing.T) {
 	if took := time.Since(began); !errors.Is(err, bridge.ErrUnavailable) || took > 2*opTimeout {
 		t.Errorf("Publish to a frozen Redis = %v after %v, want ErrUnavailable within %v", err, took, opTimeout)
 	}
-	eventually(t, 5*time.Second, func() bool { return a.Ready() != nil && b.Ready() != nil }, "Ready() = nil with Redis frozen")
+	testkit.Eventually(t, 5*time.Second, func() bool { return a.Ready() != nil && b.Ready() != nil }, "Ready() = nil with Redis frozen")
 	srv.Thaw()
 	waitReady(t, a, b)
-	eventually(t, 5*time.Second, func() bool { return b.lost.Load() == 1 }, "Lost called %d times, want 1", b.lost.Load())
-	eventually(t, 5*time.Second, func() bool {
+	testkit.Eventually(t, 5*time.Second, func() bool { return b.lost.Load() == 1 }, "Lost called %d times, want 1", b.lost.Load())
+	testkit.Eventually(t, 5*time.Second, func() bool {
 		_, err := a.Publish(ctx, msg("room", "thawed"))
 		return err == nil
 	}, "Publish still fails after thaw")
-	eventually(t, 2*time.Second, func() bool {
+	testkit.Eventually(t, 2*time.Second, func() bool {
 		for _, m := range b.received("room") {
 			if string(m.Data) == `"thawed"` {
 				return true
@@ -639,7 +628,7 @@ func TestStartWithRedisDown(t *testing.T) {
 	if _, err := a.Publish(ctx, msg("room", 2)); err != nil {
 		t.Fatalf("Publish: %v", err)
 	}
-	eventually(t, 2*time.Second, func() bool { return len(a.received("room")) == 1 }, "own message not delivered")
+	testkit.Eventually(t, 2*time.Second, func() bool { return len(a.received("room")) == 1 }, "own message not delivered")
 	if n := a.lost.Load(); n != 0 {
 		t.Errorf("Lost called %d times without a connection ever made, want 0", n)
 	}
