@@ -49,9 +49,15 @@ type Hub struct {
 }
 
 type channel struct {
-	members map[Sink]*member
-	ready   chan struct{} // closed once the bridge subscription settled
-	err     error         // the bridge subscription's error, set before ready closes
+	members map[Sink]*member // guarded by Hub.mu
+	ready   chan struct{}    // closed once the bridge subscription settled
+	err     error            // the bridge subscription's error, set before ready closes
+
+	// fanout is a copy of members that Deliver reads without a lock. A
+	// membership change drops it (under Hub.mu); the next Deliver rebuilds
+	// it once, so a storm of subscribes costs one copy per publish, not
+	// one per subscribe.
+	fanout atomic.Pointer[[]*member]
 }
 
 // member is one sink's subscription to one channel. Until it is live,
@@ -60,6 +66,8 @@ type channel struct {
 // through send, which drops what the subscriber already has: a live message
 // can arrive after the history read already returned it.
 type member struct {
+	s        Sink
+	gone     atomic.Bool // unsubscribed: a fan-out holding an old copy skips it
 	live     atomic.Bool
 	mu       sync.Mutex
 	pending  []bridge.Message
@@ -82,6 +90,27 @@ func (m *member) send(s Sink, msg bridge.Message, frame []byte) (sent, ok bool) 
 	}
 	ok = s.Send(frame)
 	return ok, ok
+}
+
+// snapshot returns the members to fan out to, rebuilding the copy when
+// membership changed since the last one.
+func (h *Hub) snapshot(ch *channel) []*member {
+	if p := ch.fanout.Load(); p != nil {
+		return *p
+	}
+	h.mu.RLock()
+	defer h.mu.RUnlock()
+	if p := ch.fanout.Load(); p != nil {
+		return *p
+	}
+	ms := make([]*member, 0, len(ch.members))
+	for _, m := range ch.members {
+		ms = append(ms, m)
+	}
+	// Under the read lock nobody changes members, so no change can be lost:
+	// a writer drops the copy under the write lock after this returns.
+	ch.fanout.Store(&ms)
+	return ms
 }
 
 // ErrOverflow is returned by Subscribe when more live messages arrived
@@ -188,9 +217,10 @@ func (h *Hub) Subscribe(ctx context.Context, s Sink, name string, since *wire.Po
 	}
 	m := mine[name]
 	if m == nil {
-		m = &member{}
+		m = &member{s: s}
 		mine[name] = m
 		ch.members[s] = m
+		ch.fanout.Store(nil)
 	} else {
 		m.mu.Lock()
 		m.live.Store(false)
@@ -290,7 +320,11 @@ func (h *Hub) leave(s Sink, name string) {
 	if ch == nil {
 		return
 	}
-	delete(ch.members, s)
+	if m := ch.members[s]; m != nil {
+		m.gone.Store(true)
+		delete(ch.members, s)
+		ch.fanout.Store(nil)
+	}
 	if len(ch.members) == 0 {
 		delete(h.channels, name)
 		h.br.Unsubscribe(name)
@@ -309,26 +343,31 @@ func (h *Hub) Send(ctx context.Context, d bridge.Direct) (bool, error) {
 }
 
 // Deliver fans m out to local subscribers. It is the bridge's return leg:
-// it never blocks and may be called concurrently.
+// it never blocks and may be called concurrently. The frame is encoded once;
+// the fan-out walks a copy of the member list and holds no hub lock, so a
+// big channel does not hold up Subscribe, Attach or other channels.
 func (h *Hub) Deliver(msg bridge.Message) {
 	h.mu.RLock()
 	ch := h.channels[msg.Channel]
+	h.mu.RUnlock()
 	if ch == nil {
-		h.mu.RUnlock()
 		return
 	}
 	frame := messageFrame(msg)
 	n := 0
-	for s, m := range ch.members {
+	for _, m := range h.snapshot(ch) {
+		if m.gone.Load() {
+			continue
+		}
 		if msg.Epoch == "" && m.live.Load() {
 			// No position, nothing to de-duplicate: the lock-free path.
-			s.Send(frame)
+			m.s.Send(frame)
 			n++
 			continue
 		}
 		m.mu.Lock()
 		if m.live.Load() {
-			if sent, _ := m.send(s, msg, frame); sent {
+			if sent, _ := m.send(m.s, msg, frame); sent {
 				n++
 			}
 		} else if len(m.pending) < pendingLimit {
@@ -338,7 +377,6 @@ func (h *Hub) Deliver(msg bridge.Message) {
 		}
 		m.mu.Unlock()
 	}
-	h.mu.RUnlock()
 	h.met.delivered.Add(float64(n))
 }
 

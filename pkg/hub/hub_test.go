@@ -6,7 +6,9 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -640,4 +642,107 @@ func TestConcurrent(t *testing.T) {
 	if h.Len() != 0 {
 		t.Errorf("Len = %d, want 0", h.Len())
 	}
+}
+
+// blockingSink blocks in its first message Send until release is closed.
+type blockingSink struct {
+	sink
+	entered, release chan struct{}
+	once             sync.Once
+}
+
+func (s *blockingSink) Send(b []byte) bool {
+	if strings.Contains(string(b), `"op":"message"`) {
+		s.once.Do(func() {
+			close(s.entered)
+			<-s.release
+		})
+	}
+	return s.sink.Send(b)
+}
+
+// TestFanOutHoldsNoLock checks that a fan-out in progress does not hold up
+// subscribes to the same channel or attaches.
+func TestFanOutHoldsNoLock(t *testing.T) {
+	h, _ := newHub(t, Config{})
+	slow := &blockingSink{sink: sink{id: "slow"}, entered: make(chan struct{}), release: make(chan struct{})}
+	attach(t, h, slow)
+	subscribe(t, h, slow, "room")
+	delivered := make(chan struct{})
+	go func() {
+		defer close(delivered)
+		h.Deliver(msg("room", 1))
+	}()
+	<-slow.entered
+	joined := make(chan error, 1)
+	late := &sink{id: "late"}
+	go func() {
+		if _, err := h.Attach(context.Background(), late); err != nil {
+			joined <- err
+			return
+		}
+		joined <- h.Subscribe(context.Background(), late, "room", nil, nil)
+	}()
+	select {
+	case err := <-joined:
+		if err != nil {
+			t.Errorf("Subscribe during a fan-out error = %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Error("Subscribe waited for a fan-out in progress")
+		close(slow.release)
+		<-joined
+	}
+	select {
+	case <-slow.release:
+	default:
+		close(slow.release)
+	}
+	<-delivered
+	if got := slow.messages(); len(got) != 1 {
+		t.Errorf("slow sink got %q, want one message", got)
+	}
+	// A publish after the late subscribe reaches both.
+	h.Deliver(msg("room", 2))
+	if got := late.messages(); len(got) != 1 {
+		t.Errorf("late sink got %q, want the message published after it subscribed", got)
+	}
+}
+
+// countSink counts frames and bytes without decoding them.
+type countSink struct {
+	id     string
+	frames atomic.Int64
+}
+
+func (s *countSink) ClientID() string { return s.id }
+func (s *countSink) Send([]byte) bool { s.frames.Add(1); return true }
+
+// BenchmarkDeliver measures the hub's own cost of fanning one message out
+// to a channel of 5,000 subscribers (the sinks only count).
+func BenchmarkDeliver(b *testing.B) {
+	br := newFake()
+	h, err := New(Config{}, br, nil, nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	br.h = h
+	const subs = 5000
+	sinks := make([]*countSink, subs)
+	for i := range sinks {
+		sinks[i] = &countSink{id: fmt.Sprint("s", i)}
+		if _, err := h.Attach(context.Background(), sinks[i]); err != nil {
+			b.Fatal(err)
+		}
+		if err := h.Subscribe(context.Background(), sinks[i], "room", nil, nil); err != nil {
+			b.Fatal(err)
+		}
+	}
+	m := msg("room", 0)
+	m.Data = json.RawMessage(`"` + strings.Repeat("x", 62) + `"`)
+	b.ResetTimer()
+	for b.Loop() {
+		h.Deliver(m)
+	}
+	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*subs), "ns/delivery")
 }
