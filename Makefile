@@ -1,5 +1,7 @@
 GO ?= go
 TEST_FLAGS ?= -race -timeout 15m
+# scripts/install-test-deps.sh installs this exact version when it is missing.
+STATICCHECK ?= $(shell $(GO) env GOPATH)/bin/staticcheck
 
 .PHONY: build run test lint bench chaos clean deps
 
@@ -17,9 +19,13 @@ deps:
 test: deps lint
 	$(GO) test $(TEST_FLAGS) ./...
 
+# gofmt, go vet, staticcheck, and go.mod/go.sum exactly as `go mod tidy` leaves them.
 lint:
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || (gofmt -l $$(git ls-files '*.go'); exit 1)
 	$(GO) vet ./...
+	@test -x "$(STATICCHECK)" || (echo "lint: $(STATICCHECK) missing: run make deps"; exit 1)
+	$(STATICCHECK) ./...
+	@$(GO) mod tidy -diff || (echo "lint: go.mod/go.sum differ from what go mod tidy writes (diff above)"; exit 1)
 
 bench: build
 	$(GO) test -run '^$$' -bench . -benchtime 2s ./pkg/...
