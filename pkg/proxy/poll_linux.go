@@ -17,9 +17,12 @@ import (
 
 // Relaying on epoll. When both sockets of a connection have a file
 // descriptor, the relay takes them over from the runtime (it duplicates the
-// descriptors and closes the net.Conns) and registers them edge-triggered
-// with one of a few shards. A shard's goroutine waits for its epoll instance
-// through the runtime's netpoller and relays whatever became ready, so an
+// descriptors and closes the net.Conns: the runtime has no way to hand a
+// descriptor over) and queues the link to one of a few shards. A shard's
+// goroutine runs on its own locked OS thread, blocks in its own epoll_wait
+// (one wait per wake, not nested in the runtime's netpoller), registers the
+// links queued to it edge-triggered and relays whatever became ready. The
+// shard's goroutine alone owns its links, so an event costs no lock, and an
 // idle connection costs a link and no goroutine, stack or buffer.
 
 const (
@@ -27,6 +30,7 @@ const (
 	burstReads = 16                     // reads per direction and visit before other links get a turn
 	tick       = 100 * time.Millisecond // deadline check interval while a deadline is pending
 	epollET    = 1 << 31                // syscall.EPOLLET as the uint32 the kernel reads
+	wakeSlot   = -1                     // event data of the shard's eventfd
 )
 
 var errWriteTimeout = fmt.Errorf("write: %w", os.ErrDeadlineExceeded)
@@ -56,12 +60,20 @@ func newPoller(p *Proxy) (*poller, error) {
 	return pl, nil
 }
 
-// stop closes the epoll instances and waits for the shards' goroutines.
+// stop ends the shards' goroutines, waits for them and closes their epoll
+// instances. No link is left by then (Proxy.Close waited for them).
 func (pl *poller) stop() {
 	for _, s := range pl.shards {
-		s.ep.Close()
+		s.mu.Lock()
+		s.stopping = true
+		s.mu.Unlock()
+		s.wakeup()
 	}
 	pl.wg.Wait()
+	for _, s := range pl.shards {
+		syscall.Close(s.wake)
+		syscall.Close(s.epfd)
+	}
 }
 
 // shard returns the shard for the next polled link, starting the poller if
@@ -101,12 +113,7 @@ func (p *Proxy) startPolled(clientID, nodeID string, client, node net.Conn) (boo
 		closeFDs(fds)
 		return true, errClosed
 	}
-	if err := s.add(l); err != nil {
-		p.untrack(nodeID, l)
-		closeFDs(fds)
-		p.wg.Done()
-		return true, fmt.Errorf("poll relay: %w", err)
-	}
+	s.add(l)
 	return true, nil
 }
 
@@ -192,24 +199,26 @@ func (l *link) close() {
 
 // shard relays the links registered with its epoll instance.
 type shard struct {
-	p       *Proxy
-	start   time.Time // shard time is monotonic nanoseconds since start
-	epfd    int
-	ep      *os.File // epfd, waited for through the runtime's netpoller
-	raw     syscall.RawConn
-	drainFn func(uintptr) bool
+	p     *Proxy
+	start time.Time // shard time is monotonic nanoseconds since start
+	epfd  int
+	wake  int // eventfd: links were queued, or stop
 
-	mu    sync.Mutex
-	links []*link // by slot; nil when free
-	free  []int32 // free slots
+	mu       sync.Mutex
+	incoming []*link // queued by add, registered by the shard's goroutine
+	stopping bool
 
 	// Owned by the shard's goroutine.
-	again   []visit            // directions cut off by burstReads
-	timed   map[*link]struct{} // links with a write or drain deadline
-	expired []*link            // scratch for the idle check
-	tickAt  int64              // shard time of the next deadline check; 0 if none is armed
-	buf     *[]byte            // read buffer
-	events  [maxEvents]syscall.EpollEvent
+	links    []*link            // by slot; nil when free
+	free     []int32            // free slots
+	again    []visit            // directions cut off by burstReads
+	timed    map[*link]struct{} // links with a write or drain deadline
+	expired  []*link            // scratch for the idle check
+	tickAt   int64              // shard time of the next deadline check; 0 if none is armed
+	buf      *[]byte            // read buffer
+	toNode   float64            // bytes relayed since the counters were last updated
+	toClient float64
+	events   [maxEvents]syscall.EpollEvent
 }
 
 type visit struct {
@@ -222,96 +231,105 @@ func newShard(p *Proxy) (*shard, error) {
 	if err != nil {
 		return nil, os.NewSyscallError("epoll_create1", err)
 	}
-	// Non-blocking, so that os.NewFile registers it with the netpoller.
-	if err := syscall.SetNonblock(fd, true); err != nil {
+	wake, _, errno := syscall.Syscall(syscall.SYS_EVENTFD2, 0, syscall.O_CLOEXEC|syscall.O_NONBLOCK, 0)
+	if errno != 0 {
 		syscall.Close(fd)
-		return nil, os.NewSyscallError("setnonblock", err)
+		return nil, os.NewSyscallError("eventfd2", errno)
 	}
-	s := &shard{p: p, start: time.Now(), epfd: fd, ep: os.NewFile(uintptr(fd), "epoll"), timed: make(map[*link]struct{})}
-	if s.raw, err = s.ep.SyscallConn(); err == nil {
-		err = s.ep.SetReadDeadline(time.Time{}) // fails if the netpoller did not take it
+	ev := syscall.EpollEvent{Events: syscall.EPOLLIN | epollET, Fd: wakeSlot}
+	if err := syscall.EpollCtl(fd, syscall.EPOLL_CTL_ADD, int(wake), &ev); err != nil {
+		syscall.Close(int(wake))
+		syscall.Close(fd)
+		return nil, os.NewSyscallError("epoll_ctl", err)
 	}
-	if err != nil {
-		s.ep.Close()
-		return nil, fmt.Errorf("poll epoll instance: %w", err)
-	}
-	s.drainFn = s.drain
+	s := &shard{p: p, start: time.Now(), epfd: fd, wake: int(wake), timed: make(map[*link]struct{})}
 	s.buf = p.bufs.Get().(*[]byte)
 	return s, nil
 }
 
-// add registers l's sockets with the shard, whose goroutine owns l from
-// then on. On error no event refers to l.
-func (s *shard) add(l *link) error {
+// add queues l for the shard's goroutine, which owns l from then on.
+func (s *shard) add(l *link) {
 	s.mu.Lock()
-	if n := len(s.free); n > 0 {
-		l.slot, s.free = s.free[n-1], s.free[:n-1]
-	} else {
-		l.slot = int32(len(s.links))
-		s.links = append(s.links, nil)
-	}
+	s.incoming = append(s.incoming, l)
+	first := len(s.incoming) == 1
 	s.mu.Unlock()
-	ev := [2]syscall.EpollEvent{}
-	for side, fd := range l.fd {
-		ev[side] = syscall.EpollEvent{
-			Events: syscall.EPOLLIN | syscall.EPOLLOUT | syscall.EPOLLRDHUP | epollET,
-			Fd:     l.slot,
-			Pad:    int32(side),
-		}
-		if err := syscall.EpollCtl(s.epfd, syscall.EPOLL_CTL_ADD, fd, &ev[side]); err != nil {
-			if side == 1 {
-				syscall.EpollCtl(s.epfd, syscall.EPOLL_CTL_DEL, l.fd[0], nil)
-			}
-			s.mu.Lock()
-			s.free = append(s.free, l.slot)
-			s.mu.Unlock()
-			return os.NewSyscallError("epoll_ctl", err)
-		}
+	if first {
+		s.wakeup()
 	}
-	s.mu.Lock()
-	s.links[l.slot] = l
-	s.mu.Unlock()
-	// Events taken before l was visible were dropped: have the kernel report
-	// what is ready now once more.
-	for side, fd := range l.fd {
-		if err := syscall.EpollCtl(s.epfd, syscall.EPOLL_CTL_MOD, fd, &ev[side]); err != nil {
-			l.close()
-		}
-	}
-	return nil
 }
 
-// run relays until the epoll instance is closed.
+// wakeup makes the shard's epoll_wait return.
+func (s *shard) wakeup() {
+	one := [8]byte{1}
+	syscall.Write(s.wake, one[:]) // EAGAIN only when the counter is full: it is awake anyway
+}
+
+// register gives the shard the links queued to it; it reports false when
+// the shard is to stop.
+func (s *shard) register() bool {
+	var b [8]byte
+	syscall.Read(s.wake, b[:])
+	s.mu.Lock()
+	in, stop := s.incoming, s.stopping
+	s.incoming = nil
+	s.mu.Unlock()
+	for _, l := range in {
+		if n := len(s.free); n > 0 {
+			l.slot, s.free = s.free[n-1], s.free[:n-1]
+		} else {
+			l.slot = int32(len(s.links))
+			s.links = append(s.links, nil)
+		}
+		s.links[l.slot] = l
+		// Registering reports what is ready already: nothing is missed.
+		for side, fd := range l.fd {
+			ev := syscall.EpollEvent{
+				Events: syscall.EPOLLIN | syscall.EPOLLOUT | syscall.EPOLLRDHUP | epollET,
+				Fd:     l.slot,
+				Pad:    int32(side),
+			}
+			if err := syscall.EpollCtl(s.epfd, syscall.EPOLL_CTL_ADD, fd, &ev); err != nil {
+				s.finish(l, os.NewSyscallError("epoll_ctl", err))
+				break
+			}
+		}
+	}
+	return !stop
+}
+
+// run relays on a locked OS thread until the poller stops.
 func (s *shard) run(wg *sync.WaitGroup) {
 	defer wg.Done()
 	defer s.p.bufs.Put(s.buf)
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
 	if s.p.cfg.IdleTimeout > 0 {
 		s.arm(s.now())
 	}
 	for {
-		if err := s.raw.Read(s.drainFn); !errors.Is(err, os.ErrDeadlineExceeded) {
-			return
+		wait := -1
+		switch {
+		case len(s.again) > 0:
+			wait = 0
+		case s.tickAt != 0:
+			wait = int(max(0, (s.tickAt-s.now()+int64(time.Millisecond)-1)/int64(time.Millisecond)))
 		}
-		s.check(s.now())
-	}
-}
-
-func (s *shard) now() int64 { return int64(time.Since(s.start)) }
-
-// drain is the epoll instance's read callback: it handles events until none
-// are left, then returns false to park until the instance is readable.
-func (s *shard) drain(fd uintptr) bool {
-	for {
-		n, err := syscall.EpollWait(int(fd), s.events[:], 0)
+		n, err := syscall.EpollWait(s.epfd, s.events[:], wait)
 		if err == syscall.EINTR {
 			continue
 		}
 		if err != nil {
 			s.p.log.Error("epoll wait", zap.Error(err))
-			return false
+			return
 		}
 		now := s.now()
 		for _, ev := range s.events[:n] {
+			if ev.Fd == wakeSlot {
+				if !s.register() {
+					return
+				}
+				continue
+			}
 			s.handle(ev, now)
 		}
 		if k := len(s.again); k > 0 {
@@ -325,21 +343,30 @@ func (s *shard) drain(fd uintptr) bool {
 		if s.tickAt != 0 && now >= s.tickAt {
 			s.check(now)
 		}
-		// Fewer events than asked for: the instance was drained, and any
-		// event since has made it readable again.
-		if n < len(s.events) && len(s.again) == 0 {
-			return false
-		}
+		s.count()
 	}
 }
+
+// count adds the bytes relayed since the last call to the Proxy's counters:
+// one update per wake instead of one per read.
+func (s *shard) count() {
+	if s.toNode > 0 {
+		s.p.toNode.Add(s.toNode)
+		s.toNode = 0
+	}
+	if s.toClient > 0 {
+		s.p.toClient.Add(s.toClient)
+		s.toClient = 0
+	}
+}
+
+func (s *shard) now() int64 { return int64(time.Since(s.start)) }
 
 // handle acts on one event for socket ev.Pad of the link in slot ev.Fd: it
 // is readable for the direction that reads it, writable for the one that
 // writes it. A stale event only causes a visit that finds nothing to do.
 func (s *shard) handle(ev syscall.EpollEvent, now int64) {
-	s.mu.Lock()
 	l := s.links[ev.Fd]
-	s.mu.Unlock()
 	if l == nil {
 		return
 	}
@@ -381,9 +408,9 @@ func (s *shard) visit(l *link, d int, now int64) {
 		}
 		l.active = now
 		if d == 0 {
-			s.p.toNode.Add(float64(n))
+			s.toNode += float64(n)
 		} else {
-			s.p.toClient.Add(float64(n))
+			s.toClient += float64(n)
 		}
 		if !s.send(l, d, b[:n], now) {
 			return
@@ -491,7 +518,6 @@ func (s *shard) unwatch(l *link) {
 func (s *shard) arm(now int64) {
 	if s.tickAt == 0 {
 		s.tickAt = now + int64(tick)
-		s.ep.SetReadDeadline(s.start.Add(time.Duration(s.tickAt)))
 	}
 }
 
@@ -509,13 +535,11 @@ func (s *shard) check(now int64) {
 	}
 	idle := int64(s.p.cfg.IdleTimeout)
 	if idle > 0 {
-		s.mu.Lock()
 		for _, l := range s.links {
 			if l != nil && now-l.active >= idle {
 				s.expired = append(s.expired, l)
 			}
 		}
-		s.mu.Unlock()
 		for _, l := range s.expired {
 			s.finish(l, errIdle)
 		}
@@ -524,8 +548,6 @@ func (s *shard) check(now int64) {
 	}
 	if len(s.timed) > 0 || idle > 0 {
 		s.arm(now)
-	} else {
-		s.ep.SetReadDeadline(time.Time{})
 	}
 }
 
@@ -535,10 +557,8 @@ func (s *shard) finish(l *link, err error) {
 		return
 	}
 	l.done = true
-	s.mu.Lock()
 	s.links[l.slot] = nil
 	s.free = append(s.free, l.slot)
-	s.mu.Unlock()
 	delete(s.timed, l)
 	for i := range l.dir {
 		if h := &l.dir[i]; h.buf != nil {
