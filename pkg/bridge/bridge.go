@@ -41,7 +41,10 @@ type Receiver struct {
 	// and reports whether one existed.
 	DeliverDirect func(Direct) bool
 	// Lost is called when the bridge may have dropped messages for the
-	// channels it had interest in (link or Redis outage). May be nil.
+	// channels it had interest in (link or Redis outage), once it carries
+	// traffic again. It may block: the bridge delivers no channel message
+	// until it returns, so that what it refills from history and what
+	// arrives live cannot cross. May be nil.
 	Lost func()
 }
 

@@ -6,12 +6,16 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
+	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/gobwas/ws"
 	"github.com/gobwas/ws/wsutil"
+	goredis "github.com/redis/go-redis/v9"
 
 	"github.com/ringcast/ringcast/internal/testkit"
 	"github.com/ringcast/ringcast/pkg/bridge/redis/redistest"
@@ -328,5 +332,126 @@ func TestRedisExactlyOnceAtTheSeam(t *testing.T) {
 			last.Offset = *f.Offset
 		}
 		r.nc.Close()
+	}
+}
+
+// subscriberKills is how many times TestRedisSubscriberKills kills the
+// node's pub/sub connection (RINGCAST_SUBSCRIBER_KILLS; 40 for the README
+// figure).
+func subscriberKills() int {
+	if n, err := strconv.Atoi(os.Getenv("RINGCAST_SUBSCRIBER_KILLS")); err == nil && n > 0 {
+		return n
+	}
+	return 8
+}
+
+// TestRedisSubscriberKills kills the node's Redis pub/sub connection over
+// and over while messages flow: the node refills each gap from history in
+// place, so no client is closed and every offset arrives once, in order.
+func TestRedisSubscriberKills(t *testing.T) {
+	ctx := context.Background()
+	rs := redistest.Start(t)
+	c := startCluster(t, Options{Nodes: 1, Bridge: rs.URL(), HistorySize: 10000})
+	rc := goredis.NewClient(&goredis.Options{Addr: rs.Addr()})
+	defer rc.Close()
+
+	type reader struct {
+		offs   []uint64
+		frames []wire.Frame // anything but messages after the subscribed reply
+		err    error
+		done   chan struct{}
+	}
+	const clients = 20
+	readers := make([]*reader, clients)
+	for i := range readers {
+		r := dialRaw(t, c.URL(), fmt.Sprint("kill-", i))
+		r.write(wire.Frame{Op: wire.OpSubscribe, Channel: "feed"})
+		if f := r.read(); f.Op != wire.OpSubscribed || f.Offset == nil {
+			t.Fatalf("subscribed = %+v", f)
+		}
+		rd := &reader{done: make(chan struct{})}
+		readers[i] = rd
+		go func() {
+			defer close(rd.done)
+			for {
+				r.nc.SetReadDeadline(time.Now().Add(20 * time.Second))
+				b, err := wsutil.ReadServerText(r.rw)
+				if err != nil {
+					rd.err = err
+					return
+				}
+				var f wire.Frame
+				if err := json.Unmarshal(b, &f); err != nil {
+					rd.err = err
+					return
+				}
+				if f.Op != wire.OpMessage || f.Offset == nil {
+					rd.frames = append(rd.frames, f)
+					continue
+				}
+				rd.offs = append(rd.offs, *f.Offset)
+				if string(f.Data) == `"end"` {
+					return
+				}
+			}
+		}()
+	}
+	pctx, stop := context.WithCancel(ctx)
+	var pub sync.WaitGroup
+	pub.Go(func() {
+		tick := time.NewTicker(5 * time.Millisecond)
+		defer tick.Stop()
+		for i := 0; pctx.Err() == nil; i++ {
+			PostJSON(pctx, c.HTTP()+"/v1/publish", map[string]any{"channel": "feed", "data": i}, nil)
+			<-tick.C
+		}
+	})
+	kills := subscriberKills()
+	start := time.Now()
+	for range kills {
+		time.Sleep(250 * time.Millisecond) // the pace of the fault, not an assertion
+		if err := rc.ClientKillByFilter(ctx, "TYPE", "pubsub").Err(); err != nil {
+			t.Errorf("CLIENT KILL: %v", err)
+		}
+	}
+	took := time.Since(start)
+	stop()
+	pub.Wait()
+	if err := Eventually(ctx, 10*time.Second, func() error {
+		code, err := PostJSON(ctx, c.HTTP()+"/v1/publish", map[string]any{"channel": "feed", "data": "end"}, nil)
+		if err == nil && code != 200 {
+			err = fmt.Errorf("publish end: %d", code)
+		}
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	closed, gaps := 0, 0
+	for i, rd := range readers {
+		select {
+		case <-rd.done:
+		case <-time.After(15 * time.Second):
+			t.Fatalf("client %d did not get the end message", i)
+		}
+		if rd.err != nil {
+			closed++
+			t.Errorf("client %d: %v (frames %+v)", i, rd.err, rd.frames)
+			continue
+		}
+		for j := 1; j < len(rd.offs); j++ {
+			if rd.offs[j] != rd.offs[j-1]+1 {
+				gaps++
+				t.Errorf("client %d: offset %d after %d", i, rd.offs[j], rd.offs[j-1])
+				break
+			}
+		}
+		if len(rd.frames) > 0 {
+			t.Errorf("client %d got %+v besides messages", i, rd.frames)
+		}
+	}
+	t.Logf("%d subscriber kills in %v: %d of %d clients closed, %d with a gap; %d messages each",
+		kills, took.Round(time.Millisecond), closed, clients, gaps, len(readers[0].offs))
+	if !strings.Contains(c.Nodes[0].Log(), "refilled from history") {
+		t.Errorf("the node never refilled from history: the kills did not reach it")
 	}
 }

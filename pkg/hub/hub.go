@@ -73,6 +73,7 @@ type member struct {
 	pending  []bridge.Message
 	overflow bool          // more than pendingLimit arrived while recovering
 	last     wire.Position // the position the subscriber has reached; guarded by mu
+	lost     bool          // the bridge lost messages while recovering (Repair); guarded by mu
 }
 
 // send sends msg to s unless it carries a position s already reached. It
@@ -224,6 +225,7 @@ func (h *Hub) Subscribe(ctx context.Context, s Sink, name string, since *wire.Po
 	} else {
 		m.mu.Lock()
 		m.live.Store(false)
+		m.lost = false
 		m.mu.Unlock()
 	}
 	h.mu.Unlock()
@@ -290,6 +292,12 @@ func (h *Hub) Subscribe(ctx context.Context, s Sink, name string, since *wire.Po
 		// More arrived than could be parked: never a silent gap.
 		m.pending, m.overflow = nil, false
 		return ErrOverflow
+	}
+	if m.lost {
+		// The bridge dropped messages that neither the backlog nor
+		// pending holds: never a silent gap.
+		m.pending, m.lost = nil, false
+		return ErrLost
 	}
 	for _, msg := range m.pending {
 		if _, ok := m.send(s, msg, nil); !ok {

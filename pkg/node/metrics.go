@@ -3,10 +3,11 @@ package node
 import "github.com/prometheus/client_golang/prometheus"
 
 type metrics struct {
-	moved   prometheus.Counter
-	refused prometheus.Counter
-	fenced  prometheus.Counter
-	epoch   prometheus.Gauge
+	moved    prometheus.Counter
+	refused  prometheus.Counter
+	fenced   prometheus.Counter
+	repaired prometheus.Counter
+	epoch    prometheus.Gauge
 }
 
 func newMetrics(s *Server, reg prometheus.Registerer) *metrics {
@@ -20,11 +21,14 @@ func newMetrics(s *Server, reg prometheus.Registerer) *metrics {
 		fenced: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "ringcast_node_fenced_total", Help: "Sessions closed because the process had been paused past failure detection.",
 		}),
+		repaired: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "ringcast_node_repaired_messages_total", Help: "Messages sent from history to local subscribers after the bridge lost messages (Redis subscriber reconnect).",
+		}),
 		epoch: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "ringcast_node_ring_epoch", Help: "Ring epoch of this node's membership view.",
 		}),
 	}
-	reg.MustRegister(m.moved, m.refused, m.fenced, m.epoch,
+	reg.MustRegister(m.moved, m.refused, m.fenced, m.repaired, m.epoch,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "ringcast_node_bridge_links", Help: "Live mesh links to other nodes.",
 		}, func() float64 {

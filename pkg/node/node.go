@@ -341,15 +341,23 @@ func (s *Server) snapshot() []*session.Conn {
 }
 
 // bridgeLost runs when the bridge may have dropped messages (its link to
-// Redis broke): every client is closed at once with 1012 so it reconnects and
-// resubscribes from its last offset — recovering the gap, or being told
-// recovered:false — instead of silently skipping it. Closing marks each
-// connection before the bridge resumes delivery.
+// Redis broke) and carries traffic again: the hub refills every
+// subscription with a position from history, in place, and tells those it
+// cannot fill recovered:false. Clients of channels without history are
+// closed with 1012 so they reconnect and resubscribe instead of silently
+// skipping the gap. It runs before the bridge resumes delivery.
 func (s *Server) bridgeLost() {
-	conns := s.snapshot()
-	s.log.Warn("bridge lost messages, asking clients to resubscribe", zap.Int("clients", len(conns)))
-	for _, c := range conns {
-		c.Close(wire.CloseServiceRestart, "bridge reconnected: resubscribe")
+	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.RequestTimeout)
+	defer cancel()
+	r := s.hub.Repair(ctx)
+	s.met.repaired.Add(float64(r.Messages))
+	s.log.Warn("bridge lost messages: refilled from history",
+		zap.Int("channels", r.Channels), zap.Int("messages", r.Messages),
+		zap.Int("told_unrecovered", r.Told), zap.Int("closing", len(r.Close)))
+	for _, sk := range r.Close {
+		if c, ok := sk.(*session.Conn); ok {
+			c.Close(wire.CloseServiceRestart, "bridge reconnected: resubscribe")
+		}
 	}
 }
 

@@ -488,6 +488,8 @@ func (c *Conn) handle(ctx context.Context, b []byte) {
 		switch {
 		case errors.Is(err, hub.ErrOverflow):
 			c.Close(wire.CloseSlowConsumer, "too many messages during recovery")
+		case errors.Is(err, hub.ErrLost):
+			c.Close(wire.CloseServiceRestart, "bridge reconnected during the subscribe: resubscribe")
 		case err != nil:
 			c.Send(wire.ErrorFrame(f.ID, hub.WireError(err)))
 		}

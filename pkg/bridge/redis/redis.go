@@ -33,6 +33,7 @@ type Bridge struct {
 	stopped chan struct{} // closed when Run returns
 	pingErr atomic.Pointer[error]
 	subUp   atomic.Bool // the subscriber connection answered since it was last lost
+	gap     atomic.Bool // channel messages may have been missed: drop them until recv.Lost ran
 
 	mu     sync.Mutex
 	ps     *goredis.PubSub // the subscriber connection; nil once closed

@@ -47,7 +47,10 @@ const maxSubscribeArgs = 1024
 
 // lostPing is the payload of the PING the syncer sends after subscribing
 // everything again on a new connection: its reply means Redis has the
-// subscriptions back, and recv.Lost is called.
+// subscriptions back, and recv.Lost is called. From the lost connection
+// until then, channel messages are dropped: recv.Lost refills them from
+// history (whatever it cannot fill, it reports), and a live one delivered
+// before that would overtake the missed ones.
 const lostPing = "ringcast-resubscribed"
 
 // Subscribe implements bridge.Bridge: it returns once Redis confirmed the
@@ -228,6 +231,7 @@ func (b *Bridge) fail(ps *goredis.PubSub, err error) {
 	}
 	if b.subUp.Swap(false) {
 		b.lost = true
+		b.gap.Store(true)
 		b.log.Warn("subscriber connection lost", zap.Error(err))
 	}
 	b.failed = true
@@ -277,7 +281,11 @@ func (b *Bridge) resubscribed(ps *goredis.PubSub) {
 	}
 	b.mu.Unlock()
 	if lost && b.recv.Lost != nil {
+		// On the receive loop: nothing more is delivered until it returns.
 		b.recv.Lost()
+	}
+	if lost {
+		b.gap.Store(false)
 	}
 }
 
@@ -349,6 +357,10 @@ func (b *Bridge) handle(ps *goredis.PubSub, msg any) {
 		name := strings.TrimPrefix(m.Channel, b.cfg.Prefix)
 		var err error
 		switch {
+		case strings.HasPrefix(name, "c:") && b.gap.Load():
+			// Between a lost connection and recv.Lost, a live message
+			// would overtake the ones missed before it; recv.Lost refills
+			// it from history with them.
 		case strings.HasPrefix(name, "c:"):
 			var msg bridge.Message
 			if err = json.Unmarshal([]byte(m.Payload), &msg); err == nil {
