@@ -417,7 +417,7 @@ func TestRedisSubscriberKills(t *testing.T) {
 	took := time.Since(start)
 	stop()
 	pub.Wait()
-	if err := Eventually(ctx, 10*time.Second, func() error {
+	if err := testkit.Wait(ctx, 10*time.Second, func() error {
 		code, err := PostJSON(ctx, c.HTTP()+"/v1/publish", map[string]any{"channel": "feed", "data": "end"}, nil)
 		if err == nil && code != 200 {
 			err = fmt.Errorf("publish end: %d", code)
