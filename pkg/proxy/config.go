@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"fmt"
+	"net/netip"
 	"time"
 )
 
@@ -40,6 +41,23 @@ type Config struct {
 	// WriteTimeout bounds every write to the client or the node. Default 10s:
 	// a peer that takes longer to accept one buffer is treated as dead.
 	WriteTimeout time.Duration
+	// MaxConnsPerIP bounds the relayed connections of one source address
+	// (an IPv4 address or an IPv6 /64); over it an upgrade gets 429 before
+	// any node is dialled. Default 2048: an office of 500 people behind one
+	// NAT address, each with four tabs open, stays under it. Negative = off.
+	MaxConnsPerIP int
+	// ConnRatePerIP bounds the new connections per second of one source
+	// address (a token bucket with a burst of twice the rate); over it an
+	// upgrade gets 429 with the Retry-After of the next token. Default 200:
+	// the whole office above reconnects (after a balancer restart) within
+	// about 8 s of retries, while one host cannot churn connections faster.
+	// Negative = off.
+	ConnRatePerIP float64
+	// TrustedProxies may set the client address with X-Forwarded-For: a
+	// connection from one of them is counted against the rightmost address
+	// in that header that is not itself trusted. Default none: the header
+	// is ignored (and replaced towards the node).
+	TrustedProxies []netip.Prefix
 }
 
 // DefaultConfig returns the defaults documented on Config.
@@ -52,6 +70,8 @@ func DefaultConfig() Config {
 		BufferSize:       16 << 10,
 		IdleTimeout:      0,
 		WriteTimeout:     10 * time.Second,
+		MaxConnsPerIP:    2048,
+		ConnRatePerIP:    200,
 	}
 }
 
@@ -88,6 +108,18 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.BufferSize == 0 {
 		c.BufferSize = d.BufferSize
+	}
+	switch {
+	case c.MaxConnsPerIP == 0:
+		c.MaxConnsPerIP = d.MaxConnsPerIP
+	case c.MaxConnsPerIP < 0:
+		c.MaxConnsPerIP = 0
+	}
+	switch {
+	case c.ConnRatePerIP == 0:
+		c.ConnRatePerIP = d.ConnRatePerIP
+	case c.ConnRatePerIP < 0:
+		c.ConnRatePerIP = 0
 	}
 	return c, nil
 }

@@ -316,3 +316,18 @@ func (c *rawConn) echo(msg []byte) error {
 	}
 	return nil
 }
+
+// expectClosed checks that the answer said Connection: close and that the
+// proxy then closed the connection.
+func (c *rawConn) expectClosed(tb testing.TB) {
+	tb.Helper()
+	if !c.resp.Close {
+		tb.Errorf("answer %d has no Connection: close", c.resp.StatusCode)
+	}
+	if err := c.SetReadDeadline(time.Now().Add(ioTimeout)); err != nil {
+		tb.Fatal(err)
+	}
+	if n, err := c.r.Read(make([]byte, 1)); !errors.Is(err, io.EOF) {
+		tb.Errorf("after answer %d: read = %d, %v, want EOF", c.resp.StatusCode, n, err)
+	}
+}

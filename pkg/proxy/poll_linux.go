@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"os"
 	"runtime"
 	"sync"
@@ -99,7 +100,7 @@ func (p *Proxy) shard() *shard {
 
 // startPolled relays client and node on a shard; it reports false, with
 // both conns untouched, when they cannot be polled.
-func (p *Proxy) startPolled(clientID, nodeID string, client, node net.Conn) (bool, error) {
+func (p *Proxy) startPolled(src netip.Addr, clientID, nodeID string, client, node net.Conn) (bool, error) {
 	s := p.shard()
 	if s == nil {
 		return false, nil
@@ -109,7 +110,7 @@ func (p *Proxy) startPolled(clientID, nodeID string, client, node net.Conn) (boo
 		return false, nil
 	}
 	l := &link{s: s, clientID: clientID, node: nodeID, fd: fds, active: s.now()}
-	if !p.track(nodeID, l) {
+	if !p.track(nodeID, l, src) {
 		closeFDs(fds)
 		return true, errClosed
 	}

@@ -2,13 +2,16 @@
 
 package proxy
 
-import "net"
+import (
+	"net"
+	"net/netip"
+)
 
 // poller is Linux only: elsewhere every relay runs a goroutine per direction.
 type poller struct{}
 
 func (*poller) stop() {}
 
-func (p *Proxy) startPolled(clientID, nodeID string, client, node net.Conn) (bool, error) {
+func (p *Proxy) startPolled(_ netip.Addr, clientID, nodeID string, client, node net.Conn) (bool, error) {
 	return false, nil
 }

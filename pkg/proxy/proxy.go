@@ -11,6 +11,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/netip"
 	"slices"
 	"strings"
 	"sync"
@@ -46,17 +47,19 @@ type Proxy struct {
 	bufs    sync.Pool // *[]byte of cfg.BufferSize, held only while bytes move
 	readers sync.Pool // *bufio.Reader for node handshakes
 
+	admission   *admission
 	connections *prometheus.GaugeVec
+	refused     *prometheus.CounterVec
 	fallbacks   prometheus.Counter
 	toNode      prometheus.Counter
 	toClient    prometheus.Counter
 
 	mu     sync.Mutex
 	closed bool
-	links  map[string]map[relay]struct{} // node id → live relays
-	down   map[string]time.Time          // node id → skipped until
-	poller *poller                       // started with the first polled relay
-	wg     sync.WaitGroup                // live relays and their goroutines
+	links  map[string]map[relay]netip.Addr // node id → live relays → the source they are counted against
+	down   map[string]time.Time            // node id → skipped until
+	poller *poller                         // started with the first polled relay
+	wg     sync.WaitGroup                  // live relays and their goroutines
 }
 
 // New returns a Proxy that routes with pick. reg may be nil, log may be nil.
@@ -84,18 +87,23 @@ func New(cfg Config, pick Picker, log *zap.Logger, reg prometheus.Registerer) (*
 			Name: "ringcast_balancer_connections",
 			Help: "Client connections currently relayed, by node id.",
 		}, []string{"node"}),
+		admission: newAdmission(cfg),
+		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "ringcast_balancer_connections_refused_total",
+			Help: "Upgrades refused before any node was dialled, by reason (per_ip_conns, per_ip_rate, bad_request, shutting_down).",
+		}, []string{"reason"}),
 		fallbacks: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "ringcast_balancer_dial_fallbacks_total",
 			Help: "Failed dials to a node; the node is skipped locally and the next owner is tried.",
 		}),
 		toNode:   bytesTotal.WithLabelValues("to_node"),
 		toClient: bytesTotal.WithLabelValues("to_client"),
-		links:    make(map[string]map[relay]struct{}),
+		links:    make(map[string]map[relay]netip.Addr),
 		down:     make(map[string]time.Time),
 	}
 	p.bufs.New = func() any { b := make([]byte, cfg.BufferSize); return &b }
 	if reg != nil {
-		for _, c := range []prometheus.Collector{p.connections, p.fallbacks, bytesTotal} {
+		for _, c := range []prometheus.Collector{p.connections, p.refused, p.fallbacks, bytesTotal} {
 			if err := reg.Register(c); err != nil {
 				return nil, fmt.Errorf("register proxy metrics: %w", err)
 			}
@@ -105,35 +113,54 @@ func New(cfg Config, pick Picker, log *zap.Logger, reg prometheus.Registerer) (*
 }
 
 // ServeHTTP relays one WebSocket upgrade to the owner of its client_id.
+// Every refusal closes the client's connection: a client that sent an
+// upgrade may already be sending frames on it.
 func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if p.isClosed() {
-		http.Error(w, "balancer is shutting down", http.StatusServiceUnavailable)
+		p.refuse(w, "shutting_down", http.StatusServiceUnavailable, "balancer is shutting down")
 		return
 	}
 	if reason := checkUpgrade(r); reason != "" {
-		http.Error(w, reason, http.StatusBadRequest)
+		p.refuse(w, "bad_request", http.StatusBadRequest, reason)
 		return
 	}
 	clientID := r.URL.Query().Get("client_id")
 	if err := wire.ValidateClientID(clientID); err != nil {
-		http.Error(w, err.Error(), http.StatusBadRequest)
+		p.refuse(w, "bad_request", http.StatusBadRequest, err.Error())
 		return
 	}
-	nodeID, node, br, err := p.dialOwner(r, clientID)
+	src := p.admission.sourceOf(r)
+	if no := p.admission.admit(src, time.Now()); no != nil {
+		w.Header().Set("Retry-After", retryAfter(no.retryAfter))
+		p.refuse(w, no.reason, http.StatusTooManyRequests, "too many connections from "+src.String()+" ("+no.reason+"), retry later")
+		return
+	}
+	nodeID, node, br, err := p.dialOwner(r, src, clientID)
 	if err != nil {
+		p.admission.release(src)
 		if r.Context().Err() == nil {
+			w.Header().Set("Connection", "close")
 			http.Error(w, "no node available: "+err.Error(), http.StatusServiceUnavailable)
 		}
 		return
 	}
-	err = p.upgrade(w, r, clientID, nodeID, node, br)
+	err = p.upgrade(w, r, src, clientID, nodeID, node, br)
 	p.putReader(br)
 	if err != nil {
+		p.admission.release(src)
 		node.Close()
 		if ce := p.log.Check(zap.DebugLevel, "upgrade not relayed"); ce != nil {
 			ce.Write(zap.String("client_id", clientID), zap.String("node", nodeID), zap.Error(err))
 		}
 	}
+}
+
+// refuse answers an upgrade the proxy will not relay and closes the
+// connection after the answer.
+func (p *Proxy) refuse(w http.ResponseWriter, reason string, status int, msg string) {
+	p.refused.WithLabelValues(reason).Inc()
+	w.Header().Set("Connection", "close")
+	http.Error(w, msg, status)
 }
 
 // dialOwner dials the owner of clientID and forwards the upgrade to it,
@@ -142,9 +169,9 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // within DialTimeout (a stalled process still completes TCP handshakes);
 // the node is then marked down. It returns the node with a reader holding
 // the start of its answer.
-func (p *Proxy) dialOwner(r *http.Request, clientID string) (string, net.Conn, *bufio.Reader, error) {
+func (p *Proxy) dialOwner(r *http.Request, src netip.Addr, clientID string) (string, net.Conn, *bufio.Reader, error) {
 	ctx := r.Context()
-	head := requestHead(r)
+	head := requestHead(r, src)
 	tried := make([]string, 0, p.cfg.MaxAttempts)
 	var lastErr error
 	for range p.cfg.MaxAttempts {
@@ -209,7 +236,8 @@ func (p *Proxy) dialNode(ctx context.Context, addr string, head []byte) (net.Con
 // br holds) and answers the client with it. On a 101 it hijacks the client
 // and starts the relay. It writes the client's response itself; a returned
 // error means node must be closed.
-func (p *Proxy) upgrade(w http.ResponseWriter, r *http.Request, clientID, nodeID string, node net.Conn, br *bufio.Reader) error {
+func (p *Proxy) upgrade(w http.ResponseWriter, r *http.Request, src netip.Addr, clientID, nodeID string, node net.Conn, br *bufio.Reader) error {
+	w.Header().Set("Connection", "close") // for every answer but the relayed 101
 	resp, err := p.readAnswer(r, node, br)
 	if err != nil {
 		if p.markDown(nodeID) {
@@ -219,7 +247,7 @@ func (p *Proxy) upgrade(w http.ResponseWriter, r *http.Request, clientID, nodeID
 		return err
 	}
 	if resp.StatusCode != http.StatusSwitchingProtocols {
-		return p.refuse(w, resp)
+		return p.relayRefusal(w, resp)
 	}
 	if p.isClosed() {
 		http.Error(w, "balancer is shutting down", http.StatusServiceUnavailable)
@@ -234,7 +262,7 @@ func (p *Proxy) upgrade(w http.ResponseWriter, r *http.Request, clientID, nodeID
 		client.Close()
 		return err
 	}
-	if err := p.startRelay(clientID, nodeID, client, node); err != nil {
+	if err := p.startRelay(src, clientID, nodeID, client, node); err != nil {
 		client.Close()
 		return err
 	}
@@ -255,8 +283,9 @@ func (p *Proxy) readAnswer(r *http.Request, node net.Conn, br *bufio.Reader) (*h
 	return resp, nil
 }
 
-// refuse relays a node's non-101 answer to the client as a plain response.
-func (p *Proxy) refuse(w http.ResponseWriter, resp *http.Response) error {
+// relayRefusal relays a node's non-101 answer to the client as a plain
+// response, which closes the client's connection.
+func (p *Proxy) relayRefusal(w http.ResponseWriter, resp *http.Response) error {
 	defer resp.Body.Close()
 	for k, vs := range resp.Header {
 		if !hopByHop(k) {
@@ -336,6 +365,10 @@ func checkUpgrade(r *http.Request) string {
 		return "not a websocket upgrade: missing Upgrade: websocket"
 	case r.ContentLength != 0 || len(r.TransferEncoding) > 0:
 		return "websocket upgrade must not have a body"
+	case len(r.Header.Values("Sec-Websocket-Key")) != 1:
+		return "websocket upgrade needs exactly one Sec-WebSocket-Key"
+	case len(r.Header.Values("Sec-Websocket-Version")) != 1:
+		return "websocket upgrade needs exactly one Sec-WebSocket-Version"
 	}
 	return ""
 }
@@ -363,14 +396,21 @@ func hopByHop(k string) bool {
 	return false
 }
 
-// requestHead renders the upgrade request sent to the node: hop-by-hop and
-// client-supplied forwarding headers removed, the upgrade and forwarding
-// headers set by the proxy.
-func requestHead(r *http.Request) []byte {
+// endToEnd reports whether the canonical header key k must reach the node
+// even when the client names it in Connection: the node's policy (Origin)
+// and the handshake depend on it.
+func endToEnd(k string) bool {
+	return k == "Origin" || k == "Host" || strings.HasPrefix(k, "Sec-Websocket-")
+}
+
+// requestHead renders the upgrade request sent to the node for the client
+// at client: hop-by-hop and client-supplied forwarding headers removed, the
+// upgrade and forwarding headers set by the proxy.
+func requestHead(r *http.Request, client netip.Addr) []byte {
 	h := r.Header.Clone()
 	for _, v := range r.Header.Values("Connection") {
 		for t := range strings.SplitSeq(v, ",") {
-			if k := http.CanonicalHeaderKey(strings.TrimSpace(t)); !strings.HasPrefix(k, "Sec-Websocket-") {
+			if k := http.CanonicalHeaderKey(strings.TrimSpace(t)); !endToEnd(k) {
 				delete(h, k)
 			}
 		}
@@ -382,8 +422,8 @@ func requestHead(r *http.Request) []byte {
 	}
 	h.Set("Connection", "Upgrade")
 	h.Set("Upgrade", "websocket")
-	if ip, _, err := net.SplitHostPort(r.RemoteAddr); err == nil {
-		h.Set("X-Forwarded-For", ip)
+	if client.IsValid() {
+		h.Set("X-Forwarded-For", client.String())
 	}
 	proto := "http"
 	if r.TLS != nil {
@@ -448,7 +488,7 @@ func (p *Proxy) isClosed() bool {
 
 // track registers r, relayed to nodeID, and adds one to p.wg for it; it
 // returns false once Close was called.
-func (p *Proxy) track(nodeID string, r relay) bool {
+func (p *Proxy) track(nodeID string, r relay, src netip.Addr) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.closed {
@@ -456,10 +496,10 @@ func (p *Proxy) track(nodeID string, r relay) bool {
 	}
 	set := p.links[nodeID]
 	if set == nil {
-		set = make(map[relay]struct{})
+		set = make(map[relay]netip.Addr)
 		p.links[nodeID] = set
 	}
-	set[r] = struct{}{}
+	set[r] = src
 	p.connections.WithLabelValues(nodeID).Inc()
 	p.wg.Add(1)
 	return true
@@ -469,6 +509,9 @@ func (p *Proxy) untrack(nodeID string, r relay) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	set := p.links[nodeID]
+	if src, ok := set[r]; ok {
+		p.admission.release(src)
+	}
 	delete(set, r)
 	if len(set) == 0 {
 		delete(p.links, nodeID)

@@ -12,6 +12,8 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"net/http/httptest"
+	"net/netip"
+	"reflect"
 	"slices"
 	"strings"
 	"sync"
@@ -25,7 +27,8 @@ import (
 
 func TestConfigDefaults(t *testing.T) {
 	custom := Config{DialTimeout: time.Millisecond, HandshakeTimeout: time.Second, MaxAttempts: 1,
-		DownFor: time.Minute, BufferSize: 512, IdleTimeout: time.Hour, WriteTimeout: time.Second}
+		DownFor: time.Minute, BufferSize: 512, IdleTimeout: time.Hour, WriteTimeout: time.Second,
+		MaxConnsPerIP: 7, ConnRatePerIP: 0.5}
 	tests := []struct {
 		name    string
 		cfg     Config
@@ -45,7 +48,7 @@ func TestConfigDefaults(t *testing.T) {
 			if (err != nil) != tt.wantErr {
 				t.Fatalf("New(%+v) error = %v, want error %v", tt.cfg, err, tt.wantErr)
 			}
-			if err == nil && p.cfg != tt.want {
+			if err == nil && !reflect.DeepEqual(p.cfg, tt.want) {
 				t.Errorf("New(%+v) config = %+v, want %+v", tt.cfg, p.cfg, tt.want)
 			}
 		})
@@ -71,6 +74,9 @@ func TestRejectsBeforeDial(t *testing.T) {
 		{"no upgrade header", "GET /ws?client_id=alice HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\n\r\n", "missing Upgrade: websocket"},
 		{"post", strings.Replace(upgradeRequest("alice"), "GET", "POST", 1), "needs GET"},
 		{"http/1.0", strings.Replace(upgradeRequest("alice"), "HTTP/1.1", "HTTP/1.0", 1), "needs HTTP/1.1"},
+		{"two keys", upgradeRequest("alice", "Sec-WebSocket-Key: AAAAAAAAAAAAAAAAAAAAAA==\r\n"), "exactly one Sec-WebSocket-Key"},
+		{"no key", strings.Replace(upgradeRequest("alice"), "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n", "", 1), "exactly one Sec-WebSocket-Key"},
+		{"two versions", upgradeRequest("alice", "Sec-WebSocket-Version: 8\r\n"), "exactly one Sec-WebSocket-Version"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -78,6 +84,7 @@ func TestRejectsBeforeDial(t *testing.T) {
 			if c.resp.StatusCode != http.StatusBadRequest || !strings.Contains(c.body, tt.wantBody) {
 				t.Errorf("status %d body %q, want 400 containing %q", c.resp.StatusCode, c.body, tt.wantBody)
 			}
+			c.expectClosed(t)
 		})
 	}
 	if n := b.accepted.Load(); n != 0 {
@@ -102,7 +109,7 @@ func TestForwardingHeaders(t *testing.T) {
 		"X-Secret: hop\r\n",
 		"Origin: http://app.test\r\n",
 		"Sec-WebSocket-Protocol: ringcast.v1\r\n",
-	), "Connection: Upgrade", "Connection: keep-alive, Upgrade, X-Secret", 1))
+	), "Connection: Upgrade", "Connection: keep-alive, Upgrade, X-Secret, Origin, Host, Sec-WebSocket-Protocol", 1))
 	if c.resp.StatusCode != http.StatusSwitchingProtocols {
 		t.Fatalf("status %d %q, want 101", c.resp.StatusCode, c.body)
 	}
@@ -518,13 +525,21 @@ func FuzzRequestHead(f *testing.F) {
 			return
 		}
 		r.RemoteAddr = "192.0.2.1:4321"
-		head := requestHead(r)
+		head := requestHead(r, netip.MustParseAddr("192.0.2.1"))
 		out, err := http.ReadRequest(bufio.NewReader(bytes.NewReader(head)))
 		if err != nil {
 			t.Fatalf("forwarded request does not parse: %v\n%q", err, head)
 		}
 		if got, want := out.URL.Query().Get("client_id"), r.URL.Query().Get("client_id"); got != want {
 			t.Errorf("client_id %q forwarded as %q", want, got)
+		}
+		if out.Host != r.Host {
+			t.Errorf("Host %q forwarded as %q", r.Host, out.Host)
+		}
+		for _, key := range []string{"Origin", "Sec-Websocket-Key", "Sec-Websocket-Version", "Sec-Websocket-Protocol"} {
+			if got, want := out.Header.Values(key), r.Header.Values(key); !slices.Equal(got, want) {
+				t.Errorf("%s %q forwarded as %q\n%q", key, want, got, head)
+			}
 		}
 		for key, want := range map[string]string{
 			"X-Forwarded-For": "192.0.2.1", "X-Forwarded-Proto": "http", "Forwarded": "", "X-Real-Ip": "",

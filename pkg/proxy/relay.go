@@ -4,6 +4,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"net/netip"
 	"os"
 	"strings"
 	"sync/atomic"
@@ -33,15 +34,16 @@ type relay interface {
 // startRelay relays client to node until either side ends: on the shared
 // poller when both have a file descriptor, else with a goroutine per
 // direction. After an error the caller closes client and node.
-func (p *Proxy) startRelay(clientID, nodeID string, client, node net.Conn) error {
+// The connection counts against the admission slot of src until it ends.
+func (p *Proxy) startRelay(src netip.Addr, clientID, nodeID string, client, node net.Conn) error {
 	// The id is cut from the request line: a copy lets that be collected.
 	clientID = strings.Clone(clientID)
-	if polled, err := p.startPolled(clientID, nodeID, client, node); polled || err != nil {
+	if polled, err := p.startPolled(src, clientID, nodeID, client, node); polled || err != nil {
 		return err
 	}
 	c := &pipe{p: p, clientID: clientID, node: nodeID, client: client, backend: node}
 	c.active.Store(time.Now().UnixNano())
-	if !p.track(nodeID, c) {
+	if !p.track(nodeID, c, src) {
 		return errClosed
 	}
 	p.wg.Add(1) // track counted the first goroutine

@@ -1,0 +1,155 @@
+package proxy
+
+import (
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/netip"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/ringcast/ringcast/internal/testkit"
+)
+
+func TestSourceOf(t *testing.T) {
+	trusted, err := ParseCIDRs([]string{"10.0.0.0/8", "192.0.2.7"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := newAdmission(Config{TrustedProxies: trusted})
+	for _, tt := range []struct {
+		peer string
+		xff  []string
+		want string
+	}{
+		{"198.51.100.1:1", nil, "198.51.100.1"},
+		{"198.51.100.1:1", []string{"6.6.6.6"}, "198.51.100.1"}, // untrusted peer: header ignored
+		{"10.1.1.1:1", nil, "10.1.1.1"},
+		{"10.1.1.1:1", []string{"203.0.113.9"}, "203.0.113.9"},
+		{"10.1.1.1:1", []string{"6.6.6.6, 203.0.113.9"}, "203.0.113.9"}, // rightmost untrusted wins
+		{"10.1.1.1:1", []string{"6.6.6.6, 203.0.113.9, 192.0.2.7"}, "203.0.113.9"},
+		{"10.1.1.1:1", []string{"6.6.6.6", "203.0.113.9, 10.2.2.2"}, "203.0.113.9"},
+		{"10.1.1.1:1", []string{"6.6.6.6, junk"}, "10.1.1.1"},
+		{"10.1.1.1:1", []string{"10.3.3.3"}, "10.3.3.3"}, // only proxies: the last one
+		{"[2001:db8::1]:1", nil, "2001:db8::1"},
+	} {
+		r := httptest.NewRequest("GET", "/ws", nil)
+		r.RemoteAddr = tt.peer
+		for _, v := range tt.xff {
+			r.Header.Add("X-Forwarded-For", v)
+		}
+		if got := a.sourceOf(r); got.String() != tt.want {
+			t.Errorf("sourceOf(peer %s, XFF %q) = %s, want %s", tt.peer, tt.xff, got, tt.want)
+		}
+	}
+	if _, err := ParseCIDRs([]string{"10.0.0.0/33"}); err == nil {
+		t.Error("ParseCIDRs(10.0.0.0/33) error = nil")
+	}
+}
+
+func TestAdmit(t *testing.T) {
+	now := time.Unix(1000, 0)
+	a := newAdmission(Config{MaxConnsPerIP: 3, ConnRatePerIP: 2}) // burst 4
+	ip := netip.MustParseAddr("192.0.2.1")
+	for i := range 3 {
+		if no := a.admit(ip, now); no != nil {
+			t.Fatalf("admit #%d refused: %+v", i+1, no)
+		}
+	}
+	if no := a.admit(ip, now); no == nil || no.reason != "per_ip_conns" {
+		t.Fatalf("4th concurrent admit = %+v, want per_ip_conns", no)
+	}
+	if no := a.admit(netip.MustParseAddr("192.0.2.2"), now); no != nil {
+		t.Fatalf("another address refused: %+v", no)
+	}
+	a.release(ip)
+	if no := a.admit(ip, now); no != nil {
+		t.Fatalf("admit after release refused: %+v", no)
+	}
+	// 4 tokens spent: the rate limit answers now, whatever the slots say.
+	a.release(ip)
+	no := a.admit(ip, now)
+	if no == nil || no.reason != "per_ip_rate" || no.retryAfter <= 0 || no.retryAfter > 500*time.Millisecond {
+		t.Fatalf("5th admit in the same instant = %+v, want per_ip_rate with a wait of at most 0.5 s", no)
+	}
+	if no := a.admit(ip, now.Add(500*time.Millisecond)); no != nil {
+		t.Fatalf("admit a token later refused: %+v", no)
+	}
+	// One IPv6 host is its /64.
+	v6 := newAdmission(Config{MaxConnsPerIP: 1})
+	if no := v6.admit(netip.MustParseAddr("2001:db8::1"), now); no != nil {
+		t.Fatal(no)
+	}
+	if no := v6.admit(netip.MustParseAddr("2001:db8::2"), now); no == nil {
+		t.Fatal("second address of the same /64 admitted, want per_ip_conns")
+	}
+	// Forgotten once idle: a source holds memory only while it is active.
+	a2 := newAdmission(Config{MaxConnsPerIP: 3, ConnRatePerIP: 2})
+	a2.admit(ip, now)
+	a2.release(ip)
+	a2.admit(netip.MustParseAddr("192.0.2.9"), now.Add(time.Minute))
+	if _, ok := a2.sources[ip]; ok || len(a2.sources) != 1 {
+		t.Errorf("idle source kept after a sweep: %d sources", len(a2.sources))
+	}
+}
+
+// TestAdmissionLimits: one address over its limit gets 429 with
+// Retry-After before any node is dialled; another address still connects,
+// and the connections already relayed keep working.
+func TestAdmissionLimits(t *testing.T) {
+	b := startBackend(t, "n1", nil)
+	_, addr, reg := startProxy(t, Config{MaxConnsPerIP: 3, ConnRatePerIP: -1}, &fakePicker{nodes: []testNode{{"n1", b.addr()}}})
+	held := make([]*rawConn, 3)
+	for i := range held {
+		held[i] = connect(t, addr, "c"+strconv.Itoa(i), "n1")
+	}
+	accepted := b.accepted.Load()
+
+	c := dialRaw(t, addr, upgradeRequest("c9"))
+	if c.resp.StatusCode != http.StatusTooManyRequests || c.resp.Header.Get("Retry-After") == "" {
+		t.Fatalf("4th connection: status %d Retry-After %q, want 429 with Retry-After", c.resp.StatusCode, c.resp.Header.Get("Retry-After"))
+	}
+	c.expectClosed(t)
+	if got := b.accepted.Load(); got != accepted {
+		t.Errorf("node accepted %d connections for a refused upgrade", got-accepted)
+	}
+	if v, _ := testkit.Metric(t, reg, "ringcast_balancer_connections_refused_total", "per_ip_conns"); v != 1 {
+		t.Errorf("connections_refused_total{per_ip_conns} = %v, want 1", v)
+	}
+
+	other, err := (&net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP("127.0.0.2")}}).Dial("tcp", addr)
+	if err != nil {
+		t.Skipf("cannot dial from 127.0.0.2: %v", err)
+	}
+	if c := handshakeRaw(t, other, upgradeRequest("d1")); c.resp.StatusCode != http.StatusSwitchingProtocols {
+		t.Errorf("from 127.0.0.2: status %d %q, want 101", c.resp.StatusCode, c.body)
+	}
+	for i, h := range held {
+		if err := h.echo([]byte("still here")); err != nil {
+			t.Errorf("held connection %d: %v", i, err)
+		}
+	}
+
+	// A slot comes back when its connection ends.
+	held[0].Close()
+	testkit.Eventually(t, ioTimeout, func() bool {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			return false
+		}
+		return handshakeRaw(t, c, upgradeRequest("c0")).resp.StatusCode == http.StatusSwitchingProtocols
+	}, "a freed slot")
+}
+
+func TestAdmissionRate(t *testing.T) {
+	b := startBackend(t, "n1", nil)
+	_, addr, _ := startProxy(t, Config{ConnRatePerIP: 1}, &fakePicker{nodes: []testNode{{"n1", b.addr()}}}) // burst 2
+	codes := make([]int, 3)
+	for i := range codes {
+		codes[i] = dialRaw(t, addr, upgradeRequest("r"+strconv.Itoa(i))).resp.StatusCode
+	}
+	if codes[0] != 101 || codes[1] != 101 || codes[2] != http.StatusTooManyRequests {
+		t.Errorf("three connections at once with rate 1/s: %v, want [101 101 429]", codes)
+	}
+}
