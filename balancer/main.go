@@ -14,6 +14,7 @@ import (
 	"github.com/ringcast/ringcast/pkg/balancer"
 	"github.com/ringcast/ringcast/pkg/flagenv"
 	"github.com/ringcast/ringcast/pkg/logging"
+	"github.com/ringcast/ringcast/pkg/proxy"
 )
 
 func main() {
@@ -43,12 +44,20 @@ func run(ctx context.Context, args []string, env func(string) string, stderr io.
 	fs.StringVar(&cfg.Detect, "detect", d.Detect, "failure detection profile: lan (5-7 s) | fast (< 1 s, loopback/LAN)")
 	fs.DurationVar(&cfg.Proxy.DialTimeout, "dial-timeout", d.Proxy.DialTimeout, "bounds dialling a node and the first byte of its answer to the upgrade; longer is a failed dial (next owner)")
 	fs.DurationVar(&cfg.Proxy.DownFor, "down-for", d.Proxy.DownFor, "a node whose dial failed is skipped locally for this long")
+	fs.IntVar(&cfg.Proxy.MaxConnsPerIP, "max-conns-per-ip", d.Proxy.MaxConnsPerIP, "connections one source address (IPv4, IPv6 /64) may hold; more get HTTP 429 (-1 = no limit)")
+	fs.Float64Var(&cfg.Proxy.ConnRatePerIP, "conn-rate-per-ip", d.Proxy.ConnRatePerIP, "new connections per second per source address, burst 2x; more get HTTP 429 with Retry-After (-1 = no limit)")
+	var trusted flagenv.List
+	fs.Var(&trusted, "trusted-proxies", "comma-separated CIDRs or addresses allowed to set the client address with X-Forwarded-For")
 	logFormat := fs.String("log", "dev", "log format: dev | json")
 	logLevel := fs.String("log-level", "info", "log level: debug | info | warn | error")
 	if err := flagenv.Parse(fs, args, env); err != nil {
 		return err
 	}
 	cfg.Join = join
+	var err error
+	if cfg.Proxy.TrustedProxies, err = proxy.ParseCIDRs(trusted); err != nil {
+		return fmt.Errorf("-trusted-proxies: %w", err)
+	}
 	log, err := logging.New(*logFormat, *logLevel)
 	if err != nil {
 		return err

@@ -28,17 +28,18 @@ import (
 
 // Options describe a cluster.
 type Options struct {
-	Nodes       int      // default 3
-	Balancers   int      // default 1
-	Bridge      string   // default mesh
-	Detect      string   // default fast
-	HistorySize int      // 0 = off
-	Heartbeat   string   // node -heartbeat; default the node's
-	NodeArgs    []string // extra node flags
-	Host        string   // bind address; default 127.0.0.1
-	ClusterKey  string   // -cluster-key of every process; default none (NewNet's clusters: a random one)
-	LogDir      string   // where process logs go; default a temp dir
-	Stdout      io.Writer
+	Nodes        int      // default 3
+	Balancers    int      // default 1
+	Bridge       string   // default mesh
+	Detect       string   // default fast
+	HistorySize  int      // 0 = off
+	Heartbeat    string   // node -heartbeat; default the node's
+	NodeArgs     []string // extra node flags
+	BalancerArgs []string // extra balancer flags
+	Host         string   // bind address; default 127.0.0.1
+	ClusterKey   string   // -cluster-key of every process; default none (NewNet's clusters: a random one)
+	LogDir       string   // where process logs go; default a temp dir
+	Stdout       io.Writer
 }
 
 // Proc is one cluster process.
@@ -154,6 +155,10 @@ func FreePort(host string) (string, error) {
 	return "", errors.New("no free port")
 }
 
+// NoAdmissionLimits are the balancer flags a load generator that opens
+// thousands of connections from a few addresses needs.
+var NoAdmissionLimits = []string{"-max-conns-per-ip", "-1", "-conn-rate-per-ip", "-1"}
+
 // Start builds the binaries and starts the cluster on Options.Host, each
 // process on free ports, waiting until every node is ready and every
 // balancer sees them all. Stop it with Close.
@@ -210,7 +215,7 @@ func start(ctx context.Context, o Options, place func(*Proc) ([]string, error)) 
 		if i > 0 {
 			join = []string{"-join", seeds[0]}
 		}
-		p, err := proc(fmt.Sprintf("b%d", i+1), "balancer", join...)
+		p, err := proc(fmt.Sprintf("b%d", i+1), "balancer", append(join, o.BalancerArgs...)...)
 		if err != nil {
 			return nil, err
 		}

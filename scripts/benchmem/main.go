@@ -124,7 +124,7 @@ type bench struct {
 
 // node measures one node with idle subscribed connections straight to it.
 func (b *bench) node(ctx context.Context, round int) error {
-	c, err := clustertest.Start(ctx, clustertest.Options{Nodes: 1, Heartbeat: "5m"})
+	c, err := clustertest.Start(ctx, clustertest.Options{Nodes: 1, Heartbeat: "5m", BalancerArgs: clustertest.NoAdmissionLimits})
 	if err != nil {
 		return err
 	}
@@ -158,7 +158,7 @@ func (b *bench) node(ctx context.Context, round int) error {
 
 // balancer measures the balancer with idle connections relayed to two nodes.
 func (b *bench) balancer(ctx context.Context, round int) error {
-	c, err := clustertest.Start(ctx, clustertest.Options{Nodes: 2, Heartbeat: "5m"})
+	c, err := clustertest.Start(ctx, clustertest.Options{Nodes: 2, Heartbeat: "5m", BalancerArgs: clustertest.NoAdmissionLimits})
 	if err != nil {
 		return err
 	}

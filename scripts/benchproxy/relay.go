@@ -54,7 +54,8 @@ func runRelay(ctx context.Context, args []string) error {
 	if pick.ring, err = ring.New(ids); err != nil {
 		return err
 	}
-	p, err := proxy.New(proxy.Config{}, pick, nil, prometheus.NewRegistry())
+	// No admission limits: the load comes from a few loopback addresses.
+	p, err := proxy.New(proxy.Config{MaxConnsPerIP: -1, ConnRatePerIP: -1}, pick, nil, prometheus.NewRegistry())
 	if err != nil {
 		return err
 	}

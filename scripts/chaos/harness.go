@@ -58,7 +58,8 @@ func scenario(ctx context.Context, cfg config, out io.Writer) (*report, error) {
 	if err != nil {
 		return nil, err
 	}
-	opts := clustertest.Options{Nodes: cfg.Nodes, Balancers: cfg.Balancers, HistorySize: cfg.History, LogDir: logs}
+	opts := clustertest.Options{Nodes: cfg.Nodes, Balancers: cfg.Balancers, HistorySize: cfg.History, LogDir: logs,
+		BalancerArgs: clustertest.NoAdmissionLimits}
 	bridge, host := "mesh", "127.0.0.1"
 	var nw *clustertest.Net
 	if cfg.Net {

@@ -115,7 +115,7 @@ func run(ctx context.Context, args []string) error {
 	}
 	var pids []pidName
 	if cfg.local > 0 {
-		o := clustertest.Options{Nodes: cfg.local, Heartbeat: "30s"}
+		o := clustertest.Options{Nodes: cfg.local, Heartbeat: "30s", BalancerArgs: clustertest.NoAdmissionLimits}
 		if cfg.nodeArgs != "" {
 			o.NodeArgs = strings.Fields(cfg.nodeArgs)
 		}
