@@ -136,12 +136,7 @@ func New(cfg Config) (*Server, error) {
 			IdleConnTimeout:     30 * time.Second,
 		},
 	}
-	s.http = &http.Server{
-		Handler:           s.routes(),
-		ReadHeaderTimeout: 5 * time.Second,
-		IdleTimeout:       60 * time.Second,
-		ErrorLog:          zap.NewStdLog(cfg.Log.Named("http")),
-	}
+	s.http = httpapi.NewServer(s.routes(), cfg.Log.Named("http"))
 	return s, nil
 }
 

@@ -1,5 +1,6 @@
 // Package httpapi is the HTTP API's shared plumbing for nodes and balancers:
-// JSON and error bodies, bounded body decoding, wire error → status, the health probe.
+// JSON and error bodies, bounded body decoding, wire error → status, the health probe,
+// and the bounds of the HTTP servers themselves.
 package httpapi
 
 import (
@@ -8,10 +9,43 @@ import (
 	"errors"
 	"io"
 	"net/http"
+	"os"
 	"time"
+
+	"go.uber.org/zap"
 
 	"github.com/ringcast/ringcast/pkg/wire"
 )
+
+// Bounds of every node and balancer HTTP server.
+const (
+	// MaxHeaderBytes caps a request head (request line and headers); past
+	// it the server answers 431. 32 KiB holds any browser's cookies and a
+	// token several times over.
+	MaxHeaderBytes = 32 << 10
+	// ReadHeaderTimeout bounds reading a request head.
+	ReadHeaderTimeout = 5 * time.Second
+	// BodyTimeout bounds reading an API request body (DecodeBody); a body
+	// still arriving after it gets 408.
+	BodyTimeout = 10 * time.Second
+	// IdleTimeout closes a keep-alive connection that sent no request.
+	IdleTimeout = 60 * time.Second
+)
+
+// bodyTimeout is BodyTimeout; tests shorten it.
+var bodyTimeout = BodyTimeout
+
+// NewServer returns an HTTP server for h with the bounds above. Hijacked
+// connections (WebSockets) are the hijacker's to bound.
+func NewServer(h http.Handler, log *zap.Logger) *http.Server {
+	return &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: ReadHeaderTimeout,
+		MaxHeaderBytes:    MaxHeaderBytes,
+		IdleTimeout:       IdleTimeout,
+		ErrorLog:          zap.NewStdLog(log),
+	}
+}
 
 // statuses maps every wire error code to its HTTP status.
 var statuses = map[string]int{
@@ -64,14 +98,20 @@ func WriteWireError(w http.ResponseWriter, err error) {
 	WriteError(w, we.Code, we.Message)
 }
 
-// DecodeBody reads r's body, at most limit bytes, and unmarshals it into v.
+// DecodeBody reads r's body, at most limit bytes within BodyTimeout, and
+// unmarshals it into v.
 // It returns the body; on failure it has written a too_large, bad_request or
-// bad_json answer and returns false.
+// bad_json answer (408 for a body too slow) and returns false.
 func DecodeBody(w http.ResponseWriter, r *http.Request, limit int64, v any) ([]byte, bool) {
+	_ = http.NewResponseController(w).SetReadDeadline(time.Now().Add(bodyTimeout))
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, limit))
 	if err != nil {
 		var mbe *http.MaxBytesError
-		if errors.As(err, &mbe) {
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			w.Header().Set("Connection", "close")
+			WriteJSON(w, http.StatusRequestTimeout, map[string]any{"ok": false, "code": wire.CodeBadRequest,
+				"message": "request body not received within " + bodyTimeout.String()})
+		} else if errors.As(err, &mbe) {
 			WriteError(w, wire.CodeTooLarge, err.Error())
 		} else {
 			WriteError(w, wire.CodeBadRequest, err.Error())

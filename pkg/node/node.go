@@ -22,6 +22,7 @@ import (
 	"github.com/ringcast/ringcast/pkg/bridge/mesh"
 	"github.com/ringcast/ringcast/pkg/bridge/redis"
 	"github.com/ringcast/ringcast/pkg/cluster"
+	"github.com/ringcast/ringcast/pkg/httpapi"
 	"github.com/ringcast/ringcast/pkg/hub"
 	"github.com/ringcast/ringcast/pkg/session"
 	"github.com/ringcast/ringcast/pkg/wire"
@@ -240,12 +241,7 @@ func New(cfg Config) (*Server, error) {
 	}
 
 	s.probe = &http.Client{Timeout: time.Second}
-	s.http = &http.Server{
-		Handler:           s.routes(),
-		ReadHeaderTimeout: 5 * time.Second,
-		IdleTimeout:       60 * time.Second,
-		ErrorLog:          zap.NewStdLog(cfg.Log.Named("http")),
-	}
+	s.http = httpapi.NewServer(s.routes(), cfg.Log.Named("http"))
 	return s, nil
 }
 

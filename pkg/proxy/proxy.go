@@ -120,7 +120,7 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		p.refuse(w, "shutting_down", http.StatusServiceUnavailable, "balancer is shutting down")
 		return
 	}
-	if reason := checkUpgrade(r); reason != "" {
+	if reason := wire.CheckUpgrade(r); reason != "" {
 		p.refuse(w, "bad_request", http.StatusBadRequest, reason)
 		return
 	}
@@ -349,40 +349,6 @@ func (p *Proxy) reader(node net.Conn) *bufio.Reader {
 		return br
 	}
 	return bufio.NewReader(lr)
-}
-
-// checkUpgrade returns why r is not a WebSocket upgrade the proxy can relay,
-// or "".
-func checkUpgrade(r *http.Request) string {
-	switch {
-	case r.Method != http.MethodGet:
-		return "websocket upgrade needs GET, got " + r.Method
-	case r.ProtoMajor != 1 || r.ProtoMinor < 1:
-		return "websocket upgrade needs HTTP/1.1, got " + r.Proto
-	case !hasToken(r.Header, "Connection", "upgrade"):
-		return "not a websocket upgrade: missing Connection: upgrade"
-	case !hasToken(r.Header, "Upgrade", "websocket"):
-		return "not a websocket upgrade: missing Upgrade: websocket"
-	case r.ContentLength != 0 || len(r.TransferEncoding) > 0:
-		return "websocket upgrade must not have a body"
-	case len(r.Header.Values("Sec-Websocket-Key")) != 1:
-		return "websocket upgrade needs exactly one Sec-WebSocket-Key"
-	case len(r.Header.Values("Sec-Websocket-Version")) != 1:
-		return "websocket upgrade needs exactly one Sec-WebSocket-Version"
-	}
-	return ""
-}
-
-// hasToken reports whether the comma-separated header name lists token.
-func hasToken(h http.Header, name, token string) bool {
-	for _, v := range h.Values(name) {
-		for t := range strings.SplitSeq(v, ",") {
-			if strings.EqualFold(strings.TrimSpace(t), token) {
-				return true
-			}
-		}
-	}
-	return false
 }
 
 // hopByHop reports whether the canonical header key k applies to one

@@ -23,6 +23,7 @@ import (
 	"github.com/gobwas/ws"
 
 	"github.com/ringcast/ringcast/internal/testkit"
+	"github.com/ringcast/ringcast/pkg/wire"
 )
 
 func TestConfigDefaults(t *testing.T) {
@@ -521,7 +522,7 @@ func FuzzRequestHead(f *testing.F) {
 		"Connection: keep-alive, Upgrade, X-Forwarded-For, Sec-WebSocket-Key", 1))
 	f.Fuzz(func(t *testing.T, raw string) {
 		r, err := http.ReadRequest(bufio.NewReader(strings.NewReader(raw)))
-		if err != nil || checkUpgrade(r) != "" {
+		if err != nil || wire.CheckUpgrade(r) != "" {
 			return
 		}
 		r.RemoteAddr = "192.0.2.1:4321"

@@ -118,11 +118,19 @@ func New(cfg Config, deps Deps) (*Upgrader, error) {
 	return &Upgrader{cfg: cfg, deps: deps, log: deps.Log, met: newMetrics(deps.Registry)}, nil
 }
 
-// Upgrade checks the handshake (client_id, Origin), asks Deps.Admit, and
-// upgrades r. It returns nil when it refused or failed the request, which it
-// has then answered; the caller starts a returned connection with Start or
-// turns it away with Reject.
+// Upgrade checks the handshake (RFC 6455, client_id, Origin), asks
+// Deps.Admit, and upgrades r. It returns nil when it refused or failed the
+// request, which it has then answered with Connection: close; the caller
+// starts a returned connection with Start or turns it away with Reject.
 func (u *Upgrader) Upgrade(w http.ResponseWriter, r *http.Request) *Conn {
+	// Every refusal ends the connection: the client may already be sending
+	// frames behind its request. (A 101 is written on the hijacked
+	// connection and does not carry this header.)
+	w.Header().Set("Connection", "close")
+	if reason := wire.CheckUpgrade(r); reason != "" {
+		http.Error(w, reason, http.StatusBadRequest)
+		return nil
+	}
 	id := r.URL.Query().Get("client_id")
 	if err := wire.ValidateClientID(id); err != nil {
 		http.Error(w, err.Error(), http.StatusBadRequest)
@@ -139,6 +147,9 @@ func (u *Upgrader) Upgrade(w http.ResponseWriter, r *http.Request) *Conn {
 	}
 	nc, rw, _, err := ws.HTTPUpgrader{Timeout: u.cfg.HandshakeTimeout}.Upgrade(r, w)
 	if err != nil {
+		if nc != nil {
+			nc.Close() // hijacked: the refusal is written, nothing else will close it
+		}
 		u.release()
 		u.log.Debug("upgrade", zap.Error(err))
 		return nil
