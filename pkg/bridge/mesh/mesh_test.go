@@ -453,6 +453,7 @@ func TestHandlerAfterStop(t *testing.T) {
 	r.Header.Set("Upgrade", upgradeToken)
 	r.Header.Set(hdrNode, "a")
 	r.Header.Set(hdrPeer, "m")
+	r.RemoteAddr = "127.0.0.1:1234" // a keyless mesh links with loopback peers only
 	w := httptest.NewRecorder()
 	m.Handler().ServeHTTP(w, r)
 	if w.Code != http.StatusServiceUnavailable {
