@@ -2,7 +2,6 @@ package session
 
 import (
 	"context"
-	"encoding/binary"
 	"errors"
 	"io"
 	"net"
@@ -21,8 +20,9 @@ import (
 )
 
 // Conn is one client WebSocket. Its reader goroutine (serve) owns the socket
-// and closes it; a writer goroutine runs only while frames are queued, so an
-// idle connection costs one parked goroutine and no buffers.
+// and closes it; its queued frames are written by the Upgrader's shared
+// writers (write.go), so an idle connection costs one parked goroutine and
+// no buffers.
 type Conn struct {
 	u       *Upgrader
 	id      string
@@ -36,7 +36,7 @@ type Conn struct {
 	mu        sync.Mutex
 	queue     []outFrame
 	queued    int         // bytes in queue
-	writing   bool        // a writer goroutine is running
+	writing   bool        // the connection is with a writer: queued for one, or being written
 	closing   bool        // a close frame is queued: nothing more is accepted
 	closedAt  time.Time   // when closing was set
 	moveTimer *time.Timer // closes the connection if a reconnect request is ignored
@@ -107,87 +107,6 @@ func (c *Conn) Close(code int, reason string) {
 	c.closing, c.closedAt = true, time.Now()
 	c.queue = append(c.queue, outFrame{ws.OpClose, ws.NewCloseFrameBody(ws.StatusCode(code), reason)})
 	c.startWriter()
-}
-
-// startWriter starts the writer if none runs. Called with c.mu held.
-func (c *Conn) startWriter() {
-	if c.writing {
-		return
-	}
-	c.writing = true
-	c.u.deps.WG.Add(1)
-	go c.writeLoop()
-}
-
-func (c *Conn) writeLoop() {
-	defer c.u.deps.WG.Done()
-	var hdrs [][14]byte
-	var bufs net.Buffers
-	for {
-		c.mu.Lock()
-		batch := c.queue
-		c.queue, c.queued = nil, 0
-		if len(batch) == 0 {
-			c.writing = false
-			c.mu.Unlock()
-			return
-		}
-		c.mu.Unlock()
-
-		if cap(hdrs) < len(batch) {
-			hdrs = make([][14]byte, len(batch))
-		}
-		hdrs, bufs = hdrs[:len(batch)], bufs[:0]
-		closed := false
-		for i, f := range batch {
-			n := putHeader(hdrs[i][:], f.op, len(f.b))
-			bufs = append(bufs, hdrs[i][:n], f.b)
-			closed = closed || f.op == ws.OpClose
-		}
-		c.nc.SetWriteDeadline(time.Now().Add(c.u.cfg.WriteTimeout))
-		if _, err := bufs.WriteTo(c.nc); err != nil {
-			c.nc.Close() // the reader sees it and cleans up
-			c.markWriterDone()
-			return
-		}
-		if closed {
-			// Half-close and let the reader drain the peer's close frame
-			// briefly, so the peer sees our code rather than 1006.
-			if tc, ok := c.nc.(*net.TCPConn); ok {
-				tc.CloseWrite()
-			}
-			c.nc.SetReadDeadline(time.Now().Add(time.Second))
-			c.markWriterDone()
-			return
-		}
-	}
-}
-
-// markWriterDone stops accepting frames after the socket is finished with.
-func (c *Conn) markWriterDone() {
-	c.mu.Lock()
-	c.closing = true
-	c.queue, c.queued = nil, 0
-	c.writing = false
-	c.mu.Unlock()
-}
-
-// putHeader writes a server (unmasked, final) frame header into b.
-func putHeader(b []byte, op ws.OpCode, n int) int {
-	b[0] = 0x80 | byte(op)
-	switch {
-	case n <= 125:
-		b[1] = byte(n)
-		return 2
-	case n <= 0xffff:
-		b[1] = 126
-		binary.BigEndian.PutUint16(b[2:], uint16(n))
-		return 4
-	default:
-		b[1] = 127
-		binary.BigEndian.PutUint64(b[2:], uint64(n))
-		return 10
-	}
 }
 
 // readFunc adapts the connection's read method to io.Reader for the frame

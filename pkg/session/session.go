@@ -102,6 +102,7 @@ type Upgrader struct {
 	deps Deps
 	log  *zap.Logger
 	met  *metrics
+	w    *writers
 }
 
 // New checks cfg and deps and registers the session metrics.
@@ -115,7 +116,7 @@ func New(cfg Config, deps Deps) (*Upgrader, error) {
 	if deps.Log == nil {
 		deps.Log = zap.NewNop()
 	}
-	return &Upgrader{cfg: cfg, deps: deps, log: deps.Log, met: newMetrics(deps.Registry)}, nil
+	return &Upgrader{cfg: cfg, deps: deps, log: deps.Log, met: newMetrics(deps.Registry), w: newWriters(deps.WG)}, nil
 }
 
 // Upgrade checks the handshake (RFC 6455, client_id, Origin), asks
