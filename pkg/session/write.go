@@ -109,16 +109,10 @@ func (c *Conn) startWriter() {
 // whether more was queued meanwhile (c goes back to the ready queue, behind
 // the others); otherwise c has left the writers.
 func (c *Conn) flush(sc *scratch) bool {
-	c.mu.Lock()
-	batch := c.queue
-	c.queue, c.queued = nil, 0
-	if len(batch) == 0 {
-		c.writing = false
-		c.mu.Unlock()
+	batch := c.take()
+	if batch == nil {
 		return false
 	}
-	c.mu.Unlock()
-
 	closed := sc.build(batch)
 	n, err := c.writev(sc)
 	if err != nil {
@@ -143,6 +137,20 @@ func (c *Conn) flush(sc *scratch) bool {
 	}
 	c.mu.Unlock()
 	return more
+}
+
+// take returns the queued frames, or nil (and c leaves the writers) when
+// none are.
+func (c *Conn) take() []outFrame {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	batch := c.queue
+	c.queue, c.queued = nil, 0
+	if len(batch) == 0 {
+		c.writing = false
+		return nil
+	}
+	return batch
 }
 
 // build lays out batch as header and payload buffers and reports whether
@@ -244,15 +252,10 @@ func (c *Conn) writeLoop(left net.Buffers) {
 			c.closeWrite()
 			return
 		}
-		c.mu.Lock()
-		batch := c.queue
-		c.queue, c.queued = nil, 0
-		if len(batch) == 0 {
-			c.writing = false
-			c.mu.Unlock()
+		batch := c.take()
+		if batch == nil {
 			return
 		}
-		c.mu.Unlock()
 		closed = sc.build(batch)
 		left = sc.bufs
 	}
