@@ -6,11 +6,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/http"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
 	"go.uber.org/goleak"
 )
 
@@ -107,4 +109,36 @@ func value(m *dto.Metric) float64 {
 var MemberlistLeaks = []goleak.Option{
 	goleak.IgnoreAnyFunction("github.com/hashicorp/memberlist.(*Memberlist).probeNode"),
 	goleak.IgnoreAnyFunction("github.com/hashicorp/memberlist.(*Memberlist).sendPingAndWaitForAck"),
+}
+
+// Scrape reads metric name from the Prometheus text exposition at url (a
+// process's /metrics), summed over its series. For other processes, whose
+// registry a test cannot reach in memory; the text is parsed, not grepped.
+func Scrape(ctx context.Context, url, name string) (float64, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return 0, err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return 0, fmt.Errorf("GET %s: %s", url, resp.Status)
+	}
+	var parser expfmt.TextParser
+	families, err := parser.TextToMetricFamilies(resp.Body)
+	if err != nil {
+		return 0, fmt.Errorf("parse %s: %w", url, err)
+	}
+	f, ok := families[name]
+	if !ok {
+		return 0, fmt.Errorf("%s has no metric %s", url, name)
+	}
+	var sum float64
+	for _, m := range f.GetMetric() {
+		sum += value(m)
+	}
+	return sum, nil
 }

@@ -177,3 +177,29 @@ func (c *Conn) RoundTrip() {
 		c.T.Fatalf("%s: pong id %s, want \"rt\"", c.ID, f.ID)
 	}
 }
+
+// SendFrame writes f as one masked text frame.
+func (c *Conn) SendFrame(f wire.Frame) {
+	c.T.Helper()
+	b, err := json.Marshal(f)
+	if err != nil {
+		c.T.Fatalf("%s: encode %+v: %v", c.ID, f, err)
+	}
+	c.Send(string(b))
+}
+
+// Next reads the next protocol frame, whatever its op; a close or an error
+// fails the test.
+func (c *Conn) Next() wire.Frame {
+	c.T.Helper()
+	e, err := c.Read(Timeout)
+	switch {
+	case err != nil:
+		c.T.Fatalf("%s: read: %v", c.ID, err)
+	case e.Closed:
+		c.T.Fatalf("%s: closed with %d", c.ID, e.CloseCode)
+	case e.Pong != nil:
+		c.T.Fatalf("%s: got a pong control frame, want a protocol frame", c.ID)
+	}
+	return e.Frame
+}

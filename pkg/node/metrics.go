@@ -6,6 +6,7 @@ type metrics struct {
 	moved    prometheus.Counter
 	refused  prometheus.Counter
 	fenced   prometheus.Counter
+	paused   prometheus.Counter
 	repaired prometheus.Counter
 	epoch    prometheus.Gauge
 }
@@ -24,11 +25,14 @@ func newMetrics(s *Server, reg prometheus.Registerer) *metrics {
 		repaired: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "ringcast_node_repaired_messages_total", Help: "Messages sent from history to local subscribers after the bridge lost messages (Redis subscriber reconnect).",
 		}),
+		paused: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "ringcast_node_pauses_total", Help: "Times the process found it had been paused past failure detection (and fenced its sessions).",
+		}),
 		epoch: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "ringcast_node_ring_epoch", Help: "Ring epoch of this node's membership view.",
 		}),
 	}
-	reg.MustRegister(m.moved, m.refused, m.fenced, m.repaired, m.epoch,
+	reg.MustRegister(m.moved, m.refused, m.fenced, m.paused, m.repaired, m.epoch,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "ringcast_node_bridge_links", Help: "Live mesh links to other nodes.",
 		}, func() float64 {

@@ -170,6 +170,7 @@ func (s *Server) fence(ctx context.Context) {
 				conns := s.snapshot()
 				s.log.Warn("process was paused past failure detection, closing its sessions",
 					zap.Duration("paused", gap), zap.Int("clients", len(conns)))
+				s.met.paused.Inc()
 				s.met.fenced.Add(float64(len(conns)))
 				for _, c := range conns {
 					c.Close(wire.CloseServiceRestart, "node was paused: reconnect")

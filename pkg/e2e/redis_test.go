@@ -1,11 +1,9 @@
-package clustertest
+package e2e
 
 import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
-	"net"
 	"os"
 	"strconv"
 	"strings"
@@ -13,70 +11,18 @@ import (
 	"testing"
 	"time"
 
-	"github.com/gobwas/ws"
-	"github.com/gobwas/ws/wsutil"
 	goredis "github.com/redis/go-redis/v9"
 
 	"github.com/ringcast/ringcast/internal/testkit"
+	"github.com/ringcast/ringcast/internal/wstest"
 	"github.com/ringcast/ringcast/pkg/bridge/redis/redistest"
+	"github.com/ringcast/ringcast/pkg/clustertest"
 	"github.com/ringcast/ringcast/pkg/wire"
 )
 
-// rawConn is a bare protocol client, for checking frames exactly.
-type rawConn struct {
-	t  *testing.T
-	nc net.Conn
-	rw io.ReadWriter // nc, reading first what the handshake read ahead
-}
-
-func dialRaw(t *testing.T, url, id string) *rawConn {
+func publish(t *testing.T, c *clustertest.Cluster, channel string, data any) int {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	nc, br, _, err := ws.Dial(ctx, url+"?client_id="+id)
-	if err != nil {
-		t.Fatalf("dial %s: %v", id, err)
-	}
-	r := &rawConn{t: t, nc: nc, rw: nc}
-	if br != nil {
-		r.rw = struct {
-			io.Reader
-			io.Writer
-		}{io.MultiReader(br, nc), nc}
-	}
-	t.Cleanup(func() { nc.Close() })
-	if f := r.read(); f.Op != wire.OpWelcome {
-		t.Fatalf("first frame = %+v, want welcome", f)
-	}
-	return r
-}
-
-func (r *rawConn) write(f wire.Frame) {
-	r.t.Helper()
-	b, _ := json.Marshal(f)
-	r.nc.SetWriteDeadline(time.Now().Add(5 * time.Second))
-	if err := wsutil.WriteClientText(r.rw, b); err != nil {
-		r.t.Fatalf("write: %v", err)
-	}
-}
-
-func (r *rawConn) read() wire.Frame {
-	r.t.Helper()
-	r.nc.SetReadDeadline(time.Now().Add(5 * time.Second))
-	b, err := wsutil.ReadServerText(r.rw)
-	if err != nil {
-		r.t.Fatalf("read: %v", err)
-	}
-	var f wire.Frame
-	if err := json.Unmarshal(b, &f); err != nil {
-		r.t.Fatalf("decode %s: %v", b, err)
-	}
-	return f
-}
-
-func publish(t *testing.T, c *Cluster, channel string, data any) int {
-	t.Helper()
-	code, err := PostJSON(context.Background(), c.HTTP()+"/v1/publish", map[string]any{"channel": channel, "data": data}, nil)
+	code, err := clustertest.PostJSON(context.Background(), c.HTTP()+"/v1/publish", map[string]any{"channel": channel, "data": data}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -85,11 +31,11 @@ func publish(t *testing.T, c *Cluster, channel string, data any) int {
 
 func TestRedisRecoveryAfterDisconnect(t *testing.T) {
 	rs := redistest.Start(t)
-	c := startCluster(t, Options{Nodes: 2, Bridge: rs.URL(), HistorySize: 100})
+	c := startCluster(t, clustertest.Options{Nodes: 2, Bridge: rs.URL(), HistorySize: 100})
 
-	a := dialRaw(t, c.URL(), "reader")
-	a.write(wire.Frame{Op: wire.OpSubscribe, Channel: "news"})
-	sub := a.read()
+	a := wstest.Connect(t, c.Balancers[0].Addr, "reader")
+	a.SendFrame(wire.Frame{Op: wire.OpSubscribe, Channel: "news"})
+	sub := a.Next()
 	if sub.Op != wire.OpSubscribed || sub.Epoch == "" || sub.Offset == nil {
 		t.Fatalf("subscribed = %+v, want an epoch and an offset", sub)
 	}
@@ -100,33 +46,33 @@ func TestRedisRecoveryAfterDisconnect(t *testing.T) {
 	}
 	var last wire.Frame
 	for i := 1; i <= 3; i++ {
-		last = a.read()
+		last = a.Next()
 		if last.Op != wire.OpMessage || *last.Offset != *sub.Offset+uint64(i) || last.Epoch != sub.Epoch {
 			t.Fatalf("message %d = %+v, want offset %d epoch %s", i, last, *sub.Offset+uint64(i), sub.Epoch)
 		}
 	}
-	a.nc.Close()
+	a.NC.Close()
 
 	for i := 4; i <= 8; i++ {
 		publish(t, c, "news", i)
 	}
-	b := dialRaw(t, c.URL(), "reader")
-	b.write(wire.Frame{Op: wire.OpSubscribe, Channel: "news", Since: &wire.Position{Epoch: last.Epoch, Offset: *last.Offset}})
-	if f := b.read(); f.Op != wire.OpSubscribed || f.Recovered == nil || !*f.Recovered {
+	b := wstest.Connect(t, c.Balancers[0].Addr, "reader")
+	b.SendFrame(wire.Frame{Op: wire.OpSubscribe, Channel: "news", Since: &wire.Position{Epoch: last.Epoch, Offset: *last.Offset}})
+	if f := b.Next(); f.Op != wire.OpSubscribed || f.Recovered == nil || !*f.Recovered {
 		t.Fatalf("resubscribe = %+v, want recovered:true", f)
 	}
 	publish(t, c, "news", 9)
 	for i := 4; i <= 9; i++ {
-		f := b.read()
+		f := b.Next()
 		if f.Op != wire.OpMessage || string(f.Data) != fmt.Sprint(i) || *f.Offset != *last.Offset+uint64(i-3) {
 			t.Fatalf("after resubscribe got %+v, want data %d at offset %d", f, i, *last.Offset+uint64(i-3))
 		}
 	}
 
 	// Asking from an epoch Redis never had is answered recovered:false.
-	d := dialRaw(t, c.URL(), "stranger")
-	d.write(wire.Frame{Op: wire.OpSubscribe, Channel: "news", Since: &wire.Position{Epoch: "gone", Offset: 1}})
-	if f := d.read(); f.Recovered == nil || *f.Recovered || f.Epoch != last.Epoch {
+	d := wstest.Connect(t, c.Balancers[0].Addr, "stranger")
+	d.SendFrame(wire.Frame{Op: wire.OpSubscribe, Channel: "news", Since: &wire.Position{Epoch: "gone", Offset: 1}})
+	if f := d.Next(); f.Recovered == nil || *f.Recovered || f.Epoch != last.Epoch {
 		t.Fatalf("subscribe since an unknown epoch = %+v, want recovered:false in %s", f, last.Epoch)
 	}
 }
@@ -134,10 +80,10 @@ func TestRedisRecoveryAfterDisconnect(t *testing.T) {
 func TestRedisOutage(t *testing.T) {
 	ctx := context.Background()
 	rs := redistest.Start(t)
-	c := startCluster(t, Options{Nodes: 2, Bridge: rs.URL(), HistorySize: 100})
+	c := startCluster(t, clustertest.Options{Nodes: 2, Bridge: rs.URL(), HistorySize: 100})
 	f := newFleet(t, c, "o", 10, "news")
 	publish(t, c, "news", "before")
-	if err := f.WaitAll(ctx, 5*time.Second, "given the first message", func(m *Member) bool { return m.HasData("news", "before") }); err != nil {
+	if err := f.WaitAll(ctx, 5*time.Second, "given the first message", func(m *clustertest.Member) bool { return m.HasData("news", "before") }); err != nil {
 		t.Fatal(err)
 	}
 
@@ -145,7 +91,7 @@ func TestRedisOutage(t *testing.T) {
 	killed := time.Now()
 	for _, n := range c.Nodes {
 		err := testkit.Wait(ctx, 5*time.Second, func() error {
-			if GetJSON(ctx, "http://"+n.Addr+"/readyz", nil) == nil {
+			if clustertest.GetJSON(ctx, "http://"+n.Addr+"/readyz", nil) == nil {
 				return fmt.Errorf("%s still ready", n.Name)
 			}
 			return nil
@@ -173,7 +119,7 @@ func TestRedisOutage(t *testing.T) {
 		t.Errorf("ready again after %v, want within 5 s", d)
 	}
 	// Redis lost the history: every client is told so, then receives again.
-	if err := f.WaitAll(ctx, 10*time.Second, "told recovered:false", func(m *Member) bool { return m.Unrecovered() > 0 }); err != nil {
+	if err := f.WaitAll(ctx, 10*time.Second, "told recovered:false", func(m *clustertest.Member) bool { return m.Unrecovered() > 0 }); err != nil {
 		t.Fatal(err)
 	}
 	if err := testkit.Wait(ctx, 10*time.Second, func() error {
@@ -184,7 +130,7 @@ func TestRedisOutage(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	if err := f.WaitAll(ctx, 10*time.Second, "given the publish after the restart", func(m *Member) bool { return m.HasData("news", "after") }); err != nil {
+	if err := f.WaitAll(ctx, 10*time.Second, "given the publish after the restart", func(m *clustertest.Member) bool { return m.HasData("news", "after") }); err != nil {
 		t.Fatal(err)
 	}
 	for _, m := range f.Clients {
@@ -199,7 +145,7 @@ func TestRedisOutage(t *testing.T) {
 func TestRedisFailoverNoLoss(t *testing.T) {
 	ctx := context.Background()
 	rs := redistest.Start(t)
-	c := startCluster(t, Options{Nodes: 3, Bridge: rs.URL(), HistorySize: 1000})
+	c := startCluster(t, clustertest.Options{Nodes: 3, Bridge: rs.URL(), HistorySize: 1000})
 	f := newFleet(t, c, "h", 45, "feed")
 
 	var mu sync.Mutex
@@ -217,7 +163,7 @@ func TestRedisFailoverNoLoss(t *testing.T) {
 			case <-t.C:
 			}
 			var out struct{ OK bool }
-			code, err := PostJSON(ctx, c.HTTP()+"/v1/publish", map[string]any{"channel": "feed", "data": seq}, &out)
+			code, err := clustertest.PostJSON(ctx, c.HTTP()+"/v1/publish", map[string]any{"channel": "feed", "data": seq}, &out)
 			if err == nil && code == 200 && out.OK {
 				mu.Lock()
 				acked = append(acked, seq)
@@ -248,7 +194,7 @@ func TestRedisFailoverNoLoss(t *testing.T) {
 	mu.Lock()
 	want := append([]int(nil), acked...)
 	mu.Unlock()
-	holds := func(m *Member) bool {
+	holds := func(m *clustertest.Member) bool {
 		got := map[string]bool{}
 		for _, msg := range m.Messages("feed") {
 			got[string(msg.Data)] = true
@@ -299,7 +245,7 @@ func TestRedisFailoverNoLoss(t *testing.T) {
 // in order, on every connection.
 func TestRedisExactlyOnceAtTheSeam(t *testing.T) {
 	rs := redistest.Start(t)
-	c := startCluster(t, Options{Nodes: 1, Bridge: rs.URL(), HistorySize: 1000})
+	c := startCluster(t, clustertest.Options{Nodes: 1, Bridge: rs.URL(), HistorySize: 1000})
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	var pub sync.WaitGroup
@@ -307,31 +253,31 @@ func TestRedisExactlyOnceAtTheSeam(t *testing.T) {
 	defer cancel()
 	pub.Go(func() {
 		for i := 0; ctx.Err() == nil; i++ {
-			PostJSON(ctx, c.HTTP()+"/v1/publish", map[string]any{"channel": "tick", "data": i}, nil)
+			clustertest.PostJSON(ctx, c.HTTP()+"/v1/publish", map[string]any{"channel": "tick", "data": i}, nil)
 		}
 	})
-	first := dialRaw(t, c.URL(), "seam")
-	first.write(wire.Frame{Op: wire.OpSubscribe, Channel: "tick"})
-	sub := first.read()
+	first := wstest.Connect(t, c.Balancers[0].Addr, "seam")
+	first.SendFrame(wire.Frame{Op: wire.OpSubscribe, Channel: "tick"})
+	sub := first.Next()
 	if sub.Offset == nil {
 		t.Fatalf("subscribed = %+v, want an offset", sub)
 	}
 	last := wire.Position{Epoch: sub.Epoch, Offset: *sub.Offset}
-	first.nc.Close()
+	first.NC.Close()
 	for round := range 25 {
-		r := dialRaw(t, c.URL(), "seam")
-		r.write(wire.Frame{Op: wire.OpSubscribe, Channel: "tick", Since: &last})
-		if f := r.read(); f.Op != wire.OpSubscribed || f.Recovered == nil || !*f.Recovered {
+		r := wstest.Connect(t, c.Balancers[0].Addr, "seam")
+		r.SendFrame(wire.Frame{Op: wire.OpSubscribe, Channel: "tick", Since: &last})
+		if f := r.Next(); f.Op != wire.OpSubscribed || f.Recovered == nil || !*f.Recovered {
 			t.Fatalf("round %d: resubscribe since %+v = %+v, want recovered:true", round, last, f)
 		}
 		for range 3 + round%7 {
-			f := r.read()
+			f := r.Next()
 			if f.Op != wire.OpMessage || f.Offset == nil || f.Epoch != last.Epoch || *f.Offset != last.Offset+1 {
 				t.Fatalf("round %d: after offset %d got %+v, want offset %d", round, last.Offset, f, last.Offset+1)
 			}
 			last.Offset = *f.Offset
 		}
-		r.nc.Close()
+		r.NC.Close()
 	}
 }
 
@@ -351,7 +297,7 @@ func subscriberKills() int {
 func TestRedisSubscriberKills(t *testing.T) {
 	ctx := context.Background()
 	rs := redistest.Start(t)
-	c := startCluster(t, Options{Nodes: 1, Bridge: rs.URL(), HistorySize: 10000})
+	c := startCluster(t, clustertest.Options{Nodes: 1, Bridge: rs.URL(), HistorySize: 10000})
 	rc := goredis.NewClient(&goredis.Options{Addr: rs.Addr()})
 	defer rc.Close()
 
@@ -364,9 +310,9 @@ func TestRedisSubscriberKills(t *testing.T) {
 	const clients = 20
 	readers := make([]*reader, clients)
 	for i := range readers {
-		r := dialRaw(t, c.URL(), fmt.Sprint("kill-", i))
-		r.write(wire.Frame{Op: wire.OpSubscribe, Channel: "feed"})
-		if f := r.read(); f.Op != wire.OpSubscribed || f.Offset == nil {
+		r := wstest.Connect(t, c.Balancers[0].Addr, fmt.Sprint("kill-", i))
+		r.SendFrame(wire.Frame{Op: wire.OpSubscribe, Channel: "feed"})
+		if f := r.Next(); f.Op != wire.OpSubscribed || f.Offset == nil {
 			t.Fatalf("subscribed = %+v", f)
 		}
 		rd := &reader{done: make(chan struct{})}
@@ -374,17 +320,15 @@ func TestRedisSubscriberKills(t *testing.T) {
 		go func() {
 			defer close(rd.done)
 			for {
-				r.nc.SetReadDeadline(time.Now().Add(20 * time.Second))
-				b, err := wsutil.ReadServerText(r.rw)
+				e, err := r.Read(20 * time.Second)
+				if err == nil && e.Frame.Op == "" {
+					err = fmt.Errorf("not a protocol frame: %+v", e)
+				}
 				if err != nil {
 					rd.err = err
 					return
 				}
-				var f wire.Frame
-				if err := json.Unmarshal(b, &f); err != nil {
-					rd.err = err
-					return
-				}
+				f := e.Frame
 				if f.Op != wire.OpMessage || f.Offset == nil {
 					rd.frames = append(rd.frames, f)
 					continue
@@ -402,7 +346,7 @@ func TestRedisSubscriberKills(t *testing.T) {
 		tick := time.NewTicker(5 * time.Millisecond)
 		defer tick.Stop()
 		for i := 0; pctx.Err() == nil; i++ {
-			PostJSON(pctx, c.HTTP()+"/v1/publish", map[string]any{"channel": "feed", "data": i}, nil)
+			clustertest.PostJSON(pctx, c.HTTP()+"/v1/publish", map[string]any{"channel": "feed", "data": i}, nil)
 			<-tick.C
 		}
 	})
@@ -418,7 +362,7 @@ func TestRedisSubscriberKills(t *testing.T) {
 	stop()
 	pub.Wait()
 	if err := testkit.Wait(ctx, 10*time.Second, func() error {
-		code, err := PostJSON(ctx, c.HTTP()+"/v1/publish", map[string]any{"channel": "feed", "data": "end"}, nil)
+		code, err := clustertest.PostJSON(ctx, c.HTTP()+"/v1/publish", map[string]any{"channel": "feed", "data": "end"}, nil)
 		if err == nil && code != 200 {
 			err = fmt.Errorf("publish end: %d", code)
 		}
