@@ -391,8 +391,10 @@ func TestHeartbeatTimeout(t *testing.T) {
 	t.Parallel()
 	const hb = 200 * time.Millisecond
 	n := start(t, func(c *testConfig) { c.Heartbeat = hb })
-	silent, alive := n.connect(t, "silent"), n.connect(t, "alive")
+	// start precedes the server's first read deadline, however long the
+	// handshakes take on a loaded machine.
 	start := time.Now()
+	silent, alive := n.connect(t, "silent"), n.connect(t, "alive")
 	done := make(chan struct{})
 	const pings = 6 // spaced hb apart: alive outlives 3 × hb by far
 	go func() {
