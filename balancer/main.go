@@ -14,6 +14,7 @@ import (
 	"github.com/ringcast/ringcast/pkg/balancer"
 	"github.com/ringcast/ringcast/pkg/flagenv"
 	"github.com/ringcast/ringcast/pkg/logging"
+	"github.com/ringcast/ringcast/pkg/probe"
 	"github.com/ringcast/ringcast/pkg/proxy"
 )
 
@@ -28,6 +29,9 @@ func main() {
 }
 
 func run(ctx context.Context, args []string, env func(string) string, stderr io.Writer) error {
+	if len(args) > 0 && args[0] == probe.Command {
+		return probe.Run(ctx, args[1:])
+	}
 	d := balancer.DefaultConfig()
 	fs := flag.NewFlagSet("balancer", flag.ContinueOnError)
 	fs.SetOutput(stderr)
@@ -38,7 +42,7 @@ func run(ctx context.Context, args []string, env func(string) string, stderr io.
 	fs.StringVar(&cfg.Gossip, "gossip", d.Gossip, "gossip bind address")
 	fs.StringVar(&cfg.GossipAdv, "gossip-advertise", "", "gossip address peers use, when it differs from -gossip")
 	fs.StringVar(&cfg.GossipAdv, "advertise", "", "alias of -gossip-advertise")
-	fs.Var(&join, "join", "comma-separated gossip seeds (host:port); the first process joins nothing")
+	fs.Var(&join, "join", "comma-separated gossip seeds: host:port, or dns:NAME:PORT for every address of NAME; the first process joins nothing")
 	fs.StringVar(&cfg.ClusterKey, "cluster-key", "", "shared secret encrypting gossip; required when -gossip is not loopback")
 	fs.BoolVar(&cfg.Insecure, "insecure", false, "allow a non-loopback -gossip without -cluster-key: any process reaching it joins the cluster")
 	fs.StringVar(&cfg.Detect, "detect", d.Detect, "failure detection profile: lan (5-7 s) | fast (< 1 s, loopback/LAN)")

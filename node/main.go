@@ -18,6 +18,7 @@ import (
 	"github.com/ringcast/ringcast/pkg/flagenv"
 	"github.com/ringcast/ringcast/pkg/logging"
 	"github.com/ringcast/ringcast/pkg/node"
+	"github.com/ringcast/ringcast/pkg/probe"
 )
 
 func main() {
@@ -31,6 +32,9 @@ func main() {
 }
 
 func run(ctx context.Context, args []string, env func(string) string, stderr io.Writer) error {
+	if len(args) > 0 && args[0] == probe.Command {
+		return probe.Run(ctx, args[1:])
+	}
 	d := node.DefaultConfig()
 	fs := flag.NewFlagSet("node", flag.ContinueOnError)
 	fs.SetOutput(stderr)
@@ -41,7 +45,7 @@ func run(ctx context.Context, args []string, env func(string) string, stderr io.
 	fs.StringVar(&cfg.Advertise, "advertise", "", "WebSocket address balancers and peers dial, when it differs from -addr")
 	fs.StringVar(&cfg.Gossip, "gossip", d.Gossip, "gossip bind address")
 	fs.StringVar(&cfg.GossipAdv, "gossip-advertise", "", "gossip address peers use, when it differs from -gossip")
-	fs.Var(&join, "join", "comma-separated gossip seeds (host:port)")
+	fs.Var(&join, "join", "comma-separated gossip seeds: host:port, or dns:NAME:PORT for every address of NAME")
 	fs.StringVar(&cfg.Bridge, "bridge", d.Bridge, "message bridge between nodes: mesh | redis://host:port[/db]")
 	fs.StringVar(&cfg.ClusterKey, "cluster-key", "", "shared secret: encrypts gossip and authenticates mesh links; required when -gossip is not loopback")
 	fs.BoolVar(&cfg.Insecure, "insecure", false, "allow a non-loopback -gossip without -cluster-key: any process reaching it joins the cluster")

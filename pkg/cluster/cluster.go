@@ -78,8 +78,9 @@ func New(cfg Config) (*Cluster, error) {
 }
 
 // Run joins the seeds, retrying with backoff until a peer answers, re-joins
-// them every RejoinInterval while a member is seen dead, and rebuilds the
-// view after membership churn. When ctx is done it leaves the cluster
+// them every RejoinInterval while a member is seen dead, joins the records
+// of DNS seeds that are not members yet (resolved again every
+// RejoinInterval), and rebuilds the view after membership churn. When ctx is done it leaves the cluster
 // (bounded by 2 s), shuts gossip down and returns nil. Run may be called
 // once; a process started before its seeds joins them when they come up.
 func (c *Cluster) Run(ctx context.Context) error {
@@ -200,16 +201,18 @@ func (c *Cluster) coalesceLoop(ctx context.Context) {
 }
 
 // joinLoop joins the seeds until a peer answers, with backoff from 100 ms
-// up to RejoinInterval, then re-joins them every RejoinInterval while
-// needsRejoin says so. A seed that answers but refuses the join (another
-// cluster key, or none) is retried with backoff up to refusedBackoff, and
-// logged once at warn until a join succeeds.
+// up to RejoinInterval, then every RejoinInterval re-joins them while
+// needsRejoin says so, and joins the addresses of DNS seeds that are not
+// members yet (DNS seeds are re-resolved on every attempt). A seed that
+// answers but refuses the join (another cluster key, or none) is retried
+// with backoff up to refusedBackoff, and logged once at warn until a join
+// succeeds.
 func (c *Cluster) joinLoop(ctx context.Context) {
 	if len(c.cfg.Join) == 0 {
 		return
 	}
 	const firstBackoff = 100 * time.Millisecond
-	backoff, joined, warned := firstBackoff, false, false
+	backoff, joined, warned, dns := firstBackoff, false, false, c.hasDNSSeeds()
 	t := time.NewTimer(0)
 	defer t.Stop()
 	for {
@@ -222,13 +225,14 @@ func (c *Cluster) joinLoop(ctx context.Context) {
 		if c.left.Load() {
 			return
 		}
-		if !joined || c.needsRejoin() {
+		if all := !joined || c.needsRejoin(); all || dns {
+			seeds := c.seeds(ctx, all)
 			// A seed list may name this process: only a peer counts.
-			err := c.join(ctx)
+			err := c.join(ctx, seeds)
 			switch {
 			case err == nil && c.ml.NumMembers() > 1:
-				if !joined || warned {
-					c.log.Info("joined cluster", zap.Strings("seeds", c.cfg.Join))
+				if len(seeds) > 0 && (!joined || warned) {
+					c.log.Info("joined cluster", zap.Strings("seeds", c.cfg.Join), zap.Strings("addrs", seeds))
 				}
 				joined, warned, backoff = true, false, firstBackoff
 				c.joined.Store(true)
@@ -239,7 +243,7 @@ func (c *Cluster) joinLoop(ctx context.Context) {
 				}
 				next, backoff = backoff, min(2*backoff, refusedBackoff)
 			default:
-				c.log.Debug("join seeds", zap.Strings("seeds", c.cfg.Join), zap.Error(err))
+				c.log.Debug("join seeds", zap.Strings("seeds", c.cfg.Join), zap.Strings("addrs", seeds), zap.Error(err))
 				next, backoff = backoff, min(2*backoff, c.cfg.RejoinInterval)
 			}
 		}
@@ -266,10 +270,11 @@ func refused(err error) bool {
 
 // join contacts every seed, one at a time so that a cancelled ctx waits for
 // at most one (memberlist's TCPTimeout when a seed does not answer at all:
-// 10 s lan, 0.5 s fast). It succeeds when any seed answered.
-func (c *Cluster) join(ctx context.Context) error {
+// 10 s lan, 0.5 s fast). It succeeds when any seed answered, or when there
+// was none to contact.
+func (c *Cluster) join(ctx context.Context, seeds []string) error {
 	var errs []error
-	for _, seed := range c.cfg.Join {
+	for _, seed := range seeds {
 		if ctx.Err() != nil {
 			break
 		}
@@ -277,7 +282,7 @@ func (c *Cluster) join(ctx context.Context) error {
 			errs = append(errs, err)
 		}
 	}
-	if len(errs) == len(c.cfg.Join) {
+	if len(seeds) > 0 && len(errs) == len(seeds) {
 		return errors.Join(errs...)
 	}
 	return nil

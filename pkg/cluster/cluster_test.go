@@ -106,6 +106,10 @@ func TestNewRejectsBadConfig(t *testing.T) {
 		{"bad advertise", func(c *Config) { c.Advertise = "10.0.0.1" }},
 		{"negative coalesce", func(c *Config) { c.Coalesce = -time.Second }},
 		{"empty seed", func(c *Config) { c.Join = []string{""} }},
+		{"seed without port", func(c *Config) { c.Join = []string{"10.0.0.1"} }},
+		{"dns seed without port", func(c *Config) { c.Join = []string{"dns:ringcast"} }},
+		{"dns seed without name", func(c *Config) { c.Join = []string{"dns::7946"} }},
+		{"dns seed with a bad port", func(c *Config) { c.Join = []string{"dns:ringcast:gossip"} }},
 		{"oversized metadata", func(c *Config) { c.WSAddr = strings.Repeat("h", 600) + ":1" }},
 	} {
 		cfg := ok

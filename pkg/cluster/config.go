@@ -38,7 +38,7 @@ type Config struct {
 	Role      Role     // RoleNode or RoleBalancer; default RoleNode
 	Bind      string   // gossip bind host:port, UDP and TCP; port 0 picks a free one; default 0.0.0.0:7946
 	Advertise string   // host:port peers should dial when it differs from Bind; default: Bind's address (an interface address when Bind is 0.0.0.0)
-	Join      []string // seeds host:port; empty for the first process of a cluster
+	Join      []string // seeds: host:port, or dns:NAME:PORT for every A/AAAA record of NAME (re-resolved by Run); empty for the first process of a cluster
 	WSAddr    string   // role node: host:port balancers and peers dial for WebSocket/HTTP; required for nodes, carried in gossip metadata
 	// Detect selects failure detection: "lan" (memberlist's LAN defaults, a
 	// crashed process is declared dead after 5–7 s, tolerant of slow or lossy
@@ -61,6 +61,7 @@ type Config struct {
 	// Default 100 ms (fast: 20 ms): longer batches more churn into one epoch
 	// but delays every ring change.
 	Coalesce time.Duration
+	Resolver Resolver    // resolves dns: seeds; nil = net.DefaultResolver
 	Log      *zap.Logger // nil = no logging
 }
 
@@ -91,6 +92,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.Coalesce == 0 {
 		c.Coalesce = pick(fast, 20*time.Millisecond, 100*time.Millisecond)
+	}
+	if c.Resolver == nil {
+		c.Resolver = net.DefaultResolver
 	}
 	if c.Log == nil {
 		c.Log = zap.NewNop()
@@ -123,10 +127,8 @@ func (c Config) validate() error {
 			return fmt.Errorf("websocket address %q: %w", c.WSAddr, err)
 		}
 	}
-	for _, s := range c.Join {
-		if s == "" {
-			return errors.New("empty join address")
-		}
+	if err := validateSeeds(c.Join); err != nil {
+		return err
 	}
 	if len(c.Key) == 0 && !c.Insecure {
 		for _, a := range []string{c.Bind, c.Advertise} {
