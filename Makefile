@@ -3,7 +3,7 @@ TEST_FLAGS ?= -race -timeout 15m
 # scripts/install-test-deps.sh installs this exact version when it is missing.
 STATICCHECK ?= $(shell $(GO) env GOPATH)/bin/staticcheck
 
-.PHONY: build run test lint bench chaos clean deps
+.PHONY: build run test lint bench chaos clean deps image
 
 build:
 	$(GO) build -o bin/balancer ./balancer
@@ -12,6 +12,12 @@ build:
 # A local cluster: balancer on 127.0.0.1:8080 and three nodes. Ctrl-C stops it.
 run: build
 	scripts/run-local.sh
+
+# ringcast:latest (both binaries, FROM scratch) and ringcast-redis:latest,
+# the images docker-compose.yml runs; no registry needed.
+image:
+	GO=$(GO) scripts/deploy/image.sh ringcast:latest
+	scripts/deploy/redis-image.sh ringcast-redis:latest
 
 deps:
 	scripts/install-test-deps.sh

@@ -138,6 +138,13 @@ func (m *Member) WelcomedAt() time.Time {
 	return m.welcomedAt
 }
 
+// DownAt returns when the link last went down (zero if it never did).
+func (m *Member) DownAt() time.Time {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.downAt
+}
+
 // SubscribedAt returns when the last subscribed reply for channel arrived.
 func (m *Member) SubscribedAt(channel string) time.Time {
 	m.mu.Lock()

@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"os"
 	"strconv"
@@ -148,93 +147,28 @@ func TestRedisFailoverNoLoss(t *testing.T) {
 	c := startCluster(t, clustertest.Options{Nodes: 3, Bridge: rs.URL(), HistorySize: 1000})
 	f := newFleet(t, c, "h", 45, "feed")
 
-	var mu sync.Mutex
-	var acked []int
-	stop := make(chan struct{})
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		t := time.NewTicker(10 * time.Millisecond)
-		defer t.Stop()
-		for seq := 1; ; seq++ {
-			select {
-			case <-stop:
-				return
-			case <-t.C:
-			}
-			var out struct{ OK bool }
-			code, err := clustertest.PostJSON(ctx, c.HTTP()+"/v1/publish", map[string]any{"channel": "feed", "data": seq}, &out)
-			if err == nil && code == 200 && out.OK {
-				mu.Lock()
-				acked = append(acked, seq)
-				mu.Unlock()
-			}
-		}
-	}()
-	waitAcked := func(n int) {
-		testkit.Wait(ctx, 10*time.Second, func() error {
-			mu.Lock()
-			defer mu.Unlock()
-			if len(acked) < n {
-				return fmt.Errorf("%d acked", len(acked))
-			}
-			return nil
-		})
+	pub := clustertest.StartPublisher(c.HTTP(), "feed", 10*time.Millisecond)
+	defer pub.Stop()
+	if err := pub.WaitAcked(ctx, 50, 10*time.Second); err != nil {
+		t.Fatal(err)
 	}
-	waitAcked(50)
 	victim := f.Clients[0].Node()
 	c.Node(victim).Kill()
-	mu.Lock()
-	n := len(acked)
-	mu.Unlock()
-	waitAcked(n + 100)
-	close(stop)
-	<-done
-
-	mu.Lock()
-	want := append([]int(nil), acked...)
-	mu.Unlock()
-	holds := func(m *clustertest.Member) bool {
-		got := map[string]bool{}
-		for _, msg := range m.Messages("feed") {
-			got[string(msg.Data)] = true
-		}
-		for _, seq := range want {
-			if !got[fmt.Sprint(seq)] {
-				return false
-			}
-		}
-		return true
+	if err := pub.WaitAcked(ctx, len(pub.Acked())+100, 10*time.Second); err != nil {
+		t.Fatal(err)
 	}
-	if err := f.WaitAll(ctx, 15*time.Second, "holding every acknowledged message", holds); err != nil {
+	pub.Stop()
+
+	want := pub.Acked()
+	if err := f.WaitAll(ctx, 15*time.Second, "holding every acknowledged message", func(m *clustertest.Member) bool {
+		return clustertest.HoldsAll(m, "feed", want)
+	}); err != nil {
 		t.Error(err)
 	}
-	var lost, dup, reordered, unrecovered int
-	for _, m := range f.Clients {
-		seen := map[int]int{}
-		prev, prevOff := 0, uint64(0)
-		for _, msg := range m.Messages("feed") {
-			var seq int
-			json.Unmarshal(msg.Data, &seq)
-			seen[seq]++
-			if seen[seq] > 1 {
-				dup++
-			} else if seq <= prev || (prevOff != 0 && msg.Offset != prevOff+1) {
-				reordered++
-			}
-			prev, prevOff = seq, msg.Offset
-		}
-		for _, seq := range want {
-			if seen[seq] == 0 {
-				lost++
-			}
-		}
-		unrecovered += m.Unrecovered()
-	}
-	t.Logf("failover with history: %d acknowledged messages × %d clients, killed %s: lost %d, duplicated %d, out of order %d, recovered:false %d",
-		len(want), len(f.Clients), victim, lost, dup, reordered, unrecovered)
-	if lost+dup+reordered+unrecovered > 0 {
-		t.Errorf("lost %d, duplicated %d, out of order %d, recovered:false %d: want all 0", lost, dup, reordered, unrecovered)
+	tally := f.Tally("feed", want)
+	t.Logf("failover with history, killed %s: %v", victim, tally)
+	if !tally.OK() {
+		t.Errorf("%v: want all 0", tally)
 	}
 }
 

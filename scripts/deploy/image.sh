@@ -20,5 +20,8 @@ fi
 cp "$ca" "$ctx/"
 # The classic builder is enough for a FROM scratch image, and it is the one
 # every Docker engine has (BuildKit's buildx plugin may be absent).
-DOCKER_BUILDKIT=${DOCKER_BUILDKIT:-0} docker build -q -f scripts/deploy/Dockerfile -t "$tag" "$ctx" >/dev/null
+if ! out=$(DOCKER_BUILDKIT=${DOCKER_BUILDKIT:-0} docker build -q -f scripts/deploy/Dockerfile -t "$tag" "$ctx" 2>&1); then
+	echo "$out" >&2
+	exit 1
+fi
 echo "$tag: $(docker image inspect -f '{{.Size}}' "$tag" | awk '{printf "%.1f MB", $1/1e6}')"
