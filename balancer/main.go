@@ -13,8 +13,8 @@ import (
 
 	"github.com/ringcast/ringcast/pkg/balancer"
 	"github.com/ringcast/ringcast/pkg/flagenv"
+	"github.com/ringcast/ringcast/pkg/httpapi"
 	"github.com/ringcast/ringcast/pkg/logging"
-	"github.com/ringcast/ringcast/pkg/probe"
 	"github.com/ringcast/ringcast/pkg/proxy"
 )
 
@@ -29,8 +29,8 @@ func main() {
 }
 
 func run(ctx context.Context, args []string, env func(string) string, stderr io.Writer) error {
-	if len(args) > 0 && args[0] == probe.Command {
-		return probe.Run(ctx, args[1:])
+	if len(args) > 0 && args[0] == httpapi.HealthcheckCommand {
+		return httpapi.Healthcheck(ctx, args[1:])
 	}
 	d := balancer.DefaultConfig()
 	fs := flag.NewFlagSet("balancer", flag.ContinueOnError)

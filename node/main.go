@@ -16,9 +16,9 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/ringcast/ringcast/pkg/flagenv"
+	"github.com/ringcast/ringcast/pkg/httpapi"
 	"github.com/ringcast/ringcast/pkg/logging"
 	"github.com/ringcast/ringcast/pkg/node"
-	"github.com/ringcast/ringcast/pkg/probe"
 )
 
 func main() {
@@ -32,8 +32,8 @@ func main() {
 }
 
 func run(ctx context.Context, args []string, env func(string) string, stderr io.Writer) error {
-	if len(args) > 0 && args[0] == probe.Command {
-		return probe.Run(ctx, args[1:])
+	if len(args) > 0 && args[0] == httpapi.HealthcheckCommand {
+		return httpapi.Healthcheck(ctx, args[1:])
 	}
 	d := node.DefaultConfig()
 	fs := flag.NewFlagSet("node", flag.ContinueOnError)

@@ -4,9 +4,11 @@
 package httpapi
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"os"
@@ -132,19 +134,42 @@ func ServeHealthz(w http.ResponseWriter, _ *http.Request) { WriteOK(w) }
 // with 200 within timeout. Balancers and peers use it to tell a node that
 // crashed or froze from one gossip merely lost track of.
 func Healthy(ctx context.Context, c *http.Client, addr string, timeout time.Duration) bool {
-	if addr == "" {
-		return false
-	}
+	return addr != "" && Probe(ctx, c, "http://"+addr+"/healthz", timeout) == nil
+}
+
+// Probe GETs url within timeout and returns nil when it answers 200, or an
+// error with the status and the start of the body.
+func Probe(ctx context.Context, c *http.Client, url string, timeout time.Duration) error {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/healthz", nil)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
-		return false
+		return err
 	}
 	resp, err := c.Do(req)
 	if err != nil {
-		return false
+		return err
 	}
-	resp.Body.Close()
-	return resp.StatusCode == http.StatusOK
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		body, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
+		return fmt.Errorf("GET %s: %s %s", url, resp.Status, bytes.TrimSpace(body))
+	}
+	return nil
+}
+
+// HealthcheckCommand is the first argument that makes a binary probe
+// instead of serve: a FROM scratch image has no shell and no curl, so a
+// container's health check runs `node healthcheck http://127.0.0.1:9000/readyz`.
+const HealthcheckCommand = "healthcheck"
+
+// Healthcheck runs the health check command; args follow the command.
+func Healthcheck(ctx context.Context, args []string) error {
+	if len(args) != 1 {
+		return errors.New("usage: healthcheck http://127.0.0.1:PORT/readyz")
+	}
+	if err := Probe(ctx, http.DefaultClient, args[0], 3*time.Second); err != nil {
+		return fmt.Errorf("healthcheck: %w", err)
+	}
+	return nil
 }

@@ -194,3 +194,27 @@ func TestHealthy(t *testing.T) {
 		}
 	}
 }
+
+func TestHealthcheck(t *testing.T) {
+	ready := true
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !ready {
+			WriteError(w, wire.CodeNotReady, "bridge unavailable")
+		}
+	}))
+	defer srv.Close()
+	ctx := context.Background()
+	if err := Healthcheck(ctx, []string{srv.URL + "/readyz"}); err != nil {
+		t.Errorf("Healthcheck(ready) = %v, want nil", err)
+	}
+	ready = false
+	if err := Healthcheck(ctx, []string{srv.URL + "/readyz"}); err == nil || !strings.Contains(err.Error(), "503") || !strings.Contains(err.Error(), "bridge unavailable") {
+		t.Errorf("Healthcheck(not ready) = %v, want the 503 and its message", err)
+	}
+	srv.Close()
+	for _, args := range [][]string{{srv.URL}, nil, {"a", "b"}, {"::bad"}} {
+		if err := Healthcheck(ctx, args); err == nil {
+			t.Errorf("Healthcheck(%q) = nil, want an error", args)
+		}
+	}
+}
