@@ -145,10 +145,7 @@ func (p *composeProject) waitHealthy(ctx context.Context, timeout time.Duration,
 	}
 }
 
-var (
-	nodeServices = []string{"node1", "node2", "node3"}
-	allServices  = []string{"redis", "balancer1", "balancer2", "node1", "node2", "node3"}
-)
+var allServices = []string{"redis", "balancer1", "balancer2", "node1", "node2", "node3"}
 
 // service maps a node id (RINGCAST_ID in docker-compose.yml) to its service.
 func service(nodeID string) string { return "node" + strings.TrimPrefix(nodeID, "n") }
