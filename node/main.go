@@ -19,6 +19,7 @@ import (
 	"github.com/ringcast/ringcast/pkg/httpapi"
 	"github.com/ringcast/ringcast/pkg/logging"
 	"github.com/ringcast/ringcast/pkg/node"
+	"github.com/ringcast/ringcast/pkg/session"
 )
 
 func main() {
@@ -36,6 +37,7 @@ func run(ctx context.Context, args []string, env func(string) string, stderr io.
 		return httpapi.Healthcheck(ctx, args[1:])
 	}
 	d := node.DefaultConfig()
+	sd := session.DefaultConfig()
 	fs := flag.NewFlagSet("node", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	var cfg node.Config
@@ -57,6 +59,9 @@ func run(ctx context.Context, args []string, env func(string) string, stderr io.
 	fs.IntVar(&cfg.MaxMessage, "max-message", d.MaxMessage, "largest client message in bytes, summed over fragments")
 	fs.IntVar(&cfg.MaxChannels, "max-channels", d.MaxChannels, "channels one connection may subscribe to")
 	fs.IntVar(&cfg.SendQueue, "send-queue", d.SendQueue, "frames queued per connection before it is closed as slow (4008)")
+	fs.Float64Var(&cfg.RequestRate, "request-rate", sd.RequestRate, "messages and control frames per second one connection may send (burst 2x); more closes it 1008")
+	fs.Int64Var(&cfg.MaxUnfinished, "max-unfinished", sd.MaxUnfinished, "bytes held node-wide in client messages still being read; a frame past it closes its connection 1013")
+	fs.DurationVar(&cfg.AssemblyTimeout, "assembly-timeout", sd.AssemblyTimeout, "one client message must arrive whole (all fragments) within this; else close 1008")
 	fs.DurationVar(&cfg.DrainWindow, "drain", d.DrainWindow, "on SIGTERM, clients are asked to reconnect spread over this window")
 	fs.IntVar(&cfg.MaxPending, "max-pending", d.MaxPending, "connections set up at once; more get HTTP 503 and retry (admission control)")
 	fs.IntVar(&cfg.RebalanceRate, "rebalance-rate", d.RebalanceRate, "clients per second asked to move after a ring change")

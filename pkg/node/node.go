@@ -49,6 +49,9 @@ type Config struct {
 	MaxChannels     int           // channels per connection; default 128
 	SendQueue       int           // frames queued per connection before it is closed 4008; default 1024
 	SendQueueBytes  int           // bytes queued per connection before it is closed 4008; default 4 MiB
+	RequestRate     float64       // messages + control frames per second per connection (burst 2×), more closes 1008; 0 = session default (100)
+	MaxUnfinished   int64         // bytes held node-wide in client messages being read, more closes 1013; 0 = session default (16 MiB)
+	AssemblyTimeout time.Duration // one client message must arrive whole within this, else 1008; 0 = session default (10s)
 	WriteTimeout    time.Duration // a write to a client that takes longer closes it; default 10s
 	RequestTimeout  time.Duration // bridge work per request (subscribe, publish); default 5s
 	DrainWindow     time.Duration // on shutdown clients are asked to reconnect spread over this; default 5s
@@ -217,6 +220,7 @@ func New(cfg Config) (*Server, error) {
 			Node: cfg.ID, Origins: cfg.Origins, Heartbeat: cfg.Heartbeat, MaxMessage: cfg.MaxMessage,
 			SendQueue: cfg.SendQueue, SendQueueBytes: cfg.SendQueueBytes,
 			WriteTimeout: cfg.WriteTimeout, RequestTimeout: cfg.RequestTimeout,
+			RequestRate: cfg.RequestRate, MaxUnfinished: cfg.MaxUnfinished, AssemblyTimeout: cfg.AssemblyTimeout,
 		}, session.Deps{
 			Hub: s.hub, WG: &s.wg, Log: cfg.Log, Registry: s.reg,
 			RingEpoch: func() uint64 { return s.cluster.View().Epoch },

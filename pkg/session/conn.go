@@ -42,6 +42,13 @@ type Conn struct {
 	moveTimer *time.Timer // closes the connection if a reconnect request is ignored
 
 	asked atomic.Bool // told to reconnect elsewhere
+
+	// The reader goroutine's own state (limits.go): the request rate
+	// bucket and the message being assembled.
+	tokens   float64 // request tokens left
+	tokensAt int64   // unix nanoseconds of the last refill; 0 = never
+	held     int64   // bytes of the message being read, counted in the node-wide budget
+	asmBy    int64   // unix nanoseconds the message being read must be complete by; 0 = none
 }
 
 type outFrame struct {
@@ -203,7 +210,7 @@ func (c *Conn) wait() bool {
 		c.discard()
 		return false
 	}
-	c.nc.SetReadDeadline(time.Now().Add(3 * c.u.cfg.Heartbeat))
+	c.nc.SetReadDeadline(c.readDeadline())
 	if err := c.waitReadable(); err != nil {
 		c.end(err)
 		return false
@@ -218,6 +225,7 @@ func (c *Conn) cleanup(attached bool) {
 	}
 	c.finish()
 	c.nc.Close()
+	c.releaseMessage()
 	if c.u.deps.Done != nil {
 		c.u.deps.Done(c)
 	}
@@ -244,8 +252,12 @@ func (c *Conn) loop(ctx context.Context) bool {
 			c.end(err)
 			return false
 		}
-		if !h.Masked || h.Rsv != 0 {
-			c.closeNow(int(ws.StatusProtocolError), "frames must be masked, no extensions")
+		if reason := checkHeader(h); reason != "" {
+			c.closeNow(wire.CloseProtocolError, reason)
+			return false
+		}
+		if !c.allowFrame(h) {
+			c.closeNow(wire.ClosePolicy, "too many requests: over "+c.u.rateText()+" frames per second")
 			return false
 		}
 		if h.OpCode.IsControl() {
@@ -268,6 +280,11 @@ func (c *Conn) loop(ctx context.Context) bool {
 			c.closeNow(wire.CloseTooBig, "message too big")
 			return false
 		}
+		if !c.holdMessage(h.Length) {
+			c.closeNow(wire.CloseTryAgainLater, "node busy: too many unfinished messages")
+			return false
+		}
+		c.nc.SetReadDeadline(c.readDeadline())
 		start := len(msg)
 		msg = append(msg, make([]byte, h.Length)...)
 		if _, err := io.ReadFull(c.in, msg[start:]); err != nil {
@@ -287,6 +304,7 @@ func (c *Conn) loop(ctx context.Context) bool {
 		}
 		c.u.met.in.Inc()
 		c.handle(ctx, msg)
+		c.releaseMessage()
 		msg = nil
 	}
 }
@@ -308,6 +326,10 @@ func (c *Conn) control(h ws.Header) bool {
 	case ws.OpPing:
 		c.enqueue(ws.OpPong, append([]byte(nil), p...))
 	case ws.OpClose:
+		if reason := checkClose(p); reason != "" {
+			c.closeNow(wire.CloseProtocolError, reason)
+			return false
+		}
 		c.Close(wire.CloseNormal, "")
 		c.drain()
 		return false
@@ -380,9 +402,13 @@ func (c *Conn) end(err error) {
 	}
 	var ne net.Error
 	switch {
+	case errors.As(err, &ne) && ne.Timeout() && c.asmBy != 0 && time.Now().UnixNano() >= c.asmBy:
+		c.closeNow(wire.ClosePolicy, "message not completed within "+c.u.cfg.AssemblyTimeout.String())
 	case errors.As(err, &ne) && ne.Timeout():
 		c.log.Debug("connection timed out")
 		c.closeNow(wire.CloseGoingAway, "heartbeat timeout")
+	case errors.Is(err, ws.ErrHeaderLengthMSB), errors.Is(err, ws.ErrHeaderLengthUnexpected):
+		c.closeNow(wire.CloseProtocolError, err.Error())
 	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, net.ErrClosed):
 	default:
 		c.log.Debug("read", zap.Error(err))

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -30,6 +31,20 @@ type Config struct {
 	WriteTimeout     time.Duration // a write to the client that takes longer closes it; default 10s
 	RequestTimeout   time.Duration // hub and bridge work per request (attach, subscribe, publish); default 5s
 	HandshakeTimeout time.Duration // the WebSocket upgrade's I/O; default 5s
+	// AssemblyTimeout bounds reading one client message, from its first
+	// frame header to its last byte; past it the connection is closed 1008.
+	// Default 10s: 64 KiB over a 64 kbit/s link, while a message trickled a
+	// byte at a time cannot hold its buffer for hours.
+	AssemblyTimeout time.Duration
+	// MaxUnfinished bounds the bytes held node-wide in client messages
+	// still being read; a frame that would pass it closes its connection
+	// 1013 (try again later). Default 16 MiB: 256 maximum-size messages in
+	// flight at once, far above what clients that send whole messages need.
+	MaxUnfinished int64
+	// RequestRate bounds the messages and control frames one connection
+	// may send per second (a token bucket, burst 2×); past it the
+	// connection is closed 1008. Default 100: ten times a chatty client.
+	RequestRate float64
 }
 
 // DefaultConfig returns the defaults documented on Config.
@@ -42,6 +57,9 @@ func DefaultConfig() Config {
 		WriteTimeout:     10 * time.Second,
 		RequestTimeout:   5 * time.Second,
 		HandshakeTimeout: 5 * time.Second,
+		AssemblyTimeout:  10 * time.Second,
+		MaxUnfinished:    16 << 20,
+		RequestRate:      100,
 	}
 }
 
@@ -53,6 +71,7 @@ func (c *Config) validate() error {
 	for _, v := range []struct{ p, def *time.Duration }{
 		{&c.Heartbeat, &d.Heartbeat}, {&c.WriteTimeout, &d.WriteTimeout},
 		{&c.RequestTimeout, &d.RequestTimeout}, {&c.HandshakeTimeout, &d.HandshakeTimeout},
+		{&c.AssemblyTimeout, &d.AssemblyTimeout},
 	} {
 		if *v.p < 0 {
 			return fmt.Errorf("session: duration %v < 0", *v.p)
@@ -70,6 +89,15 @@ func (c *Config) validate() error {
 		if *v.p == 0 {
 			*v.p = *v.def
 		}
+	}
+	if c.MaxUnfinished < 0 || c.RequestRate < 0 {
+		return errors.New("session: MaxUnfinished and RequestRate must not be negative")
+	}
+	if c.MaxUnfinished == 0 {
+		c.MaxUnfinished = d.MaxUnfinished
+	}
+	if c.RequestRate == 0 {
+		c.RequestRate = d.RequestRate
 	}
 	return nil
 }
@@ -98,6 +126,8 @@ type Deps struct {
 // Upgrader turns WebSocket upgrade requests into connections and holds
 // what they share. Safe for concurrent use.
 type Upgrader struct {
+	unfinished atomic.Int64 // bytes held in client messages being read, bounded by MaxUnfinished
+
 	cfg  Config
 	deps Deps
 	log  *zap.Logger
@@ -116,7 +146,15 @@ func New(cfg Config, deps Deps) (*Upgrader, error) {
 	if deps.Log == nil {
 		deps.Log = zap.NewNop()
 	}
-	return &Upgrader{cfg: cfg, deps: deps, log: deps.Log, met: newMetrics(deps.Registry), w: newWriters(deps.WG)}, nil
+	u := &Upgrader{cfg: cfg, deps: deps, log: deps.Log, met: newMetrics(deps.Registry), w: newWriters(deps.WG)}
+	unfinished := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "ringcast_node_unfinished_message_bytes",
+		Help: "Bytes held in client messages still being read (bounded by the node-wide budget).",
+	}, func() float64 { return float64(u.unfinished.Load()) })
+	if err := deps.Registry.Register(unfinished); err != nil {
+		return nil, fmt.Errorf("session: register metrics: %w", err)
+	}
+	return u, nil
 }
 
 // Upgrade checks the handshake (RFC 6455, client_id, Origin), asks

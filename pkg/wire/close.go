@@ -4,6 +4,8 @@ package wire
 const (
 	CloseNormal         = 1000
 	CloseGoingAway      = 1001 // drain
+	CloseProtocolError  = 1002 // RFC 6455 violated: reserved opcode, bad close frame, bad header
+	CloseInvalidData    = 1007 // a text message that is not UTF-8
 	ClosePolicy         = 1008 // origin, auth
 	CloseTooBig         = 1009
 	CloseInternal       = 1011
