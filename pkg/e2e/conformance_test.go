@@ -1,4 +1,4 @@
-package clustertest
+package e2e
 
 import (
 	"bufio"
@@ -13,13 +13,14 @@ import (
 	"github.com/gobwas/ws"
 
 	"github.com/ringcast/ringcast/internal/wstest"
+	"github.com/ringcast/ringcast/pkg/clustertest"
 )
 
 // TestConformance replays raw frames and handshakes a careless or hostile
 // client sends, against a node and through the balancer, each with the
 // answer RFC 6455 and DESIGN.md §6 require.
 func TestConformance(t *testing.T) {
-	c := startCluster(t, Options{Nodes: 1, NodeArgs: []string{"-assembly-timeout", "1s", "-origins", "http://ok.test"}})
+	c := startCluster(t, clustertest.Options{Nodes: 1, NodeArgs: []string{"-assembly-timeout", "1s", "-origins", "http://ok.test"}})
 	targets := map[string]string{"node": c.Nodes[0].Addr, "balancer": c.Balancers[0].Addr}
 
 	closeFrame := func(code int, reason string) []byte {
