@@ -10,7 +10,6 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
-	"time"
 
 	goredis "github.com/redis/go-redis/v9"
 	"go.uber.org/zap"
@@ -40,7 +39,7 @@ func run(ctx context.Context, args []string, env func(string) string, stderr io.
 	sd := session.DefaultConfig()
 	fs := flag.NewFlagSet("node", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	var cfg node.Config
+	cfg := d
 	var join, origins flagenv.List
 	fs.StringVar(&cfg.ID, "id", "", "node id, unique in the cluster (required)")
 	fs.StringVar(&cfg.Addr, "addr", d.Addr, "HTTP and WebSocket listen address (port 0 = any)")
@@ -53,7 +52,7 @@ func run(ctx context.Context, args []string, env func(string) string, stderr io.
 	fs.BoolVar(&cfg.Insecure, "insecure", false, "allow a non-loopback -gossip without -cluster-key: any process reaching it joins the cluster")
 	fs.StringVar(&cfg.Detect, "detect", d.Detect, "failure detection profile: lan (5-7 s) | fast (< 1 s, loopback/LAN)")
 	fs.IntVar(&cfg.HistorySize, "history-size", 0, "messages kept per channel (0 = history off)")
-	fs.DurationVar(&cfg.HistoryTTL, "history-ttl", 2*time.Minute, "how long channel history is kept")
+	fs.DurationVar(&cfg.HistoryTTL, "history-ttl", d.HistoryTTL, "how long channel history is kept")
 	fs.Var(&origins, "origins", "comma-separated allowed Origin values (empty = any)")
 	fs.DurationVar(&cfg.Heartbeat, "heartbeat", d.Heartbeat, "client heartbeat interval; silent links are closed after 3x")
 	fs.IntVar(&cfg.MaxMessage, "max-message", d.MaxMessage, "largest client message in bytes, summed over fragments")

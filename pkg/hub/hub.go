@@ -122,13 +122,21 @@ var ErrOverflow = errors.New("too many messages during recovery")
 // ErrTooManyChannels is returned by Subscribe past Config.MaxChannels.
 var ErrTooManyChannels = errors.New("too many channels")
 
+// validate fills zero fields with their defaults and rejects negative ones.
+func (c *Config) validate() error {
+	if c.MaxChannels < 0 {
+		return fmt.Errorf("hub: MaxChannels %d < 0", c.MaxChannels)
+	}
+	if c.MaxChannels == 0 {
+		c.MaxChannels = DefaultConfig().MaxChannels
+	}
+	return nil
+}
+
 // New returns a hub publishing into br.
 func New(cfg Config, br bridge.Bridge, log *zap.Logger, reg prometheus.Registerer) (*Hub, error) {
-	if cfg.MaxChannels == 0 {
-		cfg.MaxChannels = DefaultConfig().MaxChannels
-	}
-	if cfg.MaxChannels < 0 {
-		return nil, fmt.Errorf("hub: MaxChannels %d < 0", cfg.MaxChannels)
+	if err := cfg.validate(); err != nil {
+		return nil, err
 	}
 	if br == nil {
 		return nil, errors.New("hub: bridge is required")

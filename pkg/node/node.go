@@ -19,8 +19,8 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/ringcast/ringcast/pkg/bridge"
+	"github.com/ringcast/ringcast/pkg/bridge/bridges"
 	"github.com/ringcast/ringcast/pkg/bridge/mesh"
-	"github.com/ringcast/ringcast/pkg/bridge/redis"
 	"github.com/ringcast/ringcast/pkg/cluster"
 	"github.com/ringcast/ringcast/pkg/httpapi"
 	"github.com/ringcast/ringcast/pkg/hub"
@@ -41,7 +41,7 @@ type Config struct {
 	Insecure    bool          // allow an open cluster (no ClusterKey) on a non-loopback gossip address
 	Detect      string        // failure detection profile: lan (default) | fast
 	HistorySize int           // messages kept per channel; 0 = history off
-	HistoryTTL  time.Duration // how long history is kept; default 2m when HistorySize > 0
+	HistoryTTL  time.Duration // history kept this long after a channel's last publish; default 2m (the Redis adapter's)
 	Origins     []string      // allowed Origin header values; empty = any
 
 	Heartbeat       time.Duration // heartbeat_ms told to clients; the node closes links silent for 3×; default 10s
@@ -69,7 +69,8 @@ func DefaultConfig() Config {
 	return Config{
 		Addr:            "127.0.0.1:9001",
 		Gossip:          "127.0.0.1:7001",
-		Bridge:          "mesh",
+		Bridge:          bridges.Mesh,
+		HistoryTTL:      bridges.DefaultConfig().HistoryTTL,
 		Detect:          "lan",
 		Heartbeat:       sd.Heartbeat,
 		MaxMessage:      sd.MaxMessage,
@@ -83,6 +84,15 @@ func DefaultConfig() Config {
 		RebalanceSpread: time.Second,
 		MaxPending:      512,
 	}
+}
+
+// LocalConfig is DefaultConfig for node id on loopback: any free ports,
+// fast failure detection and a 200 ms drain window. Tests start from it.
+func LocalConfig(id string) Config {
+	c := DefaultConfig()
+	c.ID, c.Addr, c.Gossip, c.Detect = id, "127.0.0.1:0", "127.0.0.1:0", cluster.DetectFast
+	c.DrainWindow = 200 * time.Millisecond
+	return c
 }
 
 func (c *Config) validate() error {
@@ -123,11 +133,8 @@ func (c *Config) validate() error {
 	setInt(&c.RebalanceRate, d.RebalanceRate)
 	setDur(&c.RebalanceSpread, d.RebalanceSpread)
 	setInt(&c.MaxPending, d.MaxPending)
-	if c.HistorySize > 0 && c.Bridge == "mesh" {
-		return errors.New("node: -history-size needs -bridge redis://…: the mesh bridge keeps no history (at-most-once)")
-	}
-	if c.HistorySize > 0 && c.HistoryTTL == 0 {
-		c.HistoryTTL = 2 * time.Minute
+	if err := bridges.Check(c.Bridge, c.HistorySize); err != nil {
+		return fmt.Errorf("node: %w", err)
 	}
 	switch {
 	case c.Heartbeat < 0, c.MaxMessage < 0, c.MaxChannels < 0, c.SendQueue < 0, c.SendQueueBytes < 0,
@@ -197,21 +204,11 @@ func New(cfg Config) (*Server, error) {
 		DeliverDirect: func(d bridge.Direct) bool { return s.hub.DeliverDirect(d) },
 		Lost:          s.bridgeLost,
 	}
-	switch {
-	case cfg.Bridge == "mesh":
-		mcfg := mesh.DefaultConfig()
-		mcfg.ID, mcfg.Key, mcfg.Log = cfg.ID, []byte(cfg.ClusterKey), cfg.Log
-		mcfg.Insecure = cfg.Insecure
-		s.mesh, err = mesh.New(mcfg, recv)
-		s.bridge = s.mesh
-	case strings.HasPrefix(cfg.Bridge, "redis://") || strings.HasPrefix(cfg.Bridge, "rediss://"):
-		rcfg := redis.DefaultConfig()
-		rcfg.URL, rcfg.NodeID, rcfg.Log = cfg.Bridge, cfg.ID, cfg.Log
-		rcfg.HistorySize, rcfg.HistoryTTL = cfg.HistorySize, cfg.HistoryTTL
-		s.bridge, err = redis.New(rcfg, recv)
-	default:
-		err = fmt.Errorf("node: unknown -bridge %q: want mesh or redis://host:port/db", cfg.Bridge)
-	}
+	s.bridge, err = bridges.New(bridges.Config{
+		Spec: cfg.Bridge, NodeID: cfg.ID, Key: []byte(cfg.ClusterKey), Insecure: cfg.Insecure,
+		HistorySize: cfg.HistorySize, HistoryTTL: cfg.HistoryTTL, Log: cfg.Log,
+	}, recv)
+	s.mesh, _ = s.bridge.(*mesh.Mesh)
 	if err == nil {
 		s.hub, err = hub.New(hub.Config{MaxChannels: cfg.MaxChannels}, s.bridge, cfg.Log, s.reg)
 	}

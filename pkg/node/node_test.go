@@ -30,13 +30,7 @@ type testNode struct {
 // startNode runs a node until the test ends and waits until it is ready.
 func startNode(t *testing.T, edit func(*Config)) *testNode {
 	t.Helper()
-	cfg := Config{
-		ID:          "n1",
-		Addr:        "127.0.0.1:0",
-		Gossip:      "127.0.0.1:0",
-		Detect:      "fast",
-		DrainWindow: 200 * time.Millisecond,
-	}
+	cfg := LocalConfig("n1")
 	if edit != nil {
 		edit(&cfg)
 	}

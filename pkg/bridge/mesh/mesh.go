@@ -51,36 +51,43 @@ func DefaultConfig() Config {
 	}
 }
 
-func (c *Config) setDefaults() error {
+// validate fills zero fields with their defaults and rejects negative ones.
+func (c *Config) validate() error {
 	d := DefaultConfig()
 	if c.ID == "" {
 		return errors.New("mesh: ID is required")
 	}
-	if c.DialTimeout <= 0 {
-		c.DialTimeout = d.DialTimeout
+	for _, f := range []struct {
+		name   string
+		v, def *time.Duration
+	}{
+		{"DialTimeout", &c.DialTimeout, &d.DialTimeout}, {"WriteTimeout", &c.WriteTimeout, &d.WriteTimeout},
+		{"Ping", &c.Ping, &d.Ping}, {"AckTimeout", &c.AckTimeout, &d.AckTimeout}, {"Redial", &c.Redial, &d.Redial},
+	} {
+		if *f.v < 0 {
+			return fmt.Errorf("mesh: %s %v < 0", f.name, *f.v)
+		}
+		if *f.v == 0 {
+			*f.v = *f.def
+		}
 	}
-	if c.WriteTimeout <= 0 {
-		c.WriteTimeout = d.WriteTimeout
+	for _, f := range []struct {
+		name   string
+		v, def *int
+	}{
+		{"QueueLen", &c.QueueLen, &d.QueueLen}, {"QueueBytes", &c.QueueBytes, &d.QueueBytes}, {"MaxFrame", &c.MaxFrame, &d.MaxFrame},
+	} {
+		if *f.v < 0 {
+			return fmt.Errorf("mesh: %s %d < 0", f.name, *f.v)
+		}
+		if *f.v == 0 {
+			*f.v = *f.def
+		}
 	}
-	if c.Ping <= 0 {
-		c.Ping = d.Ping
+	if c.RedialMax < 0 {
+		return fmt.Errorf("mesh: RedialMax %v < 0", c.RedialMax)
 	}
-	if c.QueueLen <= 0 {
-		c.QueueLen = d.QueueLen
-	}
-	if c.QueueBytes <= 0 {
-		c.QueueBytes = d.QueueBytes
-	}
-	if c.MaxFrame <= 0 {
-		c.MaxFrame = d.MaxFrame
-	}
-	if c.AckTimeout <= 0 {
-		c.AckTimeout = d.AckTimeout
-	}
-	if c.Redial <= 0 {
-		c.Redial = d.Redial
-	}
-	if c.RedialMax <= 0 {
+	if c.RedialMax == 0 {
 		c.RedialMax = max(d.RedialMax, c.Redial)
 	}
 	if c.RedialMax < c.Redial {
@@ -115,7 +122,7 @@ var _ bridge.Bridge = (*Mesh)(nil)
 
 // New returns a mesh for node cfg.ID delivering through recv.
 func New(cfg Config, recv bridge.Receiver) (*Mesh, error) {
-	if err := cfg.setDefaults(); err != nil {
+	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
 	if recv.Deliver == nil || recv.DeliverDirect == nil {

@@ -332,7 +332,7 @@ func TestAuth(t *testing.T) {
 	// A peer with the wrong key, or none, is refused.
 	for _, key := range []string{"wrong", ""} {
 		cfg := Config{ID: "a", Key: []byte(key)}
-		cfg.setDefaults()
+		cfg.validate()
 		nc, _, err := dial(context.Background(), cfg, "b", b.srv.addr)
 		if err == nil {
 			nc.Close()
@@ -458,5 +458,26 @@ func TestHandlerAfterStop(t *testing.T) {
 	m.Handler().ServeHTTP(w, r)
 	if w.Code != http.StatusServiceUnavailable {
 		t.Errorf("Handler after Run returned: status %d, want 503", w.Code)
+	}
+}
+
+func TestConfigRejectsNegatives(t *testing.T) {
+	for _, edit := range []func(*Config){
+		func(c *Config) { c.DialTimeout = -1 },
+		func(c *Config) { c.Ping = -1 },
+		func(c *Config) { c.QueueLen = -1 },
+		func(c *Config) { c.MaxFrame = -1 },
+		func(c *Config) { c.RedialMax = -1 },
+		func(c *Config) { c.Redial, c.RedialMax = time.Second, time.Millisecond },
+	} {
+		c := Config{ID: "m"}
+		edit(&c)
+		if err := c.validate(); err == nil {
+			t.Errorf("validate(%+v) = nil, want an error", c)
+		}
+	}
+	c := Config{ID: "m"}
+	if err := c.validate(); err != nil || c.QueueLen != DefaultConfig().QueueLen || c.Ping != DefaultConfig().Ping {
+		t.Errorf("validate(zero) = %v, %+v; want nil and the defaults", err, c)
 	}
 }
