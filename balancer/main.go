@@ -52,6 +52,7 @@ func run(ctx context.Context, args []string, env func(string) string, stderr io.
 	fs.Float64Var(&cfg.Proxy.ConnRatePerIP, "conn-rate-per-ip", d.Proxy.ConnRatePerIP, "new connections per second per source address, burst 2x; more get HTTP 429 with Retry-After (-1 = no limit)")
 	var trusted flagenv.List
 	fs.Var(&trusted, "trusted-proxies", "comma-separated CIDRs or addresses allowed to set the client address with X-Forwarded-For")
+	cfg.Auth.RegisterFlags(fs)
 	logFormat := fs.String("log", "dev", "log format: dev | json")
 	logLevel := fs.String("log-level", "info", "log level: debug | info | warn | error")
 	if err := flagenv.Parse(fs, args, env); err != nil {

@@ -64,6 +64,8 @@ func run(ctx context.Context, args []string, env func(string) string, stderr io.
 	fs.DurationVar(&cfg.DrainWindow, "drain", d.DrainWindow, "on SIGTERM, clients are asked to reconnect spread over this window")
 	fs.IntVar(&cfg.MaxPending, "max-pending", d.MaxPending, "connections set up at once; more get HTTP 503 and retry (admission control)")
 	fs.IntVar(&cfg.RebalanceRate, "rebalance-rate", d.RebalanceRate, "clients per second asked to move after a ring change")
+	fs.IntVar(&cfg.MaxConnsPerClient, "max-conns-per-client", d.MaxConnsPerClient, "connections one client id may hold on a node; more get HTTP 429")
+	cfg.Auth.RegisterFlags(fs)
 	logFormat := fs.String("log", "dev", "log format: dev | json")
 	logLevel := fs.String("log-level", "info", "log level: debug | info | warn | error")
 	if err := flagenv.Parse(fs, args, env); err != nil {

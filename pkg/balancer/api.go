@@ -25,8 +25,8 @@ func (s *Server) routes() http.Handler {
 	mux.Handle("GET /ws", s.proxy)
 	mux.HandleFunc("GET /v1/cluster", s.serveCluster)
 	mux.HandleFunc("GET /v1/owner", s.serveOwner)
-	mux.HandleFunc("POST /v1/publish", s.servePublish)
-	mux.HandleFunc("POST /v1/send", s.serveSend)
+	mux.HandleFunc("POST /v1/publish", s.auth.RequireAPIKey(s.servePublish))
+	mux.HandleFunc("POST /v1/send", s.auth.RequireAPIKey(s.serveSend))
 	mux.HandleFunc("GET /healthz", httpapi.ServeHealthz)
 	mux.HandleFunc("GET /readyz", s.serveReady)
 	mux.Handle("GET /metrics", promhttp.HandlerFor(s.reg, promhttp.HandlerOpts{}))
@@ -133,6 +133,9 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request, key string, bod
 			return
 		}
 		req.Header.Set("Content-Type", "application/json")
+		if a := r.Header.Get("Authorization"); a != "" {
+			req.Header.Set("Authorization", a) // the node checks the API key too
+		}
 		resp, err := s.api.Do(req)
 		if err != nil {
 			var oe *net.OpError

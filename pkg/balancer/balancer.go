@@ -16,6 +16,7 @@ import (
 	"go.uber.org/zap"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/ringcast/ringcast/pkg/auth"
 	"github.com/ringcast/ringcast/pkg/cluster"
 	"github.com/ringcast/ringcast/pkg/httpapi"
 	"github.com/ringcast/ringcast/pkg/proxy"
@@ -34,6 +35,7 @@ type Config struct {
 	Detect     string        // failure detection profile: lan (default) | fast
 	Proxy      proxy.Config  // WebSocket relay settings; zero fields take proxy defaults
 	APITimeout time.Duration // admin API calls forwarded to nodes; default 5s
+	Auth       auth.Config   // client tokens and the API key; the same on every balancer and node
 
 	Log      *zap.Logger
 	Registry *prometheus.Registry // nil = a fresh one
@@ -90,6 +92,7 @@ type Server struct {
 	http    *http.Server
 	api     *http.Client
 	met     *metrics
+	auth    *auth.Verifier
 }
 
 // New binds the balancer's sockets; Run starts it.
@@ -110,7 +113,13 @@ func New(cfg Config) (*Server, error) {
 	if s.cfg.ID == "" {
 		s.cfg.ID = "balancer-" + ln.Addr().String()
 	}
-	s.proxy, err = proxy.New(cfg.Proxy, picker{s}, cfg.Log.Named("proxy"), s.reg)
+	if s.auth, err = auth.New(cfg.Auth); err != nil {
+		ln.Close()
+		return nil, err
+	}
+	pcfg := cfg.Proxy
+	pcfg.Auth = s.auth
+	s.proxy, err = proxy.New(pcfg, picker{s}, cfg.Log.Named("proxy"), s.reg)
 	if err != nil {
 		ln.Close()
 		return nil, err

@@ -2,6 +2,7 @@ package client
 
 import (
 	"context"
+	crand "crypto/rand"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -71,16 +72,17 @@ type Client struct {
 	log    *zap.Logger
 	jitter func(n int64) int64 // uniform in [0, n)
 
-	mu       sync.Mutex
-	state    State
-	node     string
-	link     *link                    // the welcomed link, nil when there is none
-	subs     map[string]*Subscription // by channel
-	pending  map[uint64]chan error    // requests waiting for ack or error, by id
-	lastID   uint64
-	welcomes int
-	cancel   context.CancelFunc // stops Run; set once Run starts
-	closed   bool
+	mu        sync.Mutex
+	sessionID string // the session query parameter; a new one after 4010
+	state     State
+	node      string
+	link      *link                    // the welcomed link, nil when there is none
+	subs      map[string]*Subscription // by channel
+	pending   map[uint64]chan error    // requests waiting for ack or error, by id
+	lastID    uint64
+	welcomes  int
+	cancel    context.CancelFunc // stops Run; set once Run starts
+	closed    bool
 }
 
 // New validates cfg and returns a Client; Run connects it.
@@ -94,12 +96,13 @@ func New(cfg Config) (*Client, error) {
 		return nil, fmt.Errorf("client config: %w", err)
 	}
 	return &Client{
-		cfg:     cfg,
-		url:     u,
-		log:     cfg.Log.With(zap.String("client_id", cfg.ClientID)),
-		jitter:  rand.Int64N,
-		subs:    make(map[string]*Subscription),
-		pending: make(map[uint64]chan error),
+		cfg:       cfg,
+		url:       u,
+		log:       cfg.Log.With(zap.String("client_id", cfg.ClientID)),
+		jitter:    rand.Int64N,
+		sessionID: crand.Text(),
+		subs:      make(map[string]*Subscription),
+		pending:   make(map[uint64]chan error),
 	}, nil
 }
 

@@ -2,6 +2,7 @@ package client
 
 import (
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -10,6 +11,7 @@ import (
 	"os"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -424,7 +426,9 @@ func TestPublishFromHandler(t *testing.T) {
 	}
 }
 
-func TestReconnectWithoutBackoff(t *testing.T) {
+// TestReconnectBackoff: only a reconnect frame brings the client back
+// without its backoff; every close code, 4009 and 4010 included, waits.
+func TestReconnectBackoff(t *testing.T) {
 	for _, tc := range []struct {
 		name     string
 		backoff  time.Duration // every backoff sleep takes exactly this long
@@ -435,9 +439,10 @@ func TestReconnectWithoutBackoff(t *testing.T) {
 		{"reconnect frame", time.Minute, func(s *fakeServer) {
 			s.inject(wire.Frame{Op: wire.OpReconnect, Reason: wire.ReasonRebalance, AfterMS: wire.Int(150)})
 		}, 150 * time.Millisecond, []string{"rebalance 150ms"}},
-		{"close 4009 moved", time.Minute, func(s *fakeServer) { s.closeWith(wire.CloseMoved) }, 0, nil},
-		{"close 1001 going away", time.Minute, func(s *fakeServer) { s.closeWith(wire.CloseGoingAway) }, 0, nil},
-		{"close 1012 restart", time.Minute, func(s *fakeServer) { s.closeWith(wire.CloseServiceRestart) }, 0, nil},
+		{"close 4009 moved backs off", 300 * time.Millisecond, func(s *fakeServer) { s.closeWith(wire.CloseMoved) }, 300 * time.Millisecond, nil},
+		{"close 4010 replaced backs off", 300 * time.Millisecond, func(s *fakeServer) { s.closeWith(wire.CloseReplaced) }, 300 * time.Millisecond, nil},
+		{"close 1001 going away backs off", 300 * time.Millisecond, func(s *fakeServer) { s.closeWith(wire.CloseGoingAway) }, 300 * time.Millisecond, nil},
+		{"close 1012 restart backs off", 300 * time.Millisecond, func(s *fakeServer) { s.closeWith(wire.CloseServiceRestart) }, 300 * time.Millisecond, nil},
 		{"close 1011 backs off", 300 * time.Millisecond, func(s *fakeServer) { s.closeWith(wire.CloseInternal) }, 300 * time.Millisecond, nil},
 		{"drop backs off", 300 * time.Millisecond, (*fakeServer).drop, 300 * time.Millisecond, nil},
 	} {
@@ -626,8 +631,8 @@ func TestNewValidates(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if want := "ws://h:1/ws?client_id=a%40b&token=t%26u&x=1"; c.url != want {
-		t.Errorf("dial url = %q, want %q", c.url, want)
+	if want := "ws://h:1/ws?client_id=a%40b&x=1&session=" + c.Session() + "&token=t%26u"; c.sessionURL("t&u") != want {
+		t.Errorf("dial url = %q, want %q", c.sessionURL("t&u"), want)
 	}
 	if c.cfg.DialTimeout != 5*time.Second || c.cfg.MaxMessageSize != 1<<20 {
 		t.Errorf("defaults not applied: %+v", c.cfg)
@@ -698,5 +703,77 @@ func TestGapResubscribes(t *testing.T) {
 		if string(m.Data) == "0" {
 			t.Errorf("message after a gap delivered: %+v", m)
 		}
+	}
+}
+
+// jwtWithExp builds an unsigned JWT-shaped token carrying exp, and the
+// marker the fake server reads it back from.
+func jwtWithExp(n int, exp time.Time) string {
+	payload := fmt.Sprintf(`{"sub":"alice","exp":%d}`, exp.Unix())
+	return "e30." + base64.RawURLEncoding.EncodeToString([]byte(payload)) + fmt.Sprintf(".sig-%d-exp-%d", n, exp.Unix())
+}
+
+func TestTokenFuncAndSession(t *testing.T) {
+	srv := startServer(t)
+	cfg, _ := testConfig(t, srv.url, "alice")
+	var calls atomic.Int32
+	cfg.TokenFunc = func(ctx context.Context) (string, error) {
+		n := calls.Add(1)
+		if n == 2 {
+			return "", errors.New("token service down") // one failed attempt: retried with backoff
+		}
+		return fmt.Sprintf("tok-%d", n), nil
+	}
+	c := start(t, cfg)
+	connected(t, c)
+	srv.closeWith(wire.CloseInternal)
+	if !testkit.Until(3*time.Second, func() bool { return c.Reconnects() == 1 }) {
+		t.Fatalf("Reconnects() = %d, want 1", c.Reconnects())
+	}
+	first := c.Session()
+	srv.closeWith(wire.CloseReplaced)
+	if !testkit.Until(3*time.Second, func() bool { return c.Reconnects() == 2 }) {
+		t.Fatalf("Reconnects() = %d, want 2", c.Reconnects())
+	}
+	qs := srv.queriesCopy()
+	if len(qs) != 3 {
+		t.Fatalf("%d upgrades, want 3", len(qs))
+	}
+	for i, want := range []string{"tok-1", "tok-3", "tok-4"} {
+		if got := qs[i].Get("token"); got != want {
+			t.Errorf("upgrade %d: token %q, want %q (TokenFunc is asked before each connect)", i, got, want)
+		}
+	}
+	if qs[0].Get("session") == "" || qs[0].Get("session") != qs[1].Get("session") || qs[1].Get("session") != first {
+		t.Errorf("sessions %q, %q: want one session kept across an ordinary reconnect", qs[0].Get("session"), qs[1].Get("session"))
+	}
+	if qs[2].Get("session") == first || qs[2].Get("session") == "" {
+		t.Errorf("session after 4010 = %q, want a new one (was %q)", qs[2].Get("session"), first)
+	}
+	if err := wire.ValidateSession(qs[2].Get("session")); err != nil {
+		t.Errorf("session %q: %v", qs[2].Get("session"), err)
+	}
+}
+
+func TestTokenRefreshBeforeExp(t *testing.T) {
+	srv := startServer(t)
+	cfg, _ := testConfig(t, srv.url, "alice")
+	var calls atomic.Int32
+	cfg.TokenFunc = func(ctx context.Context) (string, error) {
+		n := int(calls.Add(1))
+		return jwtWithExp(n, time.Now().Add(3*time.Second)), nil
+	}
+	c := start(t, cfg)
+	connected(t, c)
+	t0 := time.Now()
+	// 3 s tokens renewed a fifth ahead: a refresh every ~2.4 s, never a reconnect.
+	if !testkit.Until(8*time.Second, func() bool { return len(srv.refreshesCopy()) >= 2 }) {
+		t.Fatalf("%d refreshes in %v, want 2", len(srv.refreshesCopy()), time.Since(t0))
+	}
+	if c.Reconnects() != 0 {
+		t.Errorf("Reconnects() = %d, want 0: refresh keeps the link", c.Reconnects())
+	}
+	if r := srv.refreshesCopy(); r[0] == r[1] {
+		t.Errorf("refresh tokens %q: want a fresh token each time", r)
 	}
 }

@@ -1,6 +1,7 @@
 package client
 
 import (
+	"context"
 	"fmt"
 	"net/url"
 	"time"
@@ -16,9 +17,15 @@ const defaultHeartbeat = 10 * time.Second
 
 // Config configures a Client. Zero values mean the default.
 type Config struct {
-	URL            string        // ws://host:port/ws; client_id (and token) are added as query parameters
-	ClientID       string        // 1–128 bytes of [A-Za-z0-9_.:@-]
-	Token          string        // optional, sent as the token query parameter
+	URL      string // ws://host:port/ws; client_id (and token) are added as query parameters
+	ClientID string // 1–128 bytes of [A-Za-z0-9_.:@-]
+	Token    string // optional static token, sent as the token query parameter
+	// TokenFunc, when set, returns the token for each (re)connect and,
+	// shortly before the current token's exp, a fresh one sent as a
+	// refresh. It may block up to RequestTimeout (ctx says when to give
+	// up); an error counts as a failed connect and is retried with
+	// backoff. It runs on the Run goroutine.
+	TokenFunc      func(ctx context.Context) (string, error)
 	DialTimeout    time.Duration // bounds TCP connect, handshake and the wait for the welcome
 	MinBackoff     time.Duration // ceiling of the first retry's random sleep
 	MaxBackoff     time.Duration // ceiling of every retry's random sleep
@@ -89,7 +96,8 @@ func (cfg Config) withDefaults() (Config, error) {
 	return cfg, nil
 }
 
-// dialURL adds client_id and token to the configured URL.
+// dialURL adds client_id to the configured URL; each dial adds its token
+// and session (Client.sessionURL).
 func (cfg Config) dialURL() (string, error) {
 	u, err := url.Parse(cfg.URL)
 	if err != nil {
@@ -100,9 +108,6 @@ func (cfg Config) dialURL() (string, error) {
 	}
 	q := u.Query()
 	q.Set("client_id", cfg.ClientID)
-	if cfg.Token != "" {
-		q.Set("token", cfg.Token)
-	}
 	u.RawQuery = q.Encode()
 	return u.String(), nil
 }

@@ -72,8 +72,12 @@ func (l *link) Write(p []byte) (int, error) {
 // session dials once and serves the link until it drops. welcomed reports
 // whether the server welcomed it; now, whether to reconnect without backoff.
 func (c *Client) session(ctx context.Context) (welcomed, now bool, err error) {
+	token, err := c.token(ctx)
+	if err != nil {
+		return false, false, err
+	}
 	dctx, cancel := context.WithTimeout(ctx, c.cfg.DialTimeout) // Dialer.Timeout alone does not bound the handshake
-	conn, br, _, err := ws.Dialer{Timeout: c.cfg.DialTimeout}.Dial(dctx, c.url)
+	conn, br, _, err := ws.Dialer{Timeout: c.cfg.DialTimeout}.Dial(dctx, c.sessionURL(token))
 	cancel()
 	if err != nil {
 		return false, false, fmt.Errorf("dial %s: %w", c.cfg.URL, err)
@@ -102,7 +106,10 @@ func (c *Client) session(ctx context.Context) (welcomed, now bool, err error) {
 	ticker := time.NewTicker(time.Hour)
 	ticker.Stop()
 	defer ticker.Stop()
-	var ping, move <-chan time.Time // nil until the welcome, until a reconnect frame
+	refresh := time.NewTimer(time.Hour)
+	refresh.Stop()
+	defer refresh.Stop()
+	var ping, move, renew <-chan time.Time // nil until the welcome, a reconnect frame, a token to renew
 	var moveReason string
 	for {
 		select {
@@ -114,13 +121,21 @@ func (c *Client) session(ctx context.Context) (welcomed, now bool, err error) {
 			return welcomed, true, fmt.Errorf("server asked to reconnect: %s", moveReason)
 		case <-ping:
 			_ = l.send(ws.OpText, pingFrame) // a failed write closes the link; readLoop reports it
+		case <-renew:
+			renew = nil
+			c.refresh(ctx, l)
 		case f, ok := <-frames:
 			switch {
 			case !ok:
+				// Every close goes through the backoff: only a reconnect
+				// frame (above) is an invitation to come back at once.
 				var ce wsutil.ClosedError
-				now := errors.As(readErr, &ce) &&
-					(ce.Code == wire.CloseMoved || ce.Code == wire.CloseGoingAway || ce.Code == wire.CloseServiceRestart)
-				return welcomed, now, fmt.Errorf("read: %w", readErr)
+				if errors.As(readErr, &ce) && ce.Code == wire.CloseReplaced {
+					// Another connection took this session (a duplicated
+					// tab, a copied Client): become a session of its own.
+					c.newSession()
+				}
+				return welcomed, false, fmt.Errorf("read: %w", readErr)
 			case !welcomed && f.Op != wire.OpWelcome:
 				return false, false, fmt.Errorf("first frame is %q, want welcome", f.Op)
 			case !welcomed:
@@ -128,6 +143,13 @@ func (c *Client) session(ctx context.Context) (welcomed, now bool, err error) {
 				ticker.Reset(c.heartbeat(&f))
 				ping = ticker.C
 				c.attach(l, &f)
+				renew = c.renewTimer(refresh, tokenExp(token))
+			case f.Op == wire.OpRefreshed:
+				var exp time.Time
+				if f.Exp != nil {
+					exp = time.Unix(*f.Exp, 0)
+				}
+				renew = c.renewTimer(refresh, exp)
 			case f.Op == wire.OpReconnect:
 				after := time.Duration(0)
 				if f.AfterMS != nil && *f.AfterMS > 0 {

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"net"
 	"net/url"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -32,9 +33,11 @@ type fakeServer struct {
 	subscribes  []wire.Frame            // every subscribe received, in order
 	publishes   int
 	pings       int
-	publishErr  string // when set, publishes get an error frame with this code
-	noReply     bool   // when set, publishes get no reply
-	noWelcome   bool   // when set, new connections get no welcome
+	publishErr  string       // when set, publishes get an error frame with this code
+	noReply     bool         // when set, publishes get no reply
+	noWelcome   bool         // when set, new connections get no welcome
+	queries     []url.Values // the query of every upgrade, in order
+	refreshes   []string     // the token of every refresh, in order
 }
 
 type fakeConn struct {
@@ -94,6 +97,9 @@ func (s *fakeServer) serve(conn net.Conn) {
 			return err
 		}
 		id = u.Query().Get("client_id")
+		s.mu.Lock()
+		s.queries = append(s.queries, u.Query())
+		s.mu.Unlock()
 		return wire.ValidateClientID(id)
 	}}
 	conn.SetDeadline(time.Now().Add(5 * time.Second))
@@ -167,6 +173,9 @@ func (s *fakeServer) handle(fc *fakeConn, f wire.Frame) {
 			s.publishLocked(f.Channel, f.Data, fc.id)
 			fc.write(&wire.Frame{Op: wire.OpAck, ID: f.ID})
 		}
+	case wire.OpRefresh:
+		s.refreshes = append(s.refreshes, f.Token)
+		fc.write(&wire.Frame{Op: wire.OpRefreshed, ID: f.ID, Exp: testExp(f.Token)})
 	case wire.OpSend:
 		for c := range s.conns {
 			if c.id == f.To {
@@ -256,4 +265,33 @@ func (s *fakeServer) count(field *int) int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return *field
+}
+
+// testExp reads the exp the client tests put in their tokens ("exp-<unix>").
+func testExp(token string) *int64 {
+	for i := 0; i+4 <= len(token); i++ {
+		if token[i:i+4] == "exp-" {
+			var v int64
+			for _, ch := range token[i+4:] {
+				if ch < '0' || ch > '9' {
+					break
+				}
+				v = v*10 + int64(ch-'0')
+			}
+			return &v
+		}
+	}
+	return nil
+}
+
+func (s *fakeServer) queriesCopy() []url.Values {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return slices.Clone(s.queries)
+}
+
+func (s *fakeServer) refreshesCopy() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return slices.Clone(s.refreshes)
 }

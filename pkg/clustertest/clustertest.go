@@ -36,6 +36,7 @@ type Options struct {
 	Heartbeat    string   // node -heartbeat; default the node's
 	NodeArgs     []string // extra node flags
 	BalancerArgs []string // extra balancer flags
+	Args         []string // extra flags of every process, balancers and nodes (e.g. the token flags)
 	Host         string   // bind address; default 127.0.0.1
 	ClusterKey   string   // -cluster-key of every process; default none (NewNet's clusters: a random one)
 	LogDir       string   // where process logs go; default a temp dir
@@ -204,6 +205,7 @@ func start(ctx context.Context, o Options, place func(*Proc) ([]string, error)) 
 		if o.ClusterKey != "" {
 			p.args = append(p.args, "-cluster-key", o.ClusterKey)
 		}
+		p.args = append(p.args, o.Args...)
 		if len(prefix) > 0 {
 			p.args = append(append(prefix[1:len(prefix):len(prefix)], p.bin), p.args...)
 			p.bin = prefix[0]
@@ -384,6 +386,12 @@ func GetJSON(ctx context.Context, url string, v any) error {
 // PostJSON posts v to url and decodes the answer into out (may be nil). It
 // returns the status code.
 func PostJSON(ctx context.Context, url string, v, out any) (int, error) {
+	return PostJSONKey(ctx, url, "", v, out)
+}
+
+// PostJSONKey is PostJSON with an API key (Authorization: Bearer), when
+// key is not empty.
+func PostJSONKey(ctx context.Context, url, key string, v, out any) (int, error) {
 	b, err := json.Marshal(v)
 	if err != nil {
 		return 0, err
@@ -393,6 +401,9 @@ func PostJSON(ctx context.Context, url string, v, out any) (int, error) {
 		return 0, err
 	}
 	req.Header.Set("Content-Type", "application/json")
+	if key != "" {
+		req.Header.Set("Authorization", "Bearer "+key)
+	}
 	resp, err := httpClient.Do(req)
 	if err != nil {
 		return 0, err

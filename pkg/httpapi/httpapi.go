@@ -64,6 +64,9 @@ var statuses = map[string]int{
 	wire.CodeNoNodes:           http.StatusServiceUnavailable,
 	wire.CodeNotReady:          http.StatusServiceUnavailable,
 	wire.CodeNodeUnreachable:   http.StatusBadGateway,
+	wire.CodeUnauthorized:      http.StatusUnauthorized,
+	wire.CodeForbidden:         http.StatusForbidden,
+	wire.CodeTooManyConns:      http.StatusTooManyRequests,
 }
 
 // Status is the HTTP status of an error with code; an unknown code is 500.

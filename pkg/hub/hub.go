@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"sync/atomic"
 
@@ -27,6 +28,19 @@ type Sink interface {
 	Send(frame []byte) bool
 }
 
+// Sessioned is a Sink that belongs to a session (a browser tab, a Client):
+// a newer sink with the same client id and session replaces it.
+type Sessioned interface {
+	Session() string // "" = none: never replaced
+}
+
+func sessionOf(s Sink) string {
+	if ss, ok := s.(Sessioned); ok {
+		return ss.Session()
+	}
+	return ""
+}
+
 // Config configures a Hub.
 type Config struct {
 	MaxChannels int // channels one connection may subscribe to; default 128
@@ -44,7 +58,7 @@ type Hub struct {
 
 	mu       sync.RWMutex
 	channels map[string]*channel
-	clients  map[string]Sink
+	clients  map[string][]Sink // client id → its connections here (tabs, devices)
 	subs     map[Sink]map[string]*member
 }
 
@@ -149,21 +163,29 @@ func New(cfg Config, br bridge.Bridge, log *zap.Logger, reg prometheus.Registere
 		br:       br,
 		log:      log.Named("hub"),
 		channels: map[string]*channel{},
-		clients:  map[string]Sink{},
+		clients:  map[string][]Sink{},
 		subs:     map[Sink]map[string]*member{},
 	}
 	h.met = newMetrics(h, reg)
 	return h, nil
 }
 
-// Attach registers s under its client id and announces it to the bridge. If
-// another sink held that id here, it is detached and returned: the caller
-// closes it.
+// Attach registers s under its client id, next to the id's other sinks,
+// and announces it to the bridge. If a sink of the same id and session
+// (Sessioned) is here, it is detached and returned: the caller closes it.
 func (h *Hub) Attach(ctx context.Context, s Sink) (Sink, error) {
 	id := s.ClientID()
 	h.mu.Lock()
-	prev := h.clients[id]
-	h.clients[id] = s
+	var prev Sink
+	if sess := sessionOf(s); sess != "" {
+		for _, o := range h.clients[id] {
+			if sessionOf(o) == sess {
+				prev = o
+				break
+			}
+		}
+	}
+	h.clients[id] = append(h.clients[id], s)
 	h.subs[s] = map[string]*member{}
 	h.mu.Unlock()
 	if prev != nil {
@@ -174,7 +196,7 @@ func (h *Hub) Attach(ctx context.Context, s Sink) (Sink, error) {
 		return prev, fmt.Errorf("announce client: %w", err)
 	}
 	h.mu.Lock()
-	if h.clients[id] == nil {
+	if len(h.clients[id]) == 0 {
 		// s left while Hold was in flight: its Release may have reached the
 		// bridge before the Hold did.
 		h.br.Release(id)
@@ -188,10 +210,16 @@ func (h *Hub) Detach(s Sink) { h.detach(s, true) }
 
 func (h *Hub) detach(s Sink, release bool) {
 	h.mu.Lock()
-	if h.clients[s.ClientID()] == s {
-		delete(h.clients, s.ClientID())
+	id := s.ClientID()
+	if i := slices.Index(h.clients[id], s); i >= 0 {
+		h.clients[id] = slices.Delete(h.clients[id], i, i+1)
 	} else {
 		release = false
+	}
+	if len(h.clients[id]) == 0 {
+		delete(h.clients, id)
+	} else {
+		release = false // the id is still connected here
 	}
 	for name := range h.subs[s] {
 		h.leave(s, name)
@@ -399,24 +427,39 @@ func (h *Hub) Deliver(msg bridge.Message) {
 // pendingLimit bounds messages parked for one recovering subscription.
 const pendingLimit = 10000
 
-// DeliverDirect hands d to the local connection of d.To.
+// DeliverDirect hands d to every local connection of d.To and reports
+// whether at least one took it.
 func (h *Hub) DeliverDirect(d bridge.Direct) bool {
 	h.mu.RLock()
-	s := h.clients[d.To]
-	h.mu.RUnlock()
-	if s == nil {
+	defer h.mu.RUnlock()
+	sinks := h.clients[d.To]
+	if len(sinks) == 0 {
 		return false
 	}
-	h.met.delivered.Inc()
-	return s.Send(wire.Encode(&wire.Frame{Op: wire.OpDirect, From: d.From, Data: d.Data}))
+	frame := wire.Encode(&wire.Frame{Op: wire.OpDirect, From: d.From, Data: d.Data})
+	n := 0
+	for _, s := range sinks {
+		if s.Send(frame) {
+			n++
+		}
+	}
+	h.met.delivered.Add(float64(n))
+	return n > 0
+}
+
+// Conns returns a snapshot of the local connections of client id.
+func (h *Hub) Conns(id string) []Sink {
+	h.mu.RLock()
+	defer h.mu.RUnlock()
+	return slices.Clone(h.clients[id])
 }
 
 // Sinks returns a snapshot of the attached connections.
 func (h *Hub) Sinks() []Sink {
 	h.mu.RLock()
 	defer h.mu.RUnlock()
-	out := make([]Sink, 0, len(h.clients))
-	for _, s := range h.clients {
+	out := make([]Sink, 0, len(h.subs))
+	for s := range h.subs {
 		out = append(out, s)
 	}
 	return out
@@ -426,7 +469,7 @@ func (h *Hub) Sinks() []Sink {
 func (h *Hub) Len() int {
 	h.mu.RLock()
 	defer h.mu.RUnlock()
-	return len(h.clients)
+	return len(h.subs)
 }
 
 func messageFrame(m bridge.Message) []byte {

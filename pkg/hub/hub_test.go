@@ -118,14 +118,17 @@ func (b *fakeBridge) holds(id string) bool {
 
 // sink records the frames it is sent; with refuse set it takes none.
 type sink struct {
-	id     string
-	refuse bool
+	id      string
+	session string
+	refuse  bool
 
 	mu     sync.Mutex
 	frames []wire.Frame
 }
 
 func (s *sink) ClientID() string { return s.id }
+
+func (s *sink) Session() string { return s.session }
 
 func (s *sink) Send(b []byte) bool {
 	if s.refuse {
@@ -277,7 +280,7 @@ func TestBridgeInterestOncePerChannel(t *testing.T) {
 
 func TestAttachReplaces(t *testing.T) {
 	h, br := newHub(t, Config{})
-	old, cur := &sink{id: "x"}, &sink{id: "x"}
+	old, cur := &sink{id: "x", session: "tab1"}, &sink{id: "x", session: "tab1"}
 	attach(t, h, old)
 	subscribe(t, h, old, "room")
 	prev, err := h.Attach(context.Background(), cur)
@@ -299,6 +302,43 @@ func TestAttachReplaces(t *testing.T) {
 	}
 	if n := len(old.got()); n != 1 { // its subscribed reply only
 		t.Errorf("older sink got %d frames, want 1", n)
+	}
+}
+
+// TestSeveralConnsPerID: sinks of one id with different sessions (or none)
+// live side by side; a direct reaches each; the id stays held until the
+// last one leaves.
+func TestSeveralConnsPerID(t *testing.T) {
+	h, br := newHub(t, Config{})
+	a, b, c := &sink{id: "x", session: "tab1"}, &sink{id: "x", session: "tab2"}, &sink{id: "x"}
+	for _, s := range []*sink{a, b, c} {
+		attach(t, h, s)
+	}
+	if prev, err := h.Attach(context.Background(), &sink{id: "x"}); prev != nil || err != nil {
+		t.Fatalf("Attach(no session) = %v, %v, want no replacement", prev, err)
+	}
+	if n := len(h.Conns("x")); n != 4 || h.Len() != 4 {
+		t.Fatalf("Conns(x) = %d, Len = %d, want 4, 4", n, h.Len())
+	}
+	if ok, _ := h.Send(context.Background(), bridge.Direct{To: "x", Data: json.RawMessage(`1`)}); !ok {
+		t.Fatal("Send(x) = false, want true")
+	}
+	for i, s := range []*sink{a, b, c} {
+		if f := s.got(); len(f) != 1 || f[0].Op != wire.OpDirect {
+			t.Errorf("sink %d got %+v, want one direct", i, f)
+		}
+	}
+	for _, s := range h.Conns("x") {
+		h.Detach(s)
+		if left := len(h.Conns("x")); left > 0 && !br.holds("x") {
+			t.Fatalf("x released with %d connections left", left)
+		}
+	}
+	if br.holds("x") {
+		t.Error("x still held after its last connection left")
+	}
+	if ok, _ := h.Send(context.Background(), bridge.Direct{To: "x", Data: json.RawMessage(`1`)}); ok {
+		t.Error("Send(x) = true with no connection, want false")
 	}
 }
 

@@ -17,8 +17,8 @@ import (
 func (s *Server) routes() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /ws", s.serveWS)
-	mux.HandleFunc("POST /v1/publish", s.servePublish)
-	mux.HandleFunc("POST /v1/send", s.serveSend)
+	mux.HandleFunc("POST /v1/publish", s.auth.RequireAPIKey(s.servePublish))
+	mux.HandleFunc("POST /v1/send", s.auth.RequireAPIKey(s.serveSend))
 	mux.HandleFunc("GET /healthz", httpapi.ServeHealthz)
 	mux.HandleFunc("GET /readyz", s.serveReady)
 	mux.Handle("GET /metrics", promhttp.HandlerFor(s.reg, promhttp.HandlerOpts{}))

@@ -18,6 +18,7 @@ import (
 	"go.uber.org/zap"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/ringcast/ringcast/pkg/auth"
 	"github.com/ringcast/ringcast/pkg/bridge"
 	"github.com/ringcast/ringcast/pkg/bridge/bridges"
 	"github.com/ringcast/ringcast/pkg/bridge/mesh"
@@ -44,20 +45,22 @@ type Config struct {
 	HistoryTTL  time.Duration // history kept this long after a channel's last publish; default 2m (the Redis adapter's)
 	Origins     []string      // allowed Origin header values; empty = any
 
-	Heartbeat       time.Duration // heartbeat_ms told to clients; the node closes links silent for 3×; default 10s
-	MaxMessage      int           // largest client message summed over fragments, bytes; default 64 KiB
-	MaxChannels     int           // channels per connection; default 128
-	SendQueue       int           // frames queued per connection before it is closed 4008; default 1024
-	SendQueueBytes  int           // bytes queued per connection before it is closed 4008; default 4 MiB
-	RequestRate     float64       // messages + control frames per second per connection (burst 2×), more closes 1008; 0 = session default (100)
-	MaxUnfinished   int64         // bytes held node-wide in client messages being read, more closes 1013; 0 = session default (16 MiB)
-	AssemblyTimeout time.Duration // one client message must arrive whole within this, else 1008; 0 = session default (10s)
-	WriteTimeout    time.Duration // a write to a client that takes longer closes it; default 10s
-	RequestTimeout  time.Duration // bridge work per request (subscribe, publish); default 5s
-	DrainWindow     time.Duration // on shutdown clients are asked to reconnect spread over this; default 5s
-	RebalanceRate   int           // clients per second asked to move after a ring change; default 500
-	RebalanceSpread time.Duration // reconnect after_ms is jittered over this; default 1s
-	MaxPending      int           // connections being set up at once; more get HTTP 503 and retry; default 512
+	Heartbeat         time.Duration // heartbeat_ms told to clients; the node closes links silent for 3×; default 10s
+	MaxMessage        int           // largest client message summed over fragments, bytes; default 64 KiB
+	MaxChannels       int           // channels per connection; default 128
+	SendQueue         int           // frames queued per connection before it is closed 4008; default 1024
+	SendQueueBytes    int           // bytes queued per connection before it is closed 4008; default 4 MiB
+	RequestRate       float64       // messages + control frames per second per connection (burst 2×), more closes 1008; 0 = session default (100)
+	MaxUnfinished     int64         // bytes held node-wide in client messages being read, more closes 1013; 0 = session default (16 MiB)
+	AssemblyTimeout   time.Duration // one client message must arrive whole within this, else 1008; 0 = session default (10s)
+	WriteTimeout      time.Duration // a write to a client that takes longer closes it; default 10s
+	RequestTimeout    time.Duration // bridge work per request (subscribe, publish); default 5s
+	DrainWindow       time.Duration // on shutdown clients are asked to reconnect spread over this; default 5s
+	RebalanceRate     int           // clients per second asked to move after a ring change; default 500
+	RebalanceSpread   time.Duration // reconnect after_ms is jittered over this; default 1s
+	MaxPending        int           // connections being set up at once; more get HTTP 503 and retry; default 512
+	MaxConnsPerClient int           // connections one client id holds here (tabs, devices); one more gets HTTP 429; default 16
+	Auth              auth.Config   // client tokens and the API key; the same on every balancer and node
 
 	Log      *zap.Logger
 	Registry *prometheus.Registry // nil = a fresh one
@@ -83,6 +86,8 @@ func DefaultConfig() Config {
 		RebalanceRate:   500,
 		RebalanceSpread: time.Second,
 		MaxPending:      512,
+
+		MaxConnsPerClient: sd.MaxConnsPerClient,
 	}
 }
 
@@ -133,13 +138,14 @@ func (c *Config) validate() error {
 	setInt(&c.RebalanceRate, d.RebalanceRate)
 	setDur(&c.RebalanceSpread, d.RebalanceSpread)
 	setInt(&c.MaxPending, d.MaxPending)
+	setInt(&c.MaxConnsPerClient, d.MaxConnsPerClient)
 	if err := bridges.Check(c.Bridge, c.HistorySize); err != nil {
 		return fmt.Errorf("node: %w", err)
 	}
 	switch {
 	case c.Heartbeat < 0, c.MaxMessage < 0, c.MaxChannels < 0, c.SendQueue < 0, c.SendQueueBytes < 0,
 		c.WriteTimeout < 0, c.RequestTimeout < 0, c.DrainWindow < 0, c.RebalanceRate < 0,
-		c.RebalanceSpread < 0, c.HistorySize < 0, c.HistoryTTL < 0, c.MaxPending < 0:
+		c.RebalanceSpread < 0, c.HistorySize < 0, c.HistoryTTL < 0, c.MaxPending < 0, c.MaxConnsPerClient < 0:
 		return errors.New("node: sizes and durations must not be negative")
 	}
 	if c.Log == nil {
@@ -162,6 +168,7 @@ type Server struct {
 	met     *metrics
 	http    *http.Server
 	probe   *http.Client // health checks of peers
+	auth    *auth.Verifier
 
 	wg       sync.WaitGroup // connection goroutines
 	mu       sync.Mutex
@@ -181,6 +188,10 @@ func New(cfg Config) (*Server, error) {
 		s.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	}
 	s.met = newMetrics(s, s.reg)
+	var err error
+	if s.auth, err = auth.New(cfg.Auth); err != nil {
+		return nil, err
+	}
 
 	ln, err := net.Listen("tcp", cfg.Addr)
 	if err != nil {
@@ -218,8 +229,9 @@ func New(cfg Config) (*Server, error) {
 			SendQueue: cfg.SendQueue, SendQueueBytes: cfg.SendQueueBytes,
 			WriteTimeout: cfg.WriteTimeout, RequestTimeout: cfg.RequestTimeout,
 			RequestRate: cfg.RequestRate, MaxUnfinished: cfg.MaxUnfinished, AssemblyTimeout: cfg.AssemblyTimeout,
+			MaxConnsPerClient: cfg.MaxConnsPerClient,
 		}, session.Deps{
-			Hub: s.hub, WG: &s.wg, Log: cfg.Log, Registry: s.reg,
+			Hub: s.hub, WG: &s.wg, Log: cfg.Log, Registry: s.reg, Auth: s.auth,
 			RingEpoch: func() uint64 { return s.cluster.View().Epoch },
 			Admit:     s.admitConn,
 			Release:   func() { <-s.admit },

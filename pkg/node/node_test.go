@@ -79,7 +79,18 @@ func (n *testNode) get(t *testing.T, path string) (int, string) {
 
 func (n *testNode) post(t *testing.T, path, body string) (int, map[string]any) {
 	t.Helper()
-	resp, err := http.Post("http://"+n.Addr()+path, "application/json", strings.NewReader(body))
+	return n.postKey(t, path, body, "")
+}
+
+// postKey is post with an API key, when key is not empty.
+func (n *testNode) postKey(t *testing.T, path, body, key string) (int, map[string]any) {
+	t.Helper()
+	req, _ := http.NewRequest(http.MethodPost, "http://"+n.Addr()+path, strings.NewReader(body))
+	req.Header.Set("Content-Type", "application/json")
+	if key != "" {
+		req.Header.Set("Authorization", "Bearer "+key)
+	}
+	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatalf("POST %s: %v", path, err)
 	}

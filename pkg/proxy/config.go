@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"net/netip"
 	"time"
+
+	"github.com/ringcast/ringcast/pkg/auth"
 )
 
 // Config tunes a Proxy. A zero field means its default.
@@ -58,6 +60,10 @@ type Config struct {
 	// in that header that is not itself trusted. Default none: the header
 	// is ignored (and replaced towards the node).
 	TrustedProxies []netip.Prefix
+	// Auth verifies each upgrade's token before any node is dialled; the
+	// connection is routed by the verified client id. Nil = auth off: the
+	// client_id parameter is taken as given.
+	Auth *auth.Verifier
 }
 
 // DefaultConfig returns the defaults documented on Config.

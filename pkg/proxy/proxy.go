@@ -20,6 +20,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 
+	"github.com/ringcast/ringcast/pkg/auth"
 	"github.com/ringcast/ringcast/pkg/wire"
 )
 
@@ -124,11 +125,16 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		p.refuse(w, "bad_request", http.StatusBadRequest, reason)
 		return
 	}
-	clientID := r.URL.Query().Get("client_id")
-	if err := wire.ValidateClientID(clientID); err != nil {
-		p.refuse(w, "bad_request", http.StatusBadRequest, err.Error())
+	// The verified identity routes the connection: with auth on, the
+	// token's sub, never a client_id that only claims to be someone.
+	id, err := p.cfg.Auth.Identify(r)
+	if err != nil {
+		p.refused.WithLabelValues(auth.Code(err)).Inc()
+		w.Header().Set("Connection", "close")
+		auth.Refuse(w, err)
 		return
 	}
+	clientID := id.ClientID
 	src := p.admission.sourceOf(r)
 	if no := p.admission.admit(src, time.Now()); no != nil {
 		w.Header().Set("Retry-After", retryAfter(no.retryAfter))

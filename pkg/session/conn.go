@@ -14,6 +14,7 @@ import (
 	"github.com/gobwas/ws"
 	"go.uber.org/zap"
 
+	"github.com/ringcast/ringcast/pkg/auth"
 	"github.com/ringcast/ringcast/pkg/bridge"
 	"github.com/ringcast/ringcast/pkg/hub"
 	"github.com/ringcast/ringcast/pkg/wire"
@@ -26,6 +27,8 @@ import (
 type Conn struct {
 	u       *Upgrader
 	id      string
+	session string // the session query parameter; "" = none
+	ident   atomic.Pointer[auth.Identity]
 	since   time.Time // when the connection was accepted
 	nc      net.Conn
 	raw     syscall.RawConn
@@ -40,6 +43,7 @@ type Conn struct {
 	closing   bool        // a close frame is queued: nothing more is accepted
 	closedAt  time.Time   // when closing was set
 	moveTimer *time.Timer // closes the connection if a reconnect request is ignored
+	expTimer  *time.Timer // closes the connection 4001 when its token expires
 
 	asked atomic.Bool // told to reconnect elsewhere
 
@@ -60,6 +64,9 @@ var _ hub.Sink = (*Conn)(nil)
 
 // ClientID implements hub.Sink.
 func (c *Conn) ClientID() string { return c.id }
+
+// Session implements hub.Sessioned.
+func (c *Conn) Session() string { return c.session }
 
 // Since is when the connection was accepted.
 func (c *Conn) Since() time.Time { return c.since }
@@ -174,8 +181,9 @@ func (c *Conn) serve(ctx context.Context) {
 	cancel()
 	c.u.release()
 	if p, ok := prev.(*Conn); ok {
-		p.Close(wire.CloseMoved, "replaced by a newer connection")
+		p.Close(wire.CloseReplaced, "replaced by a newer connection of the same session")
 	}
+	c.expireAt(c.ident.Load())
 	if err != nil {
 		c.log.Warn("attach", zap.Error(err))
 		c.closeNow(wire.CloseTryAgainLater, "bridge unavailable")
@@ -393,6 +401,9 @@ func (c *Conn) finish() {
 	if c.moveTimer != nil {
 		c.moveTimer.Stop()
 	}
+	if c.expTimer != nil {
+		c.expTimer.Stop()
+	}
 	c.mu.Unlock()
 }
 
@@ -429,6 +440,10 @@ func (c *Conn) handle(ctx context.Context, b []byte) {
 	case wire.OpPing:
 		c.Send(wire.Encode(&wire.Frame{Op: wire.OpPong, ID: f.ID}))
 	case wire.OpSubscribe:
+		if !c.ident.Load().CanSubscribe(f.Channel) {
+			c.Send(wire.ErrorFrame(f.ID, forbidden("subscribe to", f.Channel)))
+			return
+		}
 		err := c.u.deps.Hub.Subscribe(rctx, c, f.Channel, f.Since, f.ID)
 		switch {
 		case errors.Is(err, hub.ErrOverflow):
@@ -442,11 +457,21 @@ func (c *Conn) handle(ctx context.Context, b []byte) {
 		c.u.deps.Hub.Unsubscribe(c, f.Channel)
 		c.Send(wire.Encode(&wire.Frame{Op: wire.OpUnsubscribed, ID: f.ID, Channel: f.Channel}))
 	case wire.OpPublish:
+		if !c.ident.Load().CanPublish(f.Channel) {
+			c.Send(wire.ErrorFrame(f.ID, forbidden("publish to", f.Channel)))
+			return
+		}
 		_, err := c.u.deps.Hub.Publish(rctx, bridge.Message{Channel: f.Channel, Data: f.Data, From: c.id})
 		c.reply(f, err)
 	case wire.OpSend:
+		if !c.ident.Load().CanSend() {
+			c.Send(wire.ErrorFrame(f.ID, &wire.Error{Code: wire.CodeForbidden, Message: "this token may not send direct messages"}))
+			return
+		}
 		_, err := c.u.deps.Hub.Send(rctx, bridge.Direct{To: f.To, From: c.id, Data: f.Data})
 		c.reply(f, err)
+	case wire.OpRefresh:
+		c.refresh(f)
 	}
 }
 

@@ -16,6 +16,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 
+	"github.com/ringcast/ringcast/pkg/auth"
+	"github.com/ringcast/ringcast/pkg/httpapi"
 	"github.com/ringcast/ringcast/pkg/hub"
 	"github.com/ringcast/ringcast/pkg/wire"
 )
@@ -45,21 +47,27 @@ type Config struct {
 	// may send per second (a token bucket, burst 2×); past it the
 	// connection is closed 1008. Default 100: ten times a chatty client.
 	RequestRate float64
+	// MaxConnsPerClient bounds the connections one client id holds on this
+	// node (tabs, devices); one more gets HTTP 429 before the upgrade (a
+	// connection that replaces its own session does not count). Default 16:
+	// plenty of tabs, while one leaked token cannot pin thousands of sockets.
+	MaxConnsPerClient int
 }
 
 // DefaultConfig returns the defaults documented on Config.
 func DefaultConfig() Config {
 	return Config{
-		Heartbeat:        10 * time.Second,
-		MaxMessage:       64 << 10,
-		SendQueue:        1024,
-		SendQueueBytes:   4 << 20,
-		WriteTimeout:     10 * time.Second,
-		RequestTimeout:   5 * time.Second,
-		HandshakeTimeout: 5 * time.Second,
-		AssemblyTimeout:  10 * time.Second,
-		MaxUnfinished:    16 << 20,
-		RequestRate:      100,
+		Heartbeat:         10 * time.Second,
+		MaxMessage:        64 << 10,
+		SendQueue:         1024,
+		SendQueueBytes:    4 << 20,
+		WriteTimeout:      10 * time.Second,
+		RequestTimeout:    5 * time.Second,
+		HandshakeTimeout:  5 * time.Second,
+		AssemblyTimeout:   10 * time.Second,
+		MaxUnfinished:     16 << 20,
+		RequestRate:       100,
+		MaxConnsPerClient: 16,
 	}
 }
 
@@ -82,6 +90,7 @@ func (c *Config) validate() error {
 	}
 	for _, v := range []struct{ p, def *int }{
 		{&c.MaxMessage, &d.MaxMessage}, {&c.SendQueue, &d.SendQueue}, {&c.SendQueueBytes, &d.SendQueueBytes},
+		{&c.MaxConnsPerClient, &d.MaxConnsPerClient},
 	} {
 		if *v.p < 0 {
 			return fmt.Errorf("session: size %d < 0", *v.p)
@@ -109,6 +118,7 @@ type Deps struct {
 	WG       *sync.WaitGroup       // counts every goroutine a connection runs; the owner waits on it; required
 	Log      *zap.Logger           // nil = no logs
 	Registry prometheus.Registerer // where the session metrics go; required
+	Auth     *auth.Verifier        // verifies each upgrade's token; nil = auth off (client_id as given)
 
 	// RingEpoch is the ring epoch told in the welcome. Nil = 0.
 	RingEpoch func() uint64
@@ -157,10 +167,11 @@ func New(cfg Config, deps Deps) (*Upgrader, error) {
 	return u, nil
 }
 
-// Upgrade checks the handshake (RFC 6455, client_id, Origin), asks
-// Deps.Admit, and upgrades r. It returns nil when it refused or failed the
-// request, which it has then answered with Connection: close; the caller
-// starts a returned connection with Start or turns it away with Reject.
+// Upgrade checks the handshake (RFC 6455, identity, session, Origin,
+// connections of the id), asks Deps.Admit, and upgrades r. It returns nil
+// when it refused or failed the request, which it has then answered with
+// Connection: close; the caller starts a returned connection with Start or
+// turns it away with Reject.
 func (u *Upgrader) Upgrade(w http.ResponseWriter, r *http.Request) *Conn {
 	// Every refusal ends the connection: the client may already be sending
 	// frames behind its request. (A 101 is written on the hijacked
@@ -170,9 +181,23 @@ func (u *Upgrader) Upgrade(w http.ResponseWriter, r *http.Request) *Conn {
 		http.Error(w, reason, http.StatusBadRequest)
 		return nil
 	}
-	id := r.URL.Query().Get("client_id")
-	if err := wire.ValidateClientID(id); err != nil {
-		http.Error(w, err.Error(), http.StatusBadRequest)
+	// The node verifies the token itself: it never trusts the balancer alone.
+	ident, err := u.deps.Auth.Identify(r)
+	if err != nil {
+		auth.Refuse(w, err)
+		return nil
+	}
+	id := ident.ClientID
+	session := r.URL.Query().Get("session")
+	if session != "" {
+		if err := wire.ValidateSession(session); err != nil {
+			httpapi.WriteWireError(w, err)
+			return nil
+		}
+	}
+	if n := u.conns(id, session); n >= u.cfg.MaxConnsPerClient {
+		w.Header().Set("Retry-After", "5")
+		httpapi.WriteError(w, wire.CodeTooManyConns, fmt.Sprintf("client %s holds %d connections on this node, the limit is %d", id, n, u.cfg.MaxConnsPerClient))
 		return nil
 	}
 	if len(u.cfg.Origins) > 0 {
@@ -193,7 +218,8 @@ func (u *Upgrader) Upgrade(w http.ResponseWriter, r *http.Request) *Conn {
 		u.log.Debug("upgrade", zap.Error(err))
 		return nil
 	}
-	c := &Conn{u: u, id: id, nc: nc, since: time.Now(), log: u.log.WithLazy(zap.String("client_id", id))}
+	c := &Conn{u: u, id: id, session: session, nc: nc, since: time.Now(), log: u.log.WithLazy(zap.String("client_id", id))}
+	c.ident.Store(ident)
 	c.in = readFunc(c.read)
 	if n := rw.Reader.Buffered(); n > 0 {
 		c.pending, _ = rw.Reader.Peek(n)
@@ -210,6 +236,18 @@ func (u *Upgrader) Upgrade(w http.ResponseWriter, r *http.Request) *Conn {
 func (c *Conn) Reject() {
 	c.nc.Write(ws.CompiledCloseGoingAway)
 	c.nc.Close()
+}
+
+// conns counts the connections of id here that a new one with session
+// would add to: one of the same session is replaced, not added to.
+func (u *Upgrader) conns(id, session string) int {
+	n := 0
+	for _, s := range u.deps.Hub.Conns(id) {
+		if c, ok := s.(*Conn); !ok || session == "" || c.session != session {
+			n++
+		}
+	}
+	return n
 }
 
 func (u *Upgrader) release() {

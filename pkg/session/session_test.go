@@ -18,6 +18,7 @@ import (
 
 	"github.com/ringcast/ringcast/internal/testkit"
 	"github.com/ringcast/ringcast/internal/wstest"
+	"github.com/ringcast/ringcast/pkg/auth"
 	"github.com/ringcast/ringcast/pkg/bridge"
 	"github.com/ringcast/ringcast/pkg/bridge/bridgetest"
 	"github.com/ringcast/ringcast/pkg/hub"
@@ -31,6 +32,7 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 type testConfig struct {
 	Config
 	MaxChannels int
+	Auth        *auth.Verifier
 }
 
 // testServer serves /ws through an Upgrader on a hub whose bridge is an
@@ -63,7 +65,7 @@ func start(t *testing.T, edit func(*testConfig)) *testServer {
 		t.Fatal(err)
 	}
 	u, err := New(cfg.Config, Deps{
-		Hub: h, WG: &n.wg, Registry: n.reg,
+		Hub: h, WG: &n.wg, Registry: n.reg, Auth: cfg.Auth,
 		RingEpoch: func() uint64 { return 1 },
 		Done: func(c *Conn) {
 			n.mu.Lock()
@@ -421,11 +423,19 @@ func TestHeartbeatTimeout(t *testing.T) {
 func TestReplacedConnection(t *testing.T) {
 	t.Parallel()
 	n := start(t, nil)
-	older := n.connect(t, "alice")
+	tab := func() *wstest.Conn {
+		c, err := wstest.Dial(t, wstest.URL(n.addr(), "alice")+"&session=tab1", "alice", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.Expect(wire.OpWelcome)
+		return c
+	}
+	older := tab()
 	older.Send(`{"op":"subscribe","channel":"room"}`)
 	older.Expect(wire.OpSubscribed)
-	newer := n.connect(t, "alice")
-	older.ExpectClose(wire.CloseMoved, 0, 5*time.Second)
+	newer := tab()
+	older.ExpectClose(wire.CloseReplaced, 0, 5*time.Second)
 
 	bob := n.connect(t, "bob")
 	bob.Send(`{"op":"send","to":"alice","data":1,"id":1}`)

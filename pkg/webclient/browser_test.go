@@ -6,17 +6,20 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/chromedp/cdproto/runtime"
 	"github.com/chromedp/chromedp"
+	"github.com/golang-jwt/jwt/v5"
 	"go.uber.org/goleak"
 
 	"github.com/ringcast/ringcast/internal/testkit"
@@ -495,4 +498,63 @@ func nodeAccepts(t *testing.T, bridge string) (bool, string) {
 		t.Fatalf("probe node with -bridge %s exited: %s", bridge, log)
 	}
 	return false, log[strings.LastIndexByte(log, '\n')+1:]
+}
+
+// TestBrowserGetToken: with auth on, the page's getToken is asked before
+// the first connect, shortly before each exp (a refresh, no reconnect),
+// and again when the node it sits on dies.
+func TestBrowserGetToken(t *testing.T) {
+	const secret = "browser-secret-0123456789abcdef"
+	const id = "browser-token"
+	var minted atomic.Int32
+	tokens := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		minted.Add(1)
+		// 4 s tokens: the client must refresh before exp to stay connected.
+		tok, err := jwt.NewWithClaims(jwt.SigningMethodHS256, jwt.MapClaims{
+			"sub": id, "exp": time.Now().Add(4 * time.Second).Unix(), "channels": []string{"lobby"},
+		}).SignedString([]byte(secret))
+		if err != nil {
+			http.Error(w, err.Error(), 500)
+			return
+		}
+		w.Header().Set("Access-Control-Allow-Origin", "*")
+		fmt.Fprint(w, tok)
+	}))
+	t.Cleanup(tokens.Close)
+	c := startCluster(t, clustertest.Options{Nodes: 2, Args: []string{"-token-hmac-secret", secret}})
+	ctx := newBrowser(t)
+	navigate(t, ctx, "http://"+pageHost(t, c)+"/healthz") // any page of the balancer's origin
+	eval[bool](t, ctx, fmt.Sprintf(`(() => {
+		window.tk = { calls: 0, welcomes: [], errors: [] };
+		import('/client.js').then(({ RingcastClient }) => {
+			const c = new RingcastClient('/ws', { clientId: %q, getToken: async () => {
+				tk.calls++;
+				return (await fetch(%q)).text();
+			} });
+			c.on('welcome', (w) => tk.welcomes.push(w.node));
+			c.on('error', (e) => tk.errors.push(e.code));
+			c.subscribe('lobby', () => {});
+			window.tk.client = c;
+		});
+		return true;
+	})()`, id, tokens.URL))
+	waitFor(t, ctx, 10*time.Second, "welcomed after one getToken", `tk.welcomes.length === 1 && tk.calls === 1`)
+	waitFor(t, ctx, 15*time.Second, "two refreshes without a reconnect", `tk.calls >= 3`)
+	if w := eval[int](t, ctx, `tk.welcomes.length`); w != 1 {
+		t.Fatalf("%d welcomes while refreshing, want 1: the token was refreshed in place", w)
+	}
+	owner, err := c.Owner(ctx, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	before := eval[int](t, ctx, `tk.calls`)
+	c.Node(owner).Kill()
+	waitFor(t, ctx, 15*time.Second, "reconnected elsewhere with a new token",
+		fmt.Sprintf(`tk.welcomes.length === 2 && tk.client.node !== %q && tk.calls > %d`, owner, before))
+	if errs := eval[[]string](t, ctx, `tk.errors`); len(errs) > 0 {
+		t.Errorf("page errors %q, want none", errs)
+	}
+	if n := minted.Load(); int(n) != eval[int](t, ctx, `tk.calls`) {
+		t.Errorf("token server minted %d, the page asked %d times", n, eval[int](t, ctx, `tk.calls`))
+	}
 }

@@ -12,8 +12,16 @@ export interface Position {
 export interface Options {
   /** 1–128 characters of [A-Za-z0-9_.:@-]; required. */
   clientId: string;
-  /** Sent as the token query parameter when auth is on. */
+  /** A static token, sent as the token query parameter when auth is on. */
   token?: string;
+  /**
+   * Returns a token (a JWT whose sub is clientId). Called before each
+   * (re)connect and shortly before the current token's exp, so the page
+   * never sees a 4001 while it can still mint tokens. A rejection (or no
+   * answer within connectTimeoutMs) counts as a failed connect and is
+   * retried with backoff.
+   */
+  getToken?: () => Promise<string> | string;
   /** Connect right after construction (default true). */
   autoConnect?: boolean;
   /** A handshake plus welcome taking longer is abandoned (default 5000). */
@@ -75,7 +83,9 @@ export interface ReconnectRequest {
 }
 
 /** Errors carry a short snake_case code: a server error code, or one of
- * 'not_connected', 'disconnected', 'timeout', 'closed', 'bad_frame'. */
+ * 'not_connected', 'disconnected', 'timeout', 'closed', 'bad_frame', 'no_token'.
+ * A token that does not allow a subscribe, publish or send gives 'forbidden';
+ * a refused refresh 'unauthorized'. */
 export interface RingcastError extends Error {
   code: string;
   /** Set when a subscribe was refused. */
@@ -95,7 +105,7 @@ export interface Events {
   message: (m: Message) => void;
   direct: (m: Direct) => void;
   reconnect: (r: ReconnectRequest) => void;
-  /** Server errors that answer no publish or send, and malformed frames. */
+  /** Server errors that answer no publish or send (e.g. a forbidden subscribe), failed automatic refreshes, and malformed frames. */
   error: (e: RingcastError) => void;
 }
 
@@ -118,6 +128,8 @@ export class RingcastClient {
   /** Welcomes after the first. */
   readonly reconnects: number;
   readonly channels: string[];
+  /** This tab's session (sessionStorage): kept across reloads, a new one after close code 4010. */
+  readonly session: string;
 
   /** The last delivered position in channel, or null. */
   position(channel: string): Position | null;
@@ -137,6 +149,15 @@ export class RingcastClient {
 
   /** Sends to the client with id `to`, wherever it is connected. */
   send(to: string, data: unknown): Promise<void>;
+
+  /**
+   * Replaces the connection's token without reconnecting (token, or one
+   * from getToken). Resolves with the new exp in seconds (absent when the
+   * token has none); rejects with code 'unauthorized' when refused, and the
+   * old token stays in force until its own exp. Called by itself before exp
+   * when getToken is set.
+   */
+  refresh(token?: string): Promise<{ exp?: number }>;
 
   /** Connects now; a no-op while a socket is open or opening. */
   connect(): void;

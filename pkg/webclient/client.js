@@ -9,11 +9,11 @@
 
 const NAME = /^[A-Za-z0-9_.:@-]{1,128}$/;
 
-// Close codes after which the client reconnects without backing off: the
-// server is draining (1001) or restarting (1012). A 4009 (moved, or replaced
-// by another connection with the same client id) backs off as usual, so two
-// tabs sharing an id do not fight in a tight loop.
-const RECONNECT_NOW = new Set([1001, 1012]);
+// Every close goes through the backoff; only a reconnect frame (the server
+// pacing a move) brings the client back at once. 4010 means another
+// connection took this tab's session (a duplicated tab copies
+// sessionStorage): this tab picks a new session before it reconnects.
+const CLOSE_REPLACED = 4010;
 
 // A link must stay up this long for the backoff to start over; links that
 // fail right after their welcome keep backing off.
@@ -21,7 +21,8 @@ const STABLE_MS = 3000;
 
 const DEFAULTS = {
   clientId: undefined,
-  token: undefined,
+  token: undefined, // a static token, sent as ?token=
+  getToken: undefined, // async () => token: called before each (re)connect and shortly before the token's exp
   autoConnect: true, // connect right after construction (in a microtask, so listeners added synchronously see every state)
   connectTimeoutMs: 5000, // handshake + welcome; a hung connect is abandoned after this
   minBackoffMs: 100, // ceiling of the first retry's random delay; lower reconnects faster but piles onto a struggling cluster
@@ -45,6 +46,24 @@ function defaultStorage() {
   }
 }
 
+// tokenExp reads a JWT's exp (ms since the epoch) without verifying it, to
+// know when to ask for the next one; 0 when there is none.
+function tokenExp(token) {
+  try {
+    const p = token.split('.')[1].replace(/-/g, '+').replace(/_/g, '/');
+    const exp = JSON.parse(atob(p.padEnd(p.length + ((4 - (p.length % 4)) % 4), '='))).exp;
+    return typeof exp === 'number' && exp > 0 ? exp * 1000 : 0;
+  } catch {
+    return 0;
+  }
+}
+
+function newSession() {
+  const b = new Uint8Array(12);
+  globalThis.crypto.getRandomValues(b);
+  return Array.from(b, (x) => x.toString(16).padStart(2, '0')).join('');
+}
+
 function report(err) {
   if (typeof globalThis.reportError === 'function') globalThis.reportError(err);
   else console.error(err);
@@ -61,6 +80,11 @@ export class RingcastClient {
   #lastId = 0;
 
   #ws = null; // the current socket, connecting or open
+  #opening = 0; // generation of an open waiting for getToken; 0 = none
+  #openGen = 0;
+  #token; // the token of the current socket
+  #session;
+  #refreshTimer;
   #welcomed = false;
   #state = 'disconnected';
   #attempt = 0; // attempts since the last stable link
@@ -93,9 +117,9 @@ export class RingcastClient {
     if (u.protocol === 'https:') u.protocol = 'wss:';
     if (u.protocol !== 'ws:' && u.protocol !== 'wss:') throw new TypeError(`ringcast: url ${url}: want ws:// or wss://`);
     u.searchParams.set('client_id', id);
-    if (this.#opts.token) u.searchParams.set('token', this.#opts.token);
     this.#url = u.toString();
     this.#storage = opts.storage === undefined ? defaultStorage() : opts.storage;
+    this.#session = this.#loadSession();
     if (this.#opts.autoConnect) queueMicrotask(() => this.#state === 'disconnected' && this.connect());
   }
 
@@ -109,6 +133,8 @@ export class RingcastClient {
   /** How many times the client was welcomed again after its first welcome. */
   get reconnects() { return Math.max(this.#welcomes - 1, 0); }
   get channels() { return [...this.#subs.keys()]; }
+  /** This tab's session: kept across reloads, a new one after 4010. */
+  get session() { return this.#session; }
 
   /** The last delivered position in channel, {epoch, offset}, or null. */
   position(channel) {
@@ -126,7 +152,7 @@ export class RingcastClient {
 
   /** Connects now: a no-op while a socket is open or opening; cancels a pending retry. */
   connect() {
-    if (this.#ws) return;
+    if (this.#ws || this.#opening) return;
     this.#open();
   }
 
@@ -135,9 +161,25 @@ export class RingcastClient {
     if (this.#state === 'closed') return;
     clearTimeout(this.#retryTimer);
     this.#retryTimer = undefined;
+    this.#opening = 0;
     this.#drop();
     this.#failPending('closed', 'client closed');
     this.#setState('closed');
+  }
+
+  /**
+   * Replaces the connection's token without reconnecting: token, or a new
+   * one from getToken. Resolves with {exp} (seconds; absent when the token
+   * has none); rejects with code 'unauthorized' when the server refuses it
+   * (the old token stays in force until its own exp).
+   */
+  async refresh(token) {
+    const t = token ?? (await this.#opts.getToken?.());
+    if (!t) throw fail('no_token', 'refresh: no token and no getToken');
+    const f = await this.#request({ op: 'refresh', token: t });
+    this.#token = t;
+    this.#armRefresh(typeof f?.exp === 'number' ? f.exp * 1000 : 0);
+    return { exp: f?.exp };
   }
 
   /**
@@ -171,12 +213,12 @@ export class RingcastClient {
 
   /** Publishes data to channel; resolves on the server's ack. */
   publish(channel, data) {
-    return this.#request({ op: 'publish', channel, data: data ?? null });
+    return this.#request({ op: 'publish', channel, data: data ?? null }).then(() => undefined);
   }
 
   /** Sends data to the client with id to, wherever it is connected; resolves on the ack. */
   send(to, data) {
-    return this.#request({ op: 'send', to, data: data ?? null });
+    return this.#request({ op: 'send', to, data: data ?? null }).then(() => undefined);
   }
 
   #request(frame) {
@@ -192,13 +234,39 @@ export class RingcastClient {
     });
   }
 
-  #open() {
+  async #open() {
     clearTimeout(this.#retryTimer);
     this.#retryTimer = undefined;
     this.#setState('connecting');
+    let token = this.#token ?? this.#opts.token; // the last one refresh() gave, else the option
+    if (this.#opts.getToken) {
+      const gen = (this.#opening = ++this.#openGen);
+      let timer;
+      try {
+        token = await Promise.race([
+          this.#opts.getToken(),
+          new Promise((_, reject) => {
+            timer = setTimeout(() => reject(new Error(`no token within ${this.#opts.connectTimeoutMs} ms`)), this.#opts.connectTimeoutMs);
+          }),
+        ]);
+      } catch (e) {
+        if (this.#opening !== gen) return; // closed meanwhile
+        this.#opening = 0;
+        this.#lost(`getToken: ${e?.message ?? e}`);
+        return;
+      } finally {
+        clearTimeout(timer);
+      }
+      if (this.#opening !== gen) return;
+      this.#opening = 0;
+    }
+    this.#token = token;
+    const u = new URL(this.#url);
+    u.searchParams.set('session', this.#session);
+    if (token) u.searchParams.set('token', token);
     let ws;
     try {
-      ws = new WebSocket(this.#url);
+      ws = new WebSocket(u.toString());
     } catch (e) {
       this.#lost(`connect: ${e.message}`);
       return;
@@ -206,7 +274,10 @@ export class RingcastClient {
     this.#ws = ws;
     this.#connectTimer = setTimeout(() => this.#lost('connect timeout'), this.#opts.connectTimeoutMs);
     ws.onmessage = (ev) => this.#onFrame(ev.data);
-    ws.onclose = (ev) => this.#lost(`closed ${ev.code}${ev.reason ? ` (${ev.reason})` : ''}`, RECONNECT_NOW.has(ev.code));
+    ws.onclose = (ev) => {
+      if (ev.code === CLOSE_REPLACED) this.#renewSession();
+      this.#lost(`closed ${ev.code}${ev.reason ? ` (${ev.reason})` : ''}`);
+    };
     ws.onerror = () => {}; // onclose follows with the code
   }
 
@@ -216,6 +287,7 @@ export class RingcastClient {
     clearTimeout(this.#connectTimer);
     clearTimeout(this.#moveTimer);
     clearInterval(this.#heartbeatTimer);
+    clearTimeout(this.#refreshTimer);
     this.#moveTimer = undefined;
     this.#subRequests.clear();
     const ws = this.#ws;
@@ -279,6 +351,7 @@ export class RingcastClient {
         this.#emit('direct', { from: f.from, data: f.data });
         break;
       case 'ack':
+      case 'refreshed':
       case 'error':
         this.#onReply(f);
         break;
@@ -308,6 +381,7 @@ export class RingcastClient {
     this.#welcomedAt = this.#lastPing = this.#lastTick = Date.now();
     this.#heartbeatTimer = setInterval(() => this.#tick(), this.#heartbeat / 4);
     for (const [channel, s] of this.#subs) this.#sendSubscribe(channel, s);
+    this.#armRefresh(tokenExp(this.#token ?? ''));
     this.#emit('welcome', f);
     if (this.#ws === ws) this.#setState('connected');
   }
@@ -329,6 +403,40 @@ export class RingcastClient {
       this.#lastPing = now;
       this.#send({ op: 'ping' });
     }
+  }
+
+  // #armRefresh asks getToken for the next token a fifth of the lifetime
+  // (1-30 s) before expMs, so the page never sees a 4001 while its app can
+  // still mint tokens. A failed refresh is reported; the 4001 at exp then
+  // reconnects with a token from getToken.
+  #armRefresh(expMs) {
+    clearTimeout(this.#refreshTimer);
+    if (!this.#opts.getToken || !expMs) return;
+    const left = expMs - Date.now();
+    const lead = Math.min(Math.max(left / 5, 1000), 30000);
+    this.#refreshTimer = setTimeout(() => {
+      this.refresh().catch((e) => this.#emit('error', e));
+    }, Math.max(left - lead, 0));
+  }
+
+  #loadSession() {
+    try {
+      const s = this.#storage?.getItem(`ringcast:session:${this.#opts.clientId}`);
+      if (s && NAME.test(s) && s.length <= 64) return s;
+    } catch {
+      // unreadable: a new one
+    }
+    return this.#renewSession();
+  }
+
+  #renewSession() {
+    this.#session = newSession();
+    try {
+      this.#storage?.setItem(`ringcast:session:${this.#opts.clientId}`, this.#session);
+    } catch {
+      // storage full or disabled: the session lives as long as the page
+    }
+    return this.#session;
   }
 
   #sendSubscribe(channel, s) {
@@ -388,8 +496,8 @@ export class RingcastClient {
     if (p) {
       this.#pending.delete(f.id);
       clearTimeout(p.timer);
-      if (f.op === 'ack') p.resolve();
-      else p.reject(fail(f.code, f.message));
+      if (f.op === 'error') p.reject(fail(f.code, f.message));
+      else p.resolve(f);
       return;
     }
     if (f.op !== 'error') return; // a late ack

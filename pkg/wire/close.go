@@ -14,4 +14,5 @@ const (
 	CloseUnauthorized   = 4001
 	CloseSlowConsumer   = 4008
 	CloseMoved          = 4009 // rebalance
+	CloseReplaced       = 4010 // a newer connection of the same session
 )

@@ -14,6 +14,7 @@ const (
 	OpPublish     = "publish"
 	OpSend        = "send"
 	OpPing        = "ping"
+	OpRefresh     = "refresh"
 )
 
 // Ops, server → client.
@@ -27,6 +28,7 @@ const (
 	OpPong         = "pong"
 	OpError        = "error"
 	OpReconnect    = "reconnect"
+	OpRefreshed    = "refreshed"
 )
 
 // Reasons carried by a reconnect frame.
@@ -49,9 +51,12 @@ const (
 	CodeNotSubscribed     = "not_subscribed"
 	CodeBridgeUnavailable = "bridge_unavailable"
 	CodeInternal          = "internal"
-	CodeNoNodes           = "no_nodes"         // HTTP only: no node is alive to route to
-	CodeNotReady          = "not_ready"        // HTTP only: /readyz while not joined or the bridge is down
-	CodeNodeUnreachable   = "node_unreachable" // HTTP only: the balancer reached no answer from the owner node
+	CodeNoNodes           = "no_nodes"             // HTTP only: no node is alive to route to
+	CodeNotReady          = "not_ready"            // HTTP only: /readyz while not joined or the bridge is down
+	CodeNodeUnreachable   = "node_unreachable"     // HTTP only: the balancer reached no answer from the owner node
+	CodeUnauthorized      = "unauthorized"         // missing or bad token, refused refresh, missing API key
+	CodeForbidden         = "forbidden"            // the token does not allow this subscribe, publish or send
+	CodeTooManyConns      = "too_many_connections" // HTTP only: -max-conns-per-client reached
 )
 
 // Position is a point in a channel's history.
@@ -82,6 +87,8 @@ type Frame struct {
 	Message     string          `json:"message,omitempty"`
 	Reason      string          `json:"reason,omitempty"`
 	AfterMS     *int            `json:"after_ms,omitempty"`
+	Token       string          `json:"token,omitempty"`
+	Exp         *int64          `json:"exp,omitempty"` // refreshed: the token's exp (Unix seconds); absent = none
 }
 
 // Error is a protocol-level error: it becomes an error frame and the
@@ -134,6 +141,10 @@ func Decode(b []byte) (Frame, error) {
 		}
 		if len(f.Data) == 0 {
 			return f, errorf(CodeBadRequest, "send needs data")
+		}
+	case OpRefresh:
+		if f.Token == "" {
+			return f, errorf(CodeBadRequest, "refresh needs token")
 		}
 	case OpPing:
 	case "":

@@ -47,3 +47,15 @@ func ValidateChannel(name string) error {
 	}
 	return nil
 }
+
+// MaxSessionLen bounds the session query parameter, in bytes.
+const MaxSessionLen = 64
+
+// ValidateSession reports whether s is a valid session: 1–64 bytes of the
+// client id characters. The error is a *Error with code bad_request.
+func ValidateSession(s string) error {
+	if len(s) > MaxSessionLen {
+		return errorf(CodeBadRequest, "session is %d bytes, the limit is %d", len(s), MaxSessionLen)
+	}
+	return validName(s, "session")
+}
