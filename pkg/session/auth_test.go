@@ -71,7 +71,11 @@ func TestAuthHandshake(t *testing.T) {
 		{"expired", "token=" + mint(t, jwt.MapClaims{"sub": "alice", "exp": time.Now().Add(-time.Minute).Unix()}), 401},
 		{"bad session", "session=a%20b&token=" + mint(t, jwt.MapClaims{"sub": "alice", "exp": hour}), 400},
 	} {
-		resp, err := http.Get("http://" + n.addr() + "/ws?" + tc.query) // not even an upgrade: refused first
+		req, _ := http.NewRequest(http.MethodGet, "http://"+n.addr()+"/ws?"+tc.query, nil)
+		for k, v := range map[string]string{"Connection": "Upgrade", "Upgrade": "websocket", "Sec-WebSocket-Version": "13", "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="} {
+			req.Header.Set(k, v)
+		}
+		resp, err := http.DefaultClient.Do(req)
 		if err != nil {
 			t.Fatal(err)
 		}
