@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -487,5 +488,41 @@ func TestWelcomeIsFirst(t *testing.T) {
 			t.Fatalf("connection %d: first frame %s (%v), want welcome", i, e.Raw, err)
 		}
 		c.NC.Close()
+	}
+}
+
+// TestFullSocketThenIdle fills a client's socket so that its frames leave
+// the shared writers for a blocking write under the write deadline, drains
+// it, and checks that frames sent after that deadline would have passed
+// still go out on the shared writers.
+func TestFullSocketThenIdle(t *testing.T) {
+	t.Parallel()
+	const writeTimeout = 3 * time.Second
+	n := start(t, func(c *testConfig) {
+		c.WriteTimeout = writeTimeout
+		c.SendQueueBytes = 32 << 20
+	})
+	slow, pub := n.connect(t, "slow"), n.connect(t, "pub")
+	if err := slow.NC.(*net.TCPConn).SetReadBuffer(64 << 10); err != nil {
+		t.Fatal(err)
+	}
+	slow.Send(`{"op":"subscribe","channel":"flood"}`)
+	slow.Expect(wire.OpSubscribed)
+	// 8 MiB while slow reads nothing: more than its socket buffers take at
+	// once, less than the send queue.
+	data := `"` + strings.Repeat("d", 32<<10) + `"`
+	const flood = 256
+	for i := range flood {
+		pub.Send(fmt.Sprintf(`{"op":"publish","channel":"flood","data":%s,"id":%d}`, data, i))
+		pub.Expect(wire.OpAck)
+	}
+	for range flood {
+		slow.Expect(wire.OpMessage)
+	}
+	time.Sleep(writeTimeout + 500*time.Millisecond) // past the slow write's deadline, on purpose
+	pub.Send(`{"op":"publish","channel":"flood","data":"after","id":"last"}`)
+	pub.Expect(wire.OpAck)
+	if m := slow.Expect(wire.OpMessage); string(m.Data) != `"after"` {
+		t.Errorf("after the flood got %s, want \"after\"", m.Data)
 	}
 }

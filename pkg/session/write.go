@@ -247,6 +247,8 @@ func (c *Conn) writeLoop(left net.Buffers) {
 				c.markWriterDone()
 				return
 			}
+			// The shared writers' raw writes would fail once it passed.
+			c.nc.SetWriteDeadline(time.Time{})
 		}
 		if closed {
 			c.closeWrite()
