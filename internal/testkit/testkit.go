@@ -56,9 +56,9 @@ func Eventually(tb testing.TB, timeout time.Duration, cond func() bool, format s
 	}
 }
 
-// Metric returns the value of the counter or gauge name in g, summed over
-// the series whose label values start with labels (in label-name order), and
-// whether any such series exists. Tests assert metrics here, never through
+// Metric returns the value of the counter or gauge (a histogram's sample
+// count) name in g, summed over the series whose label values start with
+// labels (in label-name order), and whether any such series exists. Tests assert metrics here, never through
 // log text or the /metrics page.
 func Metric(tb testing.TB, g prometheus.Gatherer, name string, labels ...string) (float64, bool) {
 	tb.Helper()
@@ -98,6 +98,8 @@ func value(m *dto.Metric) float64 {
 		return m.Gauge.GetValue()
 	case m.Untyped != nil:
 		return m.Untyped.GetValue()
+	case m.Histogram != nil:
+		return float64(m.Histogram.GetSampleCount())
 	}
 	return 0
 }

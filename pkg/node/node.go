@@ -166,9 +166,11 @@ type Server struct {
 	sess    *session.Upgrader
 	reg     *prometheus.Registry
 	met     *metrics
-	http    *http.Server
-	probe   *http.Client // health checks of peers
-	auth    *auth.Verifier
+	// failover times the resubscription of a dead peer's clients here.
+	failover *failover
+	http     *http.Server
+	probe    *http.Client // health checks of peers
+	auth     *auth.Verifier
 
 	wg       sync.WaitGroup // connection goroutines
 	mu       sync.Mutex
@@ -188,6 +190,8 @@ func New(cfg Config) (*Server, error) {
 		s.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	}
 	s.met = newMetrics(s, s.reg)
+	s.failover = newFailover(cfg.ID)
+	s.reg.MustRegister(s.failover.hist)
 	var err error
 	if s.auth, err = auth.New(cfg.Auth); err != nil {
 		return nil, err
@@ -236,6 +240,9 @@ func New(cfg Config) (*Server, error) {
 			Admit:     s.admitConn,
 			Release:   func() { <-s.admit },
 			Done:      s.forget,
+			Subscribed: func(c *session.Conn) {
+				s.failover.subscribed(c.ClientID(), s.cluster.View(), time.Now())
+			},
 		})
 	}
 	ccfg := cluster.DefaultConfig()

@@ -17,6 +17,7 @@ import (
 // each ring change, asks the clients that now belong elsewhere to move.
 func (s *Server) watch(ctx context.Context) {
 	var epoch uint64
+	prev := s.cluster.View()
 	sweep := time.NewTicker(sweepAge)
 	defer sweep.Stop()
 	for {
@@ -25,6 +26,8 @@ func (s *Server) watch(ctx context.Context) {
 		if v.Epoch != epoch {
 			epoch = v.Epoch
 			s.met.epoch.Set(float64(epoch))
+			s.failover.changed(prev, v, time.Now())
+			prev = v
 			if s.mesh != nil {
 				peers := map[string]string{}
 				for _, m := range v.Members {

@@ -52,6 +52,7 @@ type Proxy struct {
 	connections *prometheus.GaugeVec
 	refused     *prometheus.CounterVec
 	fallbacks   prometheus.Counter
+	handshake   prometheus.Histogram
 	toNode      prometheus.Counter
 	toClient    prometheus.Counter
 
@@ -97,6 +98,12 @@ func New(cfg Config, pick Picker, log *zap.Logger, reg prometheus.Registerer) (*
 			Name: "ringcast_balancer_dial_fallbacks_total",
 			Help: "Failed dials to a node; the node is skipped locally and the next owner is tried.",
 		}),
+		handshake: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "ringcast_balancer_handshake_seconds",
+			Help: "Relayed upgrades: from the client's request to the node's 101 forwarded to it, fallbacks included.",
+			// 0.5 ms … 8 s
+			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 15),
+		}),
 		toNode:   bytesTotal.WithLabelValues("to_node"),
 		toClient: bytesTotal.WithLabelValues("to_client"),
 		links:    make(map[string]map[relay]netip.Addr),
@@ -104,7 +111,7 @@ func New(cfg Config, pick Picker, log *zap.Logger, reg prometheus.Registerer) (*
 	}
 	p.bufs.New = func() any { b := make([]byte, cfg.BufferSize); return &b }
 	if reg != nil {
-		for _, c := range []prometheus.Collector{p.connections, p.refused, p.fallbacks, bytesTotal} {
+		for _, c := range []prometheus.Collector{p.connections, p.refused, p.fallbacks, p.handshake, bytesTotal} {
 			if err := reg.Register(c); err != nil {
 				return nil, fmt.Errorf("register proxy metrics: %w", err)
 			}
@@ -117,6 +124,7 @@ func New(cfg Config, pick Picker, log *zap.Logger, reg prometheus.Registerer) (*
 // Every refusal closes the client's connection: a client that sent an
 // upgrade may already be sending frames on it.
 func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	start := time.Now()
 	if p.isClosed() {
 		p.refuse(w, "shutting_down", http.StatusServiceUnavailable, "balancer is shutting down")
 		return
@@ -158,7 +166,9 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		if ce := p.log.Check(zap.DebugLevel, "upgrade not relayed"); ce != nil {
 			ce.Write(zap.String("client_id", clientID), zap.String("node", nodeID), zap.Error(err))
 		}
+		return
 	}
+	p.handshake.Observe(time.Since(start).Seconds())
 }
 
 // refuse answers an upgrade the proxy will not relay and closes the

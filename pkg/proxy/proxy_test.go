@@ -190,6 +190,9 @@ func TestStalledNodeFallsBack(t *testing.T) {
 	if v, _ := testkit.Metric(t, reg, "ringcast_balancer_dial_fallbacks_total"); v != 1 {
 		t.Errorf("dial fallbacks = %v, want 1", v)
 	}
+	if v, _ := testkit.Metric(t, reg, "ringcast_balancer_handshake_seconds"); v != 1 {
+		t.Errorf("handshakes timed = %v, want 1", v)
+	}
 	if n := stalled.accepted.Load(); n != 1 {
 		t.Errorf("stalled node got %d connections, want 1", n)
 	}

@@ -452,6 +452,8 @@ func (c *Conn) handle(ctx context.Context, b []byte) {
 			c.Close(wire.CloseServiceRestart, "bridge reconnected during the subscribe: resubscribe")
 		case err != nil:
 			c.Send(wire.ErrorFrame(f.ID, hub.WireError(err)))
+		case c.u.deps.Subscribed != nil:
+			c.u.deps.Subscribed(c)
 		}
 	case wire.OpUnsubscribe:
 		c.u.deps.Hub.Unsubscribe(c, f.Channel)

@@ -131,6 +131,8 @@ type Deps struct {
 	Release func()
 	// Done is called once when an upgraded connection is over. May be nil.
 	Done func(*Conn)
+	// Subscribed is called after each successful subscribe. May be nil.
+	Subscribed func(*Conn)
 }
 
 // Upgrader turns WebSocket upgrade requests into connections and holds

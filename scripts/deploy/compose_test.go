@@ -211,6 +211,21 @@ func TestCompose(t *testing.T) {
 		service(victim), len(affected), waitMoved(t, ctx, affected, victim, p.finishedAt(ctx, service(victim))))
 	waitNodes(t, ctx, 2, b1, b2)
 	checkNoLoss(t, ctx, &fleet, pub, channel, "after the kill")
+	// The survivors timed those resubscriptions.
+	var timed float64
+	for _, n := range []string{"n1", "n2", "n3"} {
+		if n == victim {
+			continue
+		}
+		v, err := testkit.Scrape(ctx, "http://"+p.published(ctx, service(n), 9000)+"/metrics", "ringcast_node_failover_resubscribe_seconds")
+		if err != nil {
+			t.Fatal(err)
+		}
+		timed += v
+	}
+	if timed < float64(len(affected)) {
+		t.Errorf("survivors timed %v failover resubscriptions, want at least the %d clients of %s", timed, len(affected), victim)
+	}
 
 	// Restarted: every client returns to its owner.
 	p.must(ctx, "start", service(victim))
