@@ -40,6 +40,14 @@ func newMetrics(s *Server, reg prometheus.Registerer) *metrics {
 				return 0
 			}
 			return float64(s.mesh.Links())
+		}),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "ringcast_node_ready", Help: "1 when the node is ready (joined, bridge up, not draining), as /readyz answers.",
+		}, func() float64 {
+			if s.ready() != nil {
+				return 0
+			}
+			return 1
 		}))
 	return m
 }
