@@ -47,7 +47,7 @@ func run(ctx context.Context, args []string, env func(string) string, stderr io.
 	fs.StringVar(&cfg.Gossip, "gossip", d.Gossip, "gossip bind address")
 	fs.StringVar(&cfg.GossipAdv, "gossip-advertise", "", "gossip address peers use, when it differs from -gossip")
 	fs.Var(&join, "join", "comma-separated gossip seeds: host:port, or dns:NAME:PORT for every address of NAME")
-	fs.StringVar(&cfg.Bridge, "bridge", d.Bridge, "message bridge between nodes: mesh | redis://host:port[/db]")
+	fs.StringVar(&cfg.Bridge, "bridge", d.Bridge, "message bridge between nodes: mesh | redis://host:port[/db] | redis+sentinel://host:port,…/master[/db] | redis+cluster://host:port,…[?partitions=N]")
 	fs.StringVar(&cfg.ClusterKey, "cluster-key", "", "shared secret: encrypts gossip and authenticates mesh links; required when -gossip is not loopback")
 	fs.BoolVar(&cfg.Insecure, "insecure", false, "allow a non-loopback -gossip without -cluster-key: any process reaching it joins the cluster")
 	fs.StringVar(&cfg.Detect, "detect", d.Detect, "failure detection profile: lan (5-7 s) | fast (< 1 s, loopback/LAN)")

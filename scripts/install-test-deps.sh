@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the tests need when it is missing: staticcheck and helm (go
 # install of exact versions, for make lint and the chart test), redis-server,
-# chromium, ca-certificates (copied into the image), docker-compose where a
+# redis-sentinel, redis-tools (redis-cli, redis-benchmark), chromium, ca-certificates (copied into the image), docker-compose where a
 # Docker engine runs without Compose and, as root, nftables and iproute2
 # (Debian packages). Safe to run repeatedly; does nothing when all is there.
 set -euo pipefail
@@ -13,6 +13,8 @@ if ! "$staticcheck" -version 2>/dev/null | grep -qF "($staticcheck_version)"; th
 fi
 need=()
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+command -v redis-sentinel >/dev/null 2>&1 || need+=(redis-sentinel)
+command -v redis-cli >/dev/null 2>&1 || need+=(redis-tools)
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 [ -r /etc/ssl/certs/ca-certificates.crt ] || need+=(ca-certificates)
 # The compose test runs where a Docker engine answers; it needs either the

@@ -37,7 +37,7 @@ type Config struct {
 	Gossip      string        // gossip bind address; default 127.0.0.1:7001
 	GossipAdv   string        // gossip address others use when it differs from Gossip
 	Join        []string      // gossip seeds
-	Bridge      string        // "mesh" (default) or redis://host:port[/db]
+	Bridge      string        // "mesh" (default), redis://host:port[/db], redis+sentinel://host:port,…/master[/db] or redis+cluster://host:port,…
 	ClusterKey  string        // gossip encryption + mesh link auth; empty = off (loopback gossip only, unless Insecure)
 	Insecure    bool          // allow an open cluster (no ClusterKey) on a non-loopback gossip address
 	Detect      string        // failure detection profile: lan (default) | fast

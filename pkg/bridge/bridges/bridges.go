@@ -1,11 +1,11 @@
 // Package bridges builds the bridge adapter a node's -bridge flag names:
-// "mesh" (node-to-node links) or redis://host:port[/db] (Redis pub/sub).
+// "mesh" (node-to-node links) or a Redis URL (Redis pub/sub: redis://,
+// redis+sentinel:// or redis+cluster://).
 package bridges
 
 import (
 	"errors"
 	"fmt"
-	"strings"
 	"time"
 
 	"go.uber.org/zap"
@@ -20,7 +20,7 @@ const Mesh = "mesh"
 
 // Config is what every adapter is built from.
 type Config struct {
-	Spec        string        // "mesh" or redis://host:port[/db] (rediss:// for TLS); default mesh
+	Spec        string        // "mesh", redis://host:port[/db], redis+sentinel://host:port,…/master[/db] or redis+cluster://host:port,… (rediss… for TLS); default mesh
 	NodeID      string        // this node's id; required
 	Key         []byte        // mesh: shared secret authenticating links; empty = loopback links only (unless Insecure)
 	Insecure    bool          // mesh: without Key, accept links from any address
@@ -36,9 +36,7 @@ func DefaultConfig() Config {
 }
 
 // IsRedis reports whether spec names the Redis adapter.
-func IsRedis(spec string) bool {
-	return strings.HasPrefix(spec, "redis://") || strings.HasPrefix(spec, "rediss://")
-}
+func IsRedis(spec string) bool { return redis.IsURL(spec) }
 
 // Check reports a spec no adapter serves, or history asked of the mesh.
 func Check(spec string, historySize int) error {
@@ -46,7 +44,7 @@ func Check(spec string, historySize int) error {
 	case spec == Mesh && historySize > 0:
 		return errors.New("-history-size needs -bridge redis://…: the mesh bridge keeps no history (at-most-once)")
 	case spec != Mesh && !IsRedis(spec):
-		return fmt.Errorf("unknown -bridge %q: want mesh or redis://host:port/db", spec)
+		return fmt.Errorf("unknown -bridge %q: want mesh, redis://host:port/db, redis+sentinel://host:port,…/master or redis+cluster://host:port,…", spec)
 	}
 	return nil
 }

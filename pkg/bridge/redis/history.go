@@ -14,37 +14,54 @@ import (
 	"github.com/ringcast/ringcast/pkg/wire"
 )
 
-// A channel with history has three keys, all expiring HistoryTTL after its
+// A channel with history has four keys, all expiring HistoryTTL after its
 // last publish: KEYS[1] a stream of its messages (field o = offset, m = the
 // message JSON without offset and epoch), KEYS[2] the last offset, KEYS[3]
-// the epoch. The epoch is valid only while the offset key exists too; when
-// either is gone, history was lost and a new epoch starts from offset 0.
+// the epoch, and KEYS[4] a mark that exists only on the primary that
+// writes them: it is set without replication, so a replica never has it.
+// The epoch is valid only while the offset key and the mark exist too. When
+// a key is gone, history was lost (a restart, an expiry); when only the
+// mark is missing, this server is a promoted replica that may lack the last
+// messages its old primary published and delivered. Either way a new epoch
+// starts from offset 0, so a lost message never goes unnoticed. A slot
+// migration moves the mark with the other keys and keeps the epoch; the next
+// publish then deletes the copy the migration left on the new primary's
+// replicas. (A planned failover starts a new epoch too.)
 const ensureEpoch = `
+local function mark(ttl)
+  redis.call('DEL', KEYS[4])
+  redis.set_repl(redis.REPL_NONE)
+  redis.call('SET', KEYS[4], 1, 'PX', ttl)
+  redis.set_repl(redis.REPL_ALL)
+end
 local function ensure(candidate, ttl)
   local epoch = redis.call('GET', KEYS[3])
-  if epoch and redis.call('EXISTS', KEYS[2]) == 1 then
+  if epoch and redis.call('EXISTS', KEYS[2]) == 1 and redis.call('EXISTS', KEYS[4]) == 1 then
     return epoch
   end
   redis.call('DEL', KEYS[1])
   redis.call('SET', KEYS[2], 0, 'PX', ttl)
   redis.call('SET', KEYS[3], candidate, 'PX', ttl)
+  mark(ttl)
   return candidate
 end
 `
 
 // publishScript appends a message and publishes it with its offset and
 // epoch. ARGV: message JSON, candidate epoch, ttl ms, history size, pub/sub
-// channel. Returns {offset, epoch}.
+// channel, publish command (PUBLISH, or SPUBLISH on a cluster). Returns
+// {offset, epoch}.
 var publishScript = goredis.NewScript(ensureEpoch + `
 local ttl = ARGV[3]
 local epoch = ensure(ARGV[2], ttl)
 local off = redis.call('INCR', KEYS[2])
 local body = ARGV[1]
 redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[4], '*', 'o', off, 'm', body)
-redis.call('PUBLISH', ARGV[5], string.sub(body, 1, -2) .. string.format(',"offset":%d,"epoch":"%s"}', off, epoch))
+redis.call(ARGV[6], ARGV[5], string.sub(body, 1, -2) .. string.format(',"offset":%d,"epoch":"%s"}', off, epoch))
 redis.call('PEXPIRE', KEYS[1], ttl)
 redis.call('PEXPIRE', KEYS[2], ttl)
 redis.call('PEXPIRE', KEYS[3], ttl)
+mark(ttl)
 return {off, epoch}
 `)
 
@@ -66,7 +83,10 @@ return {epoch, top, now, redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', n)}
 
 func (b *Bridge) historyKeys(channel string) []string {
 	k := b.cfg.Prefix + "{" + channel + "}:"
-	return []string{k + "stream", k + "offset", k + "epoch"}
+	if b.parts > 0 {
+		k = b.cfg.Prefix + b.tag(b.partition(channel)) + "h:" + channel + ":"
+	}
+	return []string{k + "stream", k + "offset", k + "epoch", k + "mark"}
 }
 
 // newEpoch returns a candidate epoch; the scripts keep it only when the

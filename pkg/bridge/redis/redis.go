@@ -8,7 +8,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hash/crc32"
 	"slices"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -19,29 +22,24 @@ import (
 	"github.com/ringcast/ringcast/pkg/bridge"
 )
 
-// Bridge implements bridge.Bridge over one Redis server. All methods are
-// safe for concurrent use.
+// Bridge implements bridge.Bridge over one Redis server, a Sentinel-managed
+// primary or a Redis Cluster. All methods are safe for concurrent use.
 type Bridge struct {
-	cfg    Config
-	recv   bridge.Receiver
-	log    *zap.Logger
-	client *goredis.Client
+	cfg     Config
+	recv    bridge.Receiver
+	log     *zap.Logger
+	client  goredis.UniversalClient
+	cluster *goredis.ClusterClient // nil unless on a Redis Cluster
+	parts   int                    // partitions on a cluster; 0 on one server
+	conns   []*subConn             // subscriber connections: one per partition, or one
 
-	ops     chan *op      // publishes and sends for the writer
-	kick    chan struct{} // subscription changes for the syncer
+	ops     chan *op // publishes and sends for the writer
 	started atomic.Bool
 	stopped chan struct{} // closed when Run returns
 	pingErr atomic.Pointer[error]
-	subUp   atomic.Bool // the subscriber connection answered since it was last lost
-	gap     atomic.Bool // channel messages may have been missed: drop them until recv.Lost ran
 
-	mu     sync.Mutex
-	ps     *goredis.PubSub // the subscriber connection; nil once closed
-	subs   map[string]*sub // pub/sub channel → state
-	dirty  map[string]struct{}
-	failed bool // the subscriber connection was lost and is not back
-	lost   bool // call recv.Lost when it is back
-	closed bool
+	lostMu    sync.Mutex   // serialises recv.Lost with the gap flags of conns
+	deliverMu sync.RWMutex // read-held around each channel delivery; held while recv.Lost runs
 }
 
 var _ bridge.Bridge = (*Bridge)(nil)
@@ -49,7 +47,7 @@ var _ bridge.Bridge = (*Bridge)(nil)
 // New returns a bridge for node cfg.NodeID delivering through recv. It does
 // not contact Redis: Run connects, and keeps trying while Redis is down.
 func New(cfg Config, recv bridge.Receiver) (*Bridge, error) {
-	opt, err := cfg.options()
+	srv, err := cfg.server()
 	if err != nil {
 		return nil, err
 	}
@@ -60,30 +58,72 @@ func New(cfg Config, recv bridge.Receiver) (*Bridge, error) {
 		cfg:     cfg,
 		recv:    recv,
 		log:     cfg.Log.Named("redis"),
-		client:  goredis.NewClient(opt),
 		ops:     make(chan *op, cfg.QueueLen),
-		kick:    make(chan struct{}, 1),
 		stopped: make(chan struct{}),
-		subs:    map[string]*sub{},
-		dirty:   map[string]struct{}{},
+	}
+	n := 1
+	switch {
+	case srv.single != nil:
+		b.client = goredis.NewClient(srv.single)
+	case srv.sentinel != nil:
+		b.client = goredis.NewFailoverClient(srv.sentinel)
+	default:
+		b.cluster = goredis.NewClusterClient(srv.cluster)
+		b.client, b.parts, n = b.cluster, srv.partitions, srv.partitions
+	}
+	for i := range n {
+		b.conns = append(b.conns, b.newSubConn(i))
 	}
 	notYet := fmt.Errorf("%w: redis not reached yet", bridge.ErrUnavailable)
 	b.pingErr.Store(&notYet)
 	return b, nil
 }
 
-// Run connects to Redis and runs the subscriber, the publish writer and the
+// Names of keys and pub/sub channels. On one server: "<prefix>c:<channel>",
+// "<prefix>u:<client id>" and history keys "<prefix>{<channel>}:…". On a
+// cluster every name starts with its partition's hash tag,
+// "<prefix>{<partition>}c:<channel>" and so on, so that a channel's pub/sub
+// channel and history keys share one slot (the publish script stays
+// atomic) and one subscriber connection carries a whole partition.
+
+// partition returns the partition of a channel name or client id.
+func (b *Bridge) partition(key string) int {
+	if b.parts == 0 {
+		return 0
+	}
+	return int(crc32.ChecksumIEEE([]byte(key)) % uint32(b.parts))
+}
+
+// tag returns the hash tag of a partition, "" on one server.
+func (b *Bridge) tag(p int) string {
+	if b.parts == 0 {
+		return ""
+	}
+	return "{" + strconv.Itoa(p) + "}"
+}
+
+func (b *Bridge) channelTopic(channel string) string {
+	return b.cfg.Prefix + b.tag(b.partition(channel)) + "c:" + channel
+}
+
+func (b *Bridge) clientTopic(clientID string) string {
+	return b.cfg.Prefix + b.tag(b.partition(clientID)) + "u:" + clientID
+}
+
+// Run connects to Redis and runs the subscribers, the publish writer and the
 // health check until ctx is done, then closes the connections.
 func (b *Bridge) Run(ctx context.Context) error {
 	if !b.started.CompareAndSwap(false, true) {
 		return errors.New("redis: Run called twice")
 	}
 	defer close(b.stopped)
-	b.mu.Lock()
-	b.ps = b.client.Subscribe(context.Background())
-	b.mu.Unlock()
 	var wg sync.WaitGroup
-	for _, loop := range []func(context.Context){b.receiveLoop, b.syncLoop, b.writeLoop, b.healthLoop} {
+	loops := []func(context.Context){b.writeLoop, b.healthLoop}
+	for _, c := range b.conns {
+		c.open()
+		loops = append(loops, c.receiveLoop, c.syncLoop)
+	}
+	for _, loop := range loops {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -91,13 +131,9 @@ func (b *Bridge) Run(ctx context.Context) error {
 		}()
 	}
 	<-ctx.Done()
-	b.mu.Lock()
-	b.closed = true
-	b.subUp.Store(false)
-	ps := b.ps
-	b.ps = nil
-	b.mu.Unlock()
-	_ = ps.Close()
+	for _, c := range b.conns {
+		c.shut()
+	}
 	wg.Wait()
 	if err := b.client.Close(); err != nil {
 		b.log.Debug("close client", zap.Error(err))
@@ -105,14 +141,16 @@ func (b *Bridge) Run(ctx context.Context) error {
 	return nil
 }
 
-// Ready implements bridge.Bridge: the last health ping succeeded and the
-// subscriber connection is up.
+// Ready implements bridge.Bridge: the last health ping succeeded (on a
+// cluster: every primary answered) and every subscriber connection is up.
 func (b *Bridge) Ready() error {
 	if err := *b.pingErr.Load(); err != nil {
 		return err
 	}
-	if !b.subUp.Load() {
-		return fmt.Errorf("%w: redis subscriber connection down", bridge.ErrUnavailable)
+	for _, c := range b.conns {
+		if !c.up.Load() {
+			return fmt.Errorf("%w: redis subscriber connection %d of %d down", bridge.ErrUnavailable, c.idx+1, len(b.conns))
+		}
 	}
 	return nil
 }
@@ -122,7 +160,7 @@ func (b *Bridge) healthLoop(ctx context.Context) {
 	defer t.Stop()
 	for {
 		pctx, cancel := context.WithTimeout(ctx, b.cfg.OpTimeout)
-		err := b.client.Ping(pctx).Err()
+		err := b.ping(pctx)
 		cancel()
 		if ctx.Err() != nil {
 			return
@@ -145,6 +183,24 @@ func (b *Bridge) healthLoop(ctx context.Context) {
 	}
 }
 
+// ping checks the server, or on a cluster every primary, and that the
+// cluster serves all its slots.
+func (b *Bridge) ping(ctx context.Context) error {
+	if b.cluster == nil {
+		return b.client.Ping(ctx).Err()
+	}
+	return b.cluster.ForEachMaster(ctx, func(ctx context.Context, c *goredis.Client) error {
+		info, err := c.ClusterInfo(ctx).Result()
+		if err != nil {
+			return fmt.Errorf("%s: %w", c.Options().Addr, err)
+		}
+		if !strings.Contains(info, "cluster_state:ok") {
+			return fmt.Errorf("%s: cluster state is not ok", c.Options().Addr)
+		}
+		return nil
+	})
+}
+
 // Publish implements bridge.Bridge. The message goes through Redis even when
 // this node is the only subscriber, so local and remote fan-out share one
 // path. With history on, it is appended to the channel's stream first.
@@ -153,7 +209,7 @@ func (b *Bridge) Publish(ctx context.Context, m bridge.Message) (bridge.Message,
 	if err != nil {
 		return m, fmt.Errorf("encode message: %w", err)
 	}
-	o := &op{target: b.cfg.Prefix + "c:" + m.Channel, body: body}
+	o := &op{target: b.channelTopic(m.Channel), body: body}
 	if b.cfg.HistorySize > 0 {
 		o.keys = b.historyKeys(m.Channel)
 	}
@@ -175,7 +231,7 @@ func (b *Bridge) Send(ctx context.Context, d bridge.Direct) (bool, error) {
 	if err != nil {
 		return false, fmt.Errorf("encode direct: %w", err)
 	}
-	o := &op{target: b.cfg.Prefix + "u:" + d.To, body: body}
+	o := &op{target: b.clientTopic(d.To), body: body}
 	if err := b.do(ctx, o); err != nil {
 		return false, fmt.Errorf("send to %s: %w", d.To, err)
 	}
@@ -308,12 +364,23 @@ func (b *Bridge) exec(ctx context.Context, ops []*op) []goredis.Cmder {
 	pipe := b.client.Pipeline()
 	cmds := make([]goredis.Cmder, len(ops))
 	ttl := b.cfg.HistoryTTL.Milliseconds()
+	pub := "publish"
+	if b.cluster != nil {
+		pub = "spublish"
+	}
 	for i, o := range ops {
 		if o.keys == nil {
-			cmds[i] = pipe.Publish(ctx, o.target, o.body)
+			c := goredis.NewIntCmd(ctx, pub, o.target, o.body)
+			c.SetFirstKeyPos(1) // the channel decides the slot
+			cmds[i] = c
 		} else {
-			cmds[i] = publishScript.EvalSha(ctx, pipe, o.keys, o.body, newEpoch(), ttl, b.cfg.HistorySize, o.target)
+			args := []any{"evalsha", publishScript.Hash(), len(o.keys)}
+			for _, k := range o.keys {
+				args = append(args, k)
+			}
+			cmds[i] = goredis.NewCmd(ctx, append(args, o.body, newEpoch(), ttl, b.cfg.HistorySize, o.target, pub)...)
 		}
+		_ = pipe.Process(ctx, noRetry{cmds[i]})
 	}
 	if _, err := pipe.Exec(ctx); err != nil {
 		// Commands carry their own errors, except when no connection was
@@ -326,6 +393,14 @@ func (b *Bridge) exec(ctx context.Context, ops []*op) []goredis.Cmder {
 	}
 	return cmds
 }
+
+// noRetry keeps a cluster pipeline from sending a command again after a
+// network error, when it may have run already (a publish script would then
+// apply twice). MOVED and ASK redirects, which say it did not run, are still
+// followed.
+type noRetry struct{ goredis.Cmder }
+
+func (noRetry) NoRetry() bool { return true }
 
 func (b *Bridge) result(o *op, c goredis.Cmder) {
 	if err := c.Err(); err != nil {

@@ -53,7 +53,12 @@ func start(tb testing.TB, cfg Config) *node {
 			n.directs = append(n.directs, d)
 			return n.local[d.To]
 		},
-		Lost: func() { n.lost.Add(1) },
+		Lost: func() {
+			n.lost.Add(1)
+			n.mu.Lock()
+			n.msgs = append(n.msgs, bridge.Message{}) // marks the Lost call among the messages
+			n.mu.Unlock()
+		},
 	})
 	if err != nil {
 		tb.Fatalf("New: %v", err)

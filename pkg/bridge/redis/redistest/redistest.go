@@ -1,5 +1,7 @@
-// Package redistest runs a throwaway redis-server for tests: its own process
-// on a free loopback port, without persistence, killed when the test ends.
+// Package redistest runs throwaway Redis deployments for tests: a
+// redis-server, a Redis Cluster, or a primary and replica under
+// redis-sentinel; each process on a free loopback port, without
+// persistence, killed when the test ends.
 package redistest
 
 import (
@@ -22,6 +24,7 @@ type Server struct {
 	bin    string
 	dir    string
 	port   int
+	args   func(s *Server) ([]string, error) // command line after the binary
 	cmd    *exec.Cmd
 	out    *bytes.Buffer
 	exited chan struct{}
@@ -30,26 +33,46 @@ type Server struct {
 // Start runs redis-server on a free 127.0.0.1 port with --save ” and
 // --appendonly no, and stops it in tb.Cleanup. Without redis-server on PATH
 // the test is skipped, unless the CI environment variable is set.
-func Start(tb testing.TB) *Server {
+func Start(tb testing.TB, args ...string) *Server {
 	tb.Helper()
-	bin, err := exec.LookPath("redis-server")
-	if err != nil {
-		if os.Getenv("CI") != "" {
-			tb.Fatalf("redis-server not found (CI is set): %v", err)
-		}
-		tb.Skip("redis-server not installed (apt-get install redis-server, or scripts/install-test-deps.sh)")
-	}
-	s := &Server{tb: tb, bin: bin, dir: tb.TempDir()}
+	return launch(tb, "redis-server", func(s *Server) ([]string, error) {
+		return append([]string{
+			"--port", strconv.Itoa(s.port), "--bind", "127.0.0.1",
+			"--save", "", "--appendonly", "no", "--dir", s.dir,
+			"--daemonize", "no", "--loglevel", "warning"}, args...), nil
+	})
+}
+
+// launch starts bin with args on a free port, retrying on a port taken
+// meanwhile.
+func launch(tb testing.TB, bin string, args func(*Server) ([]string, error)) *Server {
+	tb.Helper()
+	path := lookPath(tb, bin)
+	s := &Server{tb: tb, bin: path, dir: tb.TempDir(), args: args}
 	tb.Cleanup(s.Kill)
 	for attempt := 0; ; attempt++ {
 		s.port = freePort(tb)
-		if err = s.start(); err == nil {
+		err := s.start()
+		if err == nil {
 			return s
 		}
 		if attempt == 2 {
 			tb.Fatal(err)
 		}
 	}
+}
+
+// lookPath finds bin, skipping the test without it unless CI is set.
+func lookPath(tb testing.TB, bin string) string {
+	tb.Helper()
+	path, err := exec.LookPath(bin)
+	if err != nil {
+		if os.Getenv("CI") != "" {
+			tb.Fatalf("%s not found (CI is set): %v", bin, err)
+		}
+		tb.Skipf("%s not installed (scripts/install-test-deps.sh installs redis-server, redis-sentinel and redis-tools)", bin)
+	}
+	return path
 }
 
 // URL is the redis:// URL of the server.
@@ -69,6 +92,12 @@ func (s *Server) Kill() {
 	<-s.exited
 	s.cmd = nil
 }
+
+// Port is the server's port.
+func (s *Server) Port() int { return s.port }
+
+// Running reports whether the process runs (it was not killed).
+func (s *Server) Running() bool { return s.cmd != nil }
 
 // Restart kills the server if it runs and starts a fresh one, with no data,
 // on the same port.
@@ -99,10 +128,11 @@ func (s *Server) signal(sig syscall.Signal) {
 
 func (s *Server) start() error {
 	s.out = &bytes.Buffer{}
-	cmd := exec.Command(s.bin,
-		"--port", strconv.Itoa(s.port), "--bind", "127.0.0.1",
-		"--save", "", "--appendonly", "no", "--dir", s.dir,
-		"--daemonize", "no", "--loglevel", "warning")
+	args, err := s.args(s)
+	if err != nil {
+		return err
+	}
+	cmd := exec.Command(s.bin, args...)
 	cmd.Stdout, cmd.Stderr = s.out, s.out
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("redistest: start redis-server: %w", err)
@@ -117,7 +147,7 @@ func (s *Server) start() error {
 		select {
 		case <-s.exited:
 			s.cmd = nil
-			return fmt.Errorf("redistest: redis-server on port %d exited: %s", s.port, s.out.String())
+			return fmt.Errorf("redistest: %s on port %d exited: %s", s.bin, s.port, s.out.String())
 		default:
 		}
 		if ping(s.Addr()) == nil {
@@ -126,7 +156,7 @@ func (s *Server) start() error {
 		time.Sleep(10 * time.Millisecond)
 	}
 	s.Kill()
-	return fmt.Errorf("redistest: redis-server on port %d did not answer PING within 10s: %s", s.port, s.out.String())
+	return fmt.Errorf("redistest: %s on port %d did not answer PING within 10s: %s", s.bin, s.port, s.out.String())
 }
 
 func ping(addr string) error {

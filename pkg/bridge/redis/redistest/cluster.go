@@ -1,0 +1,228 @@
+package redistest
+
+import (
+	"context"
+	"fmt"
+	"os/exec"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	goredis "github.com/redis/go-redis/v9"
+)
+
+// Cluster is a Redis Cluster of primaries with one replica each, made by
+// `redis-cli --cluster create`. Nodes time out after 1 s
+// (cluster-node-timeout 1000), so a killed primary's replica takes over
+// within a few seconds. Its methods are not safe for concurrent use.
+type Cluster struct {
+	tb    testing.TB
+	Nodes []*Server // primaries first, then replicas, as created
+}
+
+// StartCluster starts 2×primaries redis-servers in cluster mode and joins
+// them into a cluster with one replica per primary, stopped in tb.Cleanup.
+// It returns once every node reports the cluster ok and every replica is
+// in sync. Without redis-server or redis-cli the test is skipped, unless CI
+// is set.
+func StartCluster(tb testing.TB, primaries int) *Cluster {
+	tb.Helper()
+	cli := lookPath(tb, "redis-cli")
+	c := &Cluster{tb: tb}
+	for range 2 * primaries {
+		c.Nodes = append(c.Nodes, Start(tb,
+			"--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+			"--cluster-node-timeout", "1000",
+			"--cluster-replica-validity-factor", "0", // a replica always may take over
+			"--repl-ping-replica-period", "1"))
+	}
+	args := []string{"--cluster", "create"}
+	for _, n := range c.Nodes {
+		args = append(args, n.Addr())
+	}
+	args = append(args, "--cluster-replicas", "1", "--cluster-yes")
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if out, err := exec.CommandContext(ctx, cli, args...).CombinedOutput(); err != nil {
+		tb.Fatalf("redistest: redis-cli --cluster create: %v\n%s", err, out)
+	}
+	c.WaitHealthy()
+	return c
+}
+
+// URL is the redis+cluster:// URL naming every node as a seed.
+func (c *Cluster) URL() string {
+	addrs := make([]string, len(c.Nodes))
+	for i, n := range c.Nodes {
+		addrs[i] = n.Addr()
+	}
+	return "redis+cluster://" + strings.Join(addrs, ",")
+}
+
+// client returns a go-redis client of one running node.
+func (c *Cluster) client(n *Server) *goredis.Client {
+	return goredis.NewClient(&goredis.Options{Addr: n.Addr(), MaxRetries: -1, DialTimeout: time.Second, ReadTimeout: 2 * time.Second})
+}
+
+// WaitHealthy waits (up to 30 s) until every running node reports
+// cluster_state:ok, sees the same number of primaries serving all slots,
+// and every replica's link to its primary is up.
+func (c *Cluster) WaitHealthy() {
+	c.tb.Helper()
+	var last string
+	deadline := time.Now().Add(30 * time.Second)
+	for time.Now().Before(deadline) {
+		if last = c.unhealthy(); last == "" {
+			return
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	c.tb.Fatalf("redistest: cluster not healthy within 30s: %s", last)
+}
+
+// unhealthy returns why the cluster is not healthy, or "".
+func (c *Cluster) unhealthy() string {
+	ctx := context.Background()
+	for _, n := range c.Nodes {
+		if !n.Running() {
+			continue
+		}
+		cl := c.client(n)
+		info, err := cl.ClusterInfo(ctx).Result()
+		if err != nil {
+			cl.Close()
+			return fmt.Sprintf("%s: %v", n.Addr(), err)
+		}
+		if !strings.Contains(info, "cluster_state:ok") {
+			cl.Close()
+			return n.Addr() + ": cluster_state not ok"
+		}
+		repl, err := cl.Info(ctx, "replication").Result()
+		cl.Close()
+		if err != nil {
+			return fmt.Sprintf("%s: %v", n.Addr(), err)
+		}
+		if strings.Contains(repl, "role:slave") && !strings.Contains(repl, "master_link_status:up") {
+			return n.Addr() + ": replica link down"
+		}
+	}
+	return ""
+}
+
+// Slot returns the hash slot of key.
+func (c *Cluster) Slot(key string) int {
+	c.tb.Helper()
+	cl := c.client(c.any())
+	defer cl.Close()
+	slot, err := cl.ClusterKeySlot(context.Background(), key).Result()
+	if err != nil {
+		c.tb.Fatalf("redistest: CLUSTER KEYSLOT %s: %v", key, err)
+	}
+	return int(slot)
+}
+
+// Primary returns the running node that serves slot as a primary.
+func (c *Cluster) Primary(slot int) *Server {
+	c.tb.Helper()
+	cl := c.client(c.any())
+	defer cl.Close()
+	slots, err := cl.ClusterSlots(context.Background()).Result()
+	if err != nil {
+		c.tb.Fatalf("redistest: CLUSTER SLOTS: %v", err)
+	}
+	for _, r := range slots {
+		if slot >= int(r.Start) && slot <= int(r.End) && len(r.Nodes) > 0 {
+			for _, n := range c.Nodes {
+				if n.Addr() == r.Nodes[0].Addr {
+					return n
+				}
+			}
+		}
+	}
+	c.tb.Fatalf("redistest: no primary serves slot %d", slot)
+	return nil
+}
+
+// OtherPrimary returns a running primary other than p.
+func (c *Cluster) OtherPrimary(p *Server) *Server {
+	c.tb.Helper()
+	for _, n := range c.Nodes {
+		if n == p || !n.Running() {
+			continue
+		}
+		cl := c.client(n)
+		repl, err := cl.Info(context.Background(), "replication").Result()
+		cl.Close()
+		if err == nil && strings.Contains(repl, "role:master") {
+			return n
+		}
+	}
+	c.tb.Fatal("redistest: no other primary")
+	return nil
+}
+
+// MoveSlot migrates slot, keys included, from its primary to primary to,
+// the way `redis-cli --cluster reshard` moves each slot: IMPORTING and
+// MIGRATING states, MIGRATE of its keys in batches, then SETSLOT NODE on
+// every primary.
+func (c *Cluster) MoveSlot(slot int, to *Server) {
+	c.tb.Helper()
+	ctx := context.Background()
+	from := c.Primary(slot)
+	src, dst := c.client(from), c.client(to)
+	defer src.Close()
+	defer dst.Close()
+	must := func(what string, err error) {
+		if err != nil {
+			c.tb.Fatalf("redistest: move slot %d: %s: %v", slot, what, err)
+		}
+	}
+	srcID, err := src.Do(ctx, "cluster", "myid").Text()
+	must("CLUSTER MYID", err)
+	dstID, err := dst.Do(ctx, "cluster", "myid").Text()
+	must("CLUSTER MYID", err)
+	must("SETSLOT IMPORTING", dst.Do(ctx, "cluster", "setslot", slot, "importing", srcID).Err())
+	must("SETSLOT MIGRATING", src.Do(ctx, "cluster", "setslot", slot, "migrating", dstID).Err())
+	for {
+		keys, err := src.ClusterGetKeysInSlot(ctx, slot, 100).Result()
+		must("GETKEYSINSLOT", err)
+		if len(keys) == 0 {
+			break
+		}
+		args := []any{"migrate", "127.0.0.1", strconv.Itoa(to.Port()), "", 0, 5000, "keys"}
+		for _, k := range keys {
+			args = append(args, k)
+		}
+		must("MIGRATE", src.Do(ctx, args...).Err())
+	}
+	// The target first, then the source, then the rest, as redis-cli does.
+	order := []*Server{to, from}
+	for _, n := range c.Nodes {
+		if n != to && n != from {
+			order = append(order, n)
+		}
+	}
+	for _, n := range order {
+		if !n.Running() {
+			continue
+		}
+		cl := c.client(n)
+		repl, err := cl.Info(ctx, "replication").Result()
+		if err == nil && strings.Contains(repl, "role:master") {
+			err = cl.Do(ctx, "cluster", "setslot", slot, "node", dstID).Err()
+		}
+		cl.Close()
+		must("SETSLOT NODE on "+n.Addr(), err)
+	}
+}
+
+func (c *Cluster) any() *Server {
+	for _, n := range c.Nodes {
+		if n.Running() {
+			return n
+		}
+	}
+	c.tb.Fatal("redistest: no cluster node runs")
+	return nil
+}
