@@ -12,6 +12,7 @@ import (
 
 	goredis "github.com/redis/go-redis/v9"
 
+	"github.com/ringcast/ringcast/internal/testkit"
 	"github.com/ringcast/ringcast/pkg/bridge"
 	"github.com/ringcast/ringcast/pkg/bridge/redis/redistest"
 	"github.com/ringcast/ringcast/pkg/wire"
@@ -169,7 +170,7 @@ func (p *publisher) halt() {
 func (p *publisher) waitAcked(t *testing.T, n int, within time.Duration) {
 	t.Helper()
 	base, _ := p.counts()
-	eventually(t, within, func() bool { a, _ := p.counts(); return a >= base+n }, "fewer than %d publishes acknowledged", n)
+	testkit.Eventually(t, within, func() bool { a, _ := p.counts(); return a >= base+n }, "fewer than %d publishes acknowledged", n)
 }
 
 func TestCluster(t *testing.T) {
@@ -206,7 +207,7 @@ func TestCluster(t *testing.T) {
 			}
 		}
 		for _, ch := range channels {
-			eventually(t, 5*time.Second, func() bool { return len(b.received(ch)) == 3 }, "b got %d messages on %s, want 3", len(b.received(ch)), ch)
+			testkit.Eventually(t, 5*time.Second, func() bool { return len(b.received(ch)) == 3 }, "b got %d messages on %s, want 3", len(b.received(ch)), ch)
 			for i, m := range b.received(ch) {
 				if m.Offset != uint64(i+1) || string(m.Data) != strconv.Itoa(i+1) {
 					t.Errorf("%s message %d = %+v, want data and offset %d", ch, i, m, i+1)
@@ -227,7 +228,7 @@ func TestCluster(t *testing.T) {
 		if ok, err := a.Send(ctx, bridge.Direct{To: "bob", From: "carol", Data: json.RawMessage(`"hi"`)}); err != nil || !ok {
 			t.Errorf("Send(bob) = %v, %v, want true", ok, err)
 		}
-		eventually(t, 2*time.Second, func() bool { return len(b.directsTo("bob")) == 1 }, "bob got no direct")
+		testkit.Eventually(t, 2*time.Second, func() bool { return len(b.directsTo("bob")) == 1 }, "bob got no direct")
 		if ok, err := a.Send(ctx, bridge.Direct{To: "nobody", Data: json.RawMessage(`1`)}); err != nil || ok {
 			t.Errorf("Send(nobody) = %v, %v, want false, nil", ok, err)
 		}
@@ -238,7 +239,7 @@ func TestCluster(t *testing.T) {
 		topic := a.channelTopic("room0")
 		shard := goredis.NewClient(&goredis.Options{Addr: rc.Primary(rc.Slot(topic)).Addr(), MaxRetries: -1})
 		defer shard.Close()
-		eventually(t, 2*time.Second, func() bool {
+		testkit.Eventually(t, 2*time.Second, func() bool {
 			n, err := shard.PubSubShardNumSub(ctx, topic).Result()
 			return err == nil && n[topic] == 0
 		}, "b still subscribed to room0")
@@ -297,7 +298,7 @@ func TestCluster(t *testing.T) {
 		}
 		// The subscriber was moved too: it receives the last message, and
 		// any gap it had was reported.
-		eventually(t, 5*time.Second, func() bool {
+		testkit.Eventually(t, 5*time.Second, func() bool {
 			got := b.received(ch)
 			return len(got) > 0 && got[len(got)-1].Offset == last.Offset
 		}, "subscriber did not receive the last publish after the migration")
@@ -306,47 +307,9 @@ func TestCluster(t *testing.T) {
 
 	t.Run("primary killed mid-stream", func(t *testing.T) {
 		const ch = "doomed"
-		if err := b.Subscribe(ctx, ch); err != nil {
-			t.Fatalf("Subscribe: %v", err)
-		}
-		lost := b.lost.Load()
-		p := startPublisher(a, ch)
-		p.waitAcked(t, 30, 10*time.Second)
-		primary := rc.Primary(rc.Slot(a.channelTopic(ch)))
-		primary.Kill()
-		killed := time.Now()
-		eventually(t, 5*time.Second, func() bool { return a.Ready() != nil && b.Ready() != nil }, "nodes still ready after the primary died")
-		t.Logf("not ready %v after the kill: %v", time.Since(killed), b.Ready())
-		_, failedBefore := p.counts()
-		eventually(t, 5*time.Second, func() bool { _, f := p.counts(); return f > failedBefore }, "no publish failed while the primary was down")
-		rc.WaitHealthy()
-		waitReady(t, a, b)
-		t.Logf("ready again %v after the kill", time.Since(killed))
-		p.waitAcked(t, 30, 10*time.Second)
-		p.halt()
-
-		p.mu.Lock()
-		defer p.mu.Unlock()
-		for _, err := range p.failed {
-			if !errors.Is(err, bridge.ErrUnavailable) {
-				t.Errorf("publish during the failover failed with %v, want ErrUnavailable", err)
-			}
-		}
-		before, after := p.acked[0], p.acked[len(p.acked)-1]
-		if after.Epoch == before.Epoch {
-			t.Errorf("epoch %s kept across the failover: messages the replica missed would go unnoticed", after.Epoch)
-		}
-		if _, _, rec, err := b.History(ctx, ch, &wire.Position{Epoch: before.Epoch, Offset: before.Offset}); err != nil || rec {
-			t.Errorf("History since the old epoch = recovered %v, %v; want false", rec, err)
-		}
-		if b.lost.Load() == lost {
-			t.Error("the subscriber lost its connection but Lost was not called")
-		}
-		eventually(t, 5*time.Second, func() bool {
-			got := b.received(ch)
-			return len(got) > 0 && got[len(got)-1].Offset == after.Offset && got[len(got)-1].Epoch == after.Epoch
-		}, "subscriber did not receive the last publish after the failover")
-		checkNoSilentGap(t, b, ch)
+		failover(t, a, b, ch, func() {
+			rc.Primary(rc.Slot(a.channelTopic(ch))).Kill()
+		}, rc.WaitHealthy)
 	})
 }
 
@@ -359,23 +322,35 @@ func TestSentinel(t *testing.T) {
 	}
 	a, b := start(t, cfg("a")), start(t, cfg("b"))
 	waitReady(t, a, b)
+	var old *redistest.Server
+	failover(t, a, b, "feed", func() {
+		old = st.Primary()
+		old.Kill()
+	}, func() { st.WaitFailover(old) })
+}
+
+// failover publishes on ch from a to b, runs kill (a primary dies), checks
+// that both nodes report not ready and publishes fail with ErrUnavailable,
+// waits for the replica to take over, and checks that publishing resumes in
+// a new epoch, history since the old one is not recovered, and b's stream
+// has no silent gap.
+func failover(t *testing.T, a, b *node, ch string, kill, promoted func()) {
+	t.Helper()
 	ctx := context.Background()
-	const ch = "feed"
 	if err := b.Subscribe(ctx, ch); err != nil {
 		t.Fatalf("Subscribe: %v", err)
 	}
 	lost := b.lost.Load()
 	p := startPublisher(a, ch)
 	p.waitAcked(t, 30, 10*time.Second)
-	eventually(t, 5*time.Second, func() bool { return len(b.received(ch)) >= 30 }, "b got %d messages, want 30", len(b.received(ch)))
-
-	old := st.Primary()
-	old.Kill()
+	testkit.Eventually(t, 5*time.Second, func() bool { return len(b.received(ch)) >= 30 }, "b got %d messages, want 30", len(b.received(ch)))
+	kill()
 	killed := time.Now()
-	eventually(t, 5*time.Second, func() bool { return a.Ready() != nil && b.Ready() != nil }, "nodes still ready after the primary died")
+	testkit.Eventually(t, 5*time.Second, func() bool { return a.Ready() != nil && b.Ready() != nil }, "nodes still ready after the primary died")
+	t.Logf("not ready %v after the kill: %v", time.Since(killed), b.Ready())
 	_, failedBefore := p.counts()
-	eventually(t, 5*time.Second, func() bool { _, f := p.counts(); return f > failedBefore }, "no publish failed while the primary was down")
-	st.WaitFailover(old)
+	testkit.Eventually(t, 5*time.Second, func() bool { _, f := p.counts(); return f > failedBefore }, "no publish failed while the primary was down")
+	promoted()
 	waitReady(t, a, b)
 	t.Logf("ready again %v after the kill", time.Since(killed))
 	p.waitAcked(t, 30, 10*time.Second)
@@ -390,7 +365,7 @@ func TestSentinel(t *testing.T) {
 	}
 	before, after := p.acked[0], p.acked[len(p.acked)-1]
 	if after.Epoch == before.Epoch {
-		t.Errorf("epoch %s kept across the failover", after.Epoch)
+		t.Errorf("epoch %s kept across the failover: messages the replica missed would go unnoticed", after.Epoch)
 	}
 	if _, _, rec, err := b.History(ctx, ch, &wire.Position{Epoch: before.Epoch, Offset: before.Offset}); err != nil || rec {
 		t.Errorf("History since the old epoch = recovered %v, %v; want false", rec, err)
@@ -398,7 +373,7 @@ func TestSentinel(t *testing.T) {
 	if b.lost.Load() == lost {
 		t.Error("the subscriber lost its connection but Lost was not called")
 	}
-	eventually(t, 5*time.Second, func() bool {
+	testkit.Eventually(t, 5*time.Second, func() bool {
 		got := b.received(ch)
 		return len(got) > 0 && got[len(got)-1].Offset == after.Offset && got[len(got)-1].Epoch == after.Epoch
 	}, "subscriber did not receive the last publish after the failover")
