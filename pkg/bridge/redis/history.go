@@ -17,60 +17,80 @@ import (
 // A channel with history has four keys, all expiring HistoryTTL after its
 // last publish: KEYS[1] a stream of its messages (field o = offset, m = the
 // message JSON without offset and epoch), KEYS[2] the last offset, KEYS[3]
-// the epoch, and KEYS[4] a mark that exists only on the primary that
-// writes them: it is set without replication, so a replica never has it.
-// The epoch is valid only while the offset key and the mark exist too. When
-// a key is gone, history was lost (a restart, an expiry); when only the
-// mark is missing, this server is a promoted replica that may lack the last
-// messages its old primary published and delivered. Either way a new epoch
-// starts from offset 0, so a lost message never goes unnoticed. A slot
-// migration moves the mark with the other keys and keeps the epoch; the next
-// publish then deletes the copy the migration left on the new primary's
-// replicas. (A planned failover starts a new epoch too.)
+// the epoch, and KEYS[4] a mark naming the primary that writes them (its
+// cluster node id; "1" outside a cluster). The mark is set without
+// replication, so a replica never has it.
+//
+// The epoch is valid only while the offset key and this primary's mark
+// exist. When a key is gone, history was lost (a restart, an expiry); when
+// the mark is missing (or "-"), this server is a promoted replica that may
+// lack the last messages its old primary published and delivered. Either
+// way a new epoch starts from offset 0, so a lost message never goes
+// unnoticed. (A planned failover starts a new epoch too.)
+//
+// A slot migration copies the keys, the mark too, to the new primary and to
+// its replicas. There the mark names another node: the first script run
+// adopts the keys, replacing the replicas' copy with "-" (replicated) and
+// its own with this node's id (not replicated), and publishes nothing.
+// Publishes then keep the epoch; a replica that missed one of them has "-"
+// and starts a new epoch when promoted. The stream is emptied, never
+// deleted, and the mark is overwritten, never deleted: in a slot being
+// migrated, a script may not touch a key that is missing.
 const ensureEpoch = `
-local function mark(ttl)
-  redis.call('DEL', KEYS[4])
-  redis.set_repl(redis.REPL_NONE)
-  redis.call('SET', KEYS[4], 1, 'PX', ttl)
-  redis.set_repl(redis.REPL_ALL)
-end
-local function ensure(candidate, ttl)
+local function ensure(candidate, ttl, cluster)
+  local me = '1'
+  if cluster == '1' then me = redis.call('CLUSTER', 'MYID') end
   local epoch = redis.call('GET', KEYS[3])
-  if epoch and redis.call('EXISTS', KEYS[2]) == 1 and redis.call('EXISTS', KEYS[4]) == 1 then
-    return epoch
+  local mark = redis.call('GET', KEYS[4])
+  if epoch and mark and mark ~= '-' and redis.call('EXISTS', KEYS[2]) == 1 then
+    if mark == me then
+      return epoch, false
+    end
+    redis.call('SET', KEYS[4], '-', 'PX', ttl)
+    redis.set_repl(redis.REPL_NONE)
+    redis.call('SET', KEYS[4], me, 'PX', ttl)
+    redis.set_repl(redis.REPL_ALL)
+    return epoch, true
   end
-  redis.call('DEL', KEYS[1])
+  if redis.call('EXISTS', KEYS[1]) == 1 then
+    redis.call('XTRIM', KEYS[1], 'MAXLEN', 0)
+  end
   redis.call('SET', KEYS[2], 0, 'PX', ttl)
   redis.call('SET', KEYS[3], candidate, 'PX', ttl)
-  mark(ttl)
-  return candidate
+  redis.set_repl(redis.REPL_NONE)
+  redis.call('SET', KEYS[4], me, 'PX', ttl)
+  redis.set_repl(redis.REPL_ALL)
+  return candidate, false
 end
 `
 
 // publishScript appends a message and publishes it with its offset and
 // epoch. ARGV: message JSON, candidate epoch, ttl ms, history size, pub/sub
-// channel, publish command (PUBLISH, or SPUBLISH on a cluster). Returns
-// {offset, epoch}.
+// channel, publish command (PUBLISH, or SPUBLISH on a cluster), "1" on a
+// cluster. Returns {offset, epoch}, or {0, epoch} when it only adopted
+// migrated keys: the caller runs it again.
 var publishScript = goredis.NewScript(ensureEpoch + `
 local ttl = ARGV[3]
-local epoch = ensure(ARGV[2], ttl)
+local epoch, adopted = ensure(ARGV[2], ttl, ARGV[7])
+if adopted then
+  return {0, epoch}
+end
 local off = redis.call('INCR', KEYS[2])
 local body = ARGV[1]
 redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[4], '*', 'o', off, 'm', body)
 redis.call(ARGV[6], ARGV[5], string.sub(body, 1, -2) .. string.format(',"offset":%d,"epoch":"%s"}', off, epoch))
-redis.call('PEXPIRE', KEYS[1], ttl)
-redis.call('PEXPIRE', KEYS[2], ttl)
-redis.call('PEXPIRE', KEYS[3], ttl)
-mark(ttl)
+for i = 1, 4 do
+  redis.call('PEXPIRE', KEYS[i], ttl)
+end
 return {off, epoch}
 `)
 
 // historyScript returns {epoch, top offset, server time ms, entries}, the
 // entries being the last n = top - since offset stream entries, newest
 // first, when the since epoch is current and 0 < n <= max. ARGV: candidate
-// epoch, ttl ms, since epoch, since offset, max.
+// epoch, ttl ms, since epoch, since offset, max, "1" on a cluster.
 var historyScript = goredis.NewScript(ensureEpoch + `
-local epoch = ensure(ARGV[1], ARGV[2])
+local epoch = ensure(ARGV[1], ARGV[2], ARGV[6])
 local top = tonumber(redis.call('GET', KEYS[2]))
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -87,6 +107,14 @@ func (b *Bridge) historyKeys(channel string) []string {
 		k = b.cfg.Prefix + b.tag(b.partition(channel)) + "h:" + channel + ":"
 	}
 	return []string{k + "stream", k + "offset", k + "epoch", k + "mark"}
+}
+
+// clusterArg tells the scripts whether they run on a cluster.
+func (b *Bridge) clusterArg() string {
+	if b.cluster != nil {
+		return "1"
+	}
+	return "0"
 }
 
 // newEpoch returns a candidate epoch; the scripts keep it only when the
@@ -109,7 +137,7 @@ func (b *Bridge) History(ctx context.Context, channel string, since *wire.Positi
 	ctx, cancel := context.WithTimeout(ctx, b.cfg.OpTimeout)
 	defer cancel()
 	res, err := historyScript.Run(ctx, b.client, b.historyKeys(channel),
-		newEpoch(), b.cfg.HistoryTTL.Milliseconds(), sinceEpoch, sinceOffset, b.cfg.HistorySize).Slice()
+		newEpoch(), b.cfg.HistoryTTL.Milliseconds(), sinceEpoch, sinceOffset, b.cfg.HistorySize, b.clusterArg()).Slice()
 	if err != nil {
 		return nil, wire.Position{}, false, fmt.Errorf("%w: history of %s: %w", bridge.ErrUnavailable, channel, err)
 	}

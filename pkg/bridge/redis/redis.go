@@ -336,28 +336,51 @@ func (b *Bridge) flush(ctx context.Context, batch []*op) {
 	ctx, cancel := context.WithDeadline(ctx, live[0].deadline)
 	defer cancel()
 	cmds := b.exec(ctx, live)
-	var again []*op
-	for i, o := range live {
+	// Run again what did not run (Redis restarted or flushed its scripts)
+	// or only adopted a migrated channel; once: a second adoption cannot
+	// happen without another migration.
+	var again []int
+	noscript := false
+	for i := range live {
 		if goredis.HasErrorPrefix(cmds[i].Err(), "NOSCRIPT") {
-			again = append(again, o)
+			again, noscript = append(again, i), true
+		} else if adopted(cmds[i]) {
+			again = append(again, i)
 		}
 	}
-	if len(again) > 0 { // Redis restarted or flushed its scripts
-		if err := publishScript.Load(ctx, b.client).Err(); err != nil {
-			b.log.Warn("load publish script", zap.Error(err))
-		}
-		retried := b.exec(ctx, again)
-		for i, j := 0, 0; i < len(live) && j < len(again); i++ {
-			if live[i] == again[j] {
-				cmds[i] = retried[j]
-				j++
+	if len(again) > 0 {
+		if noscript {
+			if err := publishScript.Load(ctx, b.client).Err(); err != nil {
+				b.log.Warn("load publish script", zap.Error(err))
 			}
+		}
+		ops := make([]*op, len(again))
+		for j, i := range again {
+			ops[j] = live[i]
+		}
+		for j, c := range b.exec(ctx, ops) {
+			cmds[again[j]] = c
 		}
 	}
 	for i, o := range live {
 		b.result(o, cmds[i])
 		close(o.done)
 	}
+}
+
+// adopted reports whether c is a publish script run that only adopted a
+// migrated channel's keys.
+func adopted(c goredis.Cmder) bool {
+	sc, ok := c.(*goredis.Cmd)
+	if !ok || sc.Err() != nil {
+		return false
+	}
+	res, _ := sc.Val().([]any)
+	if len(res) != 2 {
+		return false
+	}
+	off, ok := res[0].(int64)
+	return ok && off == 0
 }
 
 func (b *Bridge) exec(ctx context.Context, ops []*op) []goredis.Cmder {
@@ -378,7 +401,7 @@ func (b *Bridge) exec(ctx context.Context, ops []*op) []goredis.Cmder {
 			for _, k := range o.keys {
 				args = append(args, k)
 			}
-			cmds[i] = goredis.NewCmd(ctx, append(args, o.body, newEpoch(), ttl, b.cfg.HistorySize, o.target, pub)...)
+			cmds[i] = goredis.NewCmd(ctx, append(args, o.body, newEpoch(), ttl, b.cfg.HistorySize, o.target, pub, b.clusterArg())...)
 		}
 		_ = pipe.Process(ctx, noRetry{cmds[i]})
 	}

@@ -266,21 +266,31 @@ func TestCluster(t *testing.T) {
 		p.waitAcked(t, 30, 10*time.Second)
 		slot := rc.Slot(a.channelTopic(ch))
 		from := rc.Primary(slot)
-		rc.MoveSlot(slot, rc.OtherPrimary(from))
+		to := rc.OtherPrimary(from)
+		rc.MoveSlot(slot, to)
 		if rc.Primary(slot) == from {
 			t.Fatal("slot did not move")
 		}
 		p.waitAcked(t, 30, 10*time.Second)
 		p.halt()
+		// The new primary adopted the keys: its mark names it, and its
+		// replica's copy of the migrated mark was replaced, so a promotion
+		// would start a new epoch.
+		markKey := a.historyKeys(ch)[3]
+		if got, err := rc.Get(to, markKey); err != nil || got != rc.ID(to) {
+			t.Errorf("mark on the new primary = %q, %v; want its id %s", got, err, rc.ID(to))
+		}
+		replica := rc.Replica(to)
+		testkit.Eventually(t, 5*time.Second, func() bool { got, _ := rc.Get(replica, markKey); return got == "-" }, "the replica kept the migrated mark")
 		acked, failed := p.counts()
-		t.Logf("%d publishes acknowledged, %d failed; Lost called %d times", acked, failed, b.lost.Load()-lost)
+		t.Logf("%d publishes acknowledged, %d failed %v; Lost called %d times", acked, failed, p.failed, b.lost.Load()-lost)
 
 		// The stream moved with the slot: one epoch, and history holds
 		// every acknowledged message at its offset.
 		first, last := p.acked[0], p.acked[len(p.acked)-1]
-		for _, m := range p.acked {
+		for i, m := range p.acked {
 			if m.Epoch != first.Epoch {
-				t.Fatalf("epoch changed from %s to %s across the migration", first.Epoch, m.Epoch)
+				t.Fatalf("epoch changed from %s to %s across the migration at publish %d of %d (offset %d after %d)", first.Epoch, m.Epoch, i, len(p.acked), m.Offset, p.acked[i-1].Offset)
 			}
 		}
 		msgs, _, rec, err := b.History(ctx, ch, &wire.Position{Epoch: first.Epoch, Offset: first.Offset - 1})

@@ -226,3 +226,42 @@ func (c *Cluster) any() *Server {
 	c.tb.Fatal("redistest: no cluster node runs")
 	return nil
 }
+
+// Replica returns a running replica of primary p.
+func (c *Cluster) Replica(p *Server) *Server {
+	c.tb.Helper()
+	for _, n := range c.Nodes {
+		if n == p || !n.Running() {
+			continue
+		}
+		cl := c.client(n)
+		repl, err := cl.Info(context.Background(), "replication").Result()
+		cl.Close()
+		if err == nil && strings.Contains(repl, "master_port:"+strconv.Itoa(p.Port())+"\r\n") {
+			return n
+		}
+	}
+	c.tb.Fatalf("redistest: no replica of %s", p.Addr())
+	return nil
+}
+
+// Get reads key on node n, a replica too.
+func (c *Cluster) Get(n *Server, key string) (string, error) {
+	cl := goredis.NewClient(&goredis.Options{Addr: n.Addr(), MaxRetries: -1, OnConnect: func(ctx context.Context, cn *goredis.Conn) error {
+		return cn.ReadOnly(ctx).Err()
+	}})
+	defer cl.Close()
+	return cl.Get(context.Background(), key).Result()
+}
+
+// ID returns the cluster node id of n.
+func (c *Cluster) ID(n *Server) string {
+	c.tb.Helper()
+	cl := c.client(n)
+	defer cl.Close()
+	id, err := cl.Do(context.Background(), "cluster", "myid").Text()
+	if err != nil {
+		c.tb.Fatalf("redistest: CLUSTER MYID: %v", err)
+	}
+	return id
+}
