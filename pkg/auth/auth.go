@@ -1,6 +1,5 @@
-// Package auth says who a client is and what it may do: it verifies client
-// tokens (JWT, signed with an HMAC secret, a PEM public key or a JWKS) once
-// per connection, and checks API keys on the HTTP publish and send endpoints.
+// Package auth says who a client is and what it may do: client tokens (JWT:
+// HMAC, PEM key or JWKS) verified once per connection, API keys on HTTP writes.
 package auth
 
 import (

@@ -1,6 +1,5 @@
-// Package balancer is a ringcast balancer: it joins the cluster, routes each
-// WebSocket to the ring owner of its client id, and serves the admin API,
-// the browser client and the demo page. The binary and the tests share it.
+// Package balancer is the balancer process: it follows the ring over gossip, relays
+// each WebSocket to its client id's owner node and forwards the HTTP API.
 package balancer
 
 import (

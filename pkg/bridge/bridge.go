@@ -1,6 +1,5 @@
-// Package bridge carries channel publishes and direct messages between
-// nodes. It defines the Bridge interface the hub publishes into; adapters
-// (mesh, redis) implement it and hand deliveries back through a Receiver.
+// Package bridge is the contract between the hub and the adapters (mesh, redis)
+// that carry publishes and direct messages between nodes: Bridge and Receiver.
 package bridge
 
 import (

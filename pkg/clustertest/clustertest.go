@@ -1,6 +1,5 @@
-// Package clustertest starts real ringcast clusters — the balancer and node
-// binaries as separate processes on loopback — for end-to-end tests, the
-// browser tests and the chaos harness, and injects process faults.
+// Package clustertest starts fleets of real balancer and node processes (on
+// loopback or in network namespaces) and injects process and network faults.
 package clustertest
 
 import (

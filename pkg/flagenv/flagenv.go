@@ -1,6 +1,5 @@
 // Package flagenv parses command-line flags with environment fallbacks: a
-// flag -foo-bar not given on the command line is read from
-// RINGCAST_FOO_BAR. The flag wins over the environment.
+// flag -foo-bar not given is read from RINGCAST_FOO_BAR.
 package flagenv
 
 import (

@@ -1,6 +1,5 @@
-// Package httpapi is the HTTP API's shared plumbing for nodes and balancers:
-// JSON and error bodies, bounded body decoding, wire error → status, the health probe,
-// and the bounds of the HTTP servers themselves.
+// Package httpapi is the HTTP API plumbing nodes and balancers share: JSON and
+// error bodies, bounded bodies, code → status, the health probe, server bounds.
 package httpapi
 
 import (

@@ -1,6 +1,5 @@
-// Package hub keeps a node's local connections: channel → subscribers and
-// client id → connection. Every publish goes hub → bridge → hub, so local
-// and cross-node fan-out share one path; fan-out never blocks the publisher.
+// Package hub is a node's local fan-out: channel → subscribers, client id →
+// connection; every publish goes hub → bridge → hub and never blocks the publisher.
 package hub
 
 import (

@@ -1,6 +1,5 @@
-// Package node is a ringcast node: it terminates client WebSockets, runs the
-// hub, joins the cluster and bridges messages to other nodes. New + Run is
-// the whole process; the node binary and the end-to-end tests share it.
+// Package node is the node process: it wires sessions, hub, bridge and gossip,
+// runs their lifecycle, and applies membership policy (rebalance, drain, fence).
 package node
 
 import (

@@ -1,4 +1,3 @@
-// Package wire defines ringcast's WebSocket protocol v1: the JSON frames
-// clients and nodes exchange, the validation of client ids and channel names,
-// error codes and close codes. It does no I/O; CheckUpgrade inspects an HTTP upgrade request.
+// Package wire is ringcast's WebSocket protocol v1 without I/O: JSON frames,
+// client id and channel validation, error and close codes, upgrade checks.
 package wire

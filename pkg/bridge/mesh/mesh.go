@@ -1,7 +1,5 @@
-// Package mesh is the built-in bridge: every pair of nodes shares one TCP
-// link, upgraded from the node's HTTP port, over which each side tells the
-// other which channels and client ids it holds and forwards only what the
-// other side asked for. Delivery over the mesh is at-most-once.
+// Package mesh is the built-in bridge: one TCP link per pair of nodes, over
+// which each side forwards only what the other asked for; at-most-once.
 package mesh
 
 import (

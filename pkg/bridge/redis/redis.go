@@ -1,6 +1,5 @@
-// Package redis is the Redis bridge: per-channel pub/sub for channels with
-// local interest, a per-client pub/sub channel for direct messages, and
-// channel history in Redis Streams with offsets and epochs.
+// Package redis is the Redis bridge: pub/sub per channel and per client for
+// delivery, Redis Streams for channel history with offsets and epochs.
 package redis
 
 import (
