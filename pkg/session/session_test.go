@@ -497,27 +497,37 @@ func TestWelcomeIsFirst(t *testing.T) {
 // still go out on the shared writers.
 func TestFullSocketThenIdle(t *testing.T) {
 	t.Parallel()
-	const writeTimeout = 3 * time.Second
-	n := start(t, func(c *testConfig) {
-		c.WriteTimeout = writeTimeout
-		c.SendQueueBytes = 32 << 20
-	})
+	const writeTimeout = 2 * time.Second
+	n := start(t, func(c *testConfig) { c.WriteTimeout = writeTimeout })
 	slow, pub := n.connect(t, "slow"), n.connect(t, "pub")
-	if err := slow.NC.(*net.TCPConn).SetReadBuffer(64 << 10); err != nil {
+	// Small socket buffers on both ends: a few frames fill them.
+	if err := slow.NC.(*net.TCPConn).SetReadBuffer(16 << 10); err != nil {
 		t.Fatal(err)
 	}
+	n.mu.Lock()
+	for c := range n.conns {
+		if c.ClientID() == "slow" {
+			if err := c.nc.(*net.TCPConn).SetWriteBuffer(16 << 10); err != nil {
+				t.Error(err)
+			}
+		}
+	}
+	n.mu.Unlock()
 	slow.Send(`{"op":"subscribe","channel":"flood"}`)
 	slow.Expect(wire.OpSubscribed)
-	// 8 MiB while slow reads nothing: more than its socket buffers take at
-	// once, less than the send queue.
-	data := `"` + strings.Repeat("d", 32<<10) + `"`
-	const flood = 256
+	// 512 KiB while slow reads nothing: far more than its socket buffers
+	// take, less than the send queue.
+	data := `"` + strings.Repeat("d", 16<<10) + `"`
+	const flood = 32
 	for i := range flood {
 		pub.Send(fmt.Sprintf(`{"op":"publish","channel":"flood","data":%s,"id":%d}`, data, i))
-		pub.Expect(wire.OpAck)
 	}
+	// Read at once: the blocked write must finish within writeTimeout.
 	for range flood {
 		slow.Expect(wire.OpMessage)
+	}
+	for range flood {
+		pub.Expect(wire.OpAck)
 	}
 	time.Sleep(writeTimeout + 500*time.Millisecond) // past the slow write's deadline, on purpose
 	pub.Send(`{"op":"publish","channel":"flood","data":"after","id":"last"}`)
