@@ -497,7 +497,7 @@ func TestWelcomeIsFirst(t *testing.T) {
 // still go out on the shared writers.
 func TestFullSocketThenIdle(t *testing.T) {
 	t.Parallel()
-	const writeTimeout = 2 * time.Second
+	const writeTimeout = 5 * time.Second
 	n := start(t, func(c *testConfig) { c.WriteTimeout = writeTimeout })
 	slow, pub := n.connect(t, "slow"), n.connect(t, "pub")
 	// Small socket buffers on both ends: a few frames fill them.
