@@ -50,6 +50,8 @@ func run(ctx context.Context, args []string, env func(string) string, stderr io.
 	fs.DurationVar(&cfg.Proxy.DownFor, "down-for", d.Proxy.DownFor, "a node whose dial failed is skipped locally for this long")
 	fs.IntVar(&cfg.Proxy.MaxConnsPerIP, "max-conns-per-ip", d.Proxy.MaxConnsPerIP, "connections one source address (IPv4, IPv6 /64) may hold; more get HTTP 429 (-1 = no limit)")
 	fs.Float64Var(&cfg.Proxy.ConnRatePerIP, "conn-rate-per-ip", d.Proxy.ConnRatePerIP, "new connections per second per source address, burst 2x; more get HTTP 429 with Retry-After (-1 = no limit)")
+	fs.StringVar(&cfg.TLSCert, "tls-cert", "", "PEM certificate (chain) file: serve HTTPS and wss:// on -addr; re-read when it changes")
+	fs.StringVar(&cfg.TLSKey, "tls-key", "", "PEM private key file of -tls-cert")
 	var trusted flagenv.List
 	fs.Var(&trusted, "trusted-proxies", "comma-separated CIDRs or addresses allowed to set the client address with X-Forwarded-For")
 	cfg.Auth.RegisterFlags(fs)

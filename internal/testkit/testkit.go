@@ -1,5 +1,6 @@
 // Package testkit is what ringcast's tests share: waiting for a condition
-// with a deadline, reading metrics from a registry, memberlist's goleak allowances.
+// with a deadline, reading metrics from a registry, memberlist's goleak allowances,
+// a throwaway TLS certificate authority.
 package testkit
 
 import (

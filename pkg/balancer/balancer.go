@@ -4,6 +4,7 @@ package balancer
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -35,6 +36,11 @@ type Config struct {
 	Proxy      proxy.Config  // WebSocket relay settings; zero fields take proxy defaults
 	APITimeout time.Duration // admin API calls forwarded to nodes; default 5s
 	Auth       auth.Config   // client tokens and the API key; the same on every balancer and node
+	// TLSCert and TLSKey (PEM files) serve HTTPS and wss:// on Addr. The
+	// pair is re-read when either file changes (checked at most once a
+	// second, on a handshake); connections already up are not touched.
+	// Empty = plain HTTP.
+	TLSCert, TLSKey string
 
 	Log      *zap.Logger
 	Registry *prometheus.Registry // nil = a fresh one
@@ -104,11 +110,24 @@ func New(cfg Config) (*Server, error) {
 		s.reg = prometheus.NewRegistry()
 		s.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	}
+	var tlsCerts *certs
+	if cfg.TLSCert != "" || cfg.TLSKey != "" {
+		if cfg.TLSCert == "" || cfg.TLSKey == "" {
+			return nil, errors.New("balancer: -tls-cert and -tls-key go together")
+		}
+		var err error
+		if tlsCerts, err = loadCerts(cfg.TLSCert, cfg.TLSKey, cfg.Log.Named("tls")); err != nil {
+			return nil, err
+		}
+	}
 	ln, err := net.Listen("tcp", cfg.Addr)
 	if err != nil {
 		return nil, fmt.Errorf("listen %s: %w", cfg.Addr, err)
 	}
 	s.ln = ln
+	if tlsCerts != nil {
+		s.ln = tls.NewListener(ln, tlsCerts.tlsConfig())
+	}
 	if s.cfg.ID == "" {
 		s.cfg.ID = "balancer-" + ln.Addr().String()
 	}
@@ -172,7 +191,7 @@ func (s *Server) Run(ctx context.Context) error {
 		return fmt.Errorf("serve http: %w", err)
 	})
 	g.Go(func() error { s.watch(wctx); return nil })
-	s.log.Info("balancer up", zap.String("id", s.cfg.ID), zap.String("addr", s.Addr()), zap.String("gossip", s.GossipAddr()))
+	s.log.Info("balancer up", zap.String("id", s.cfg.ID), zap.String("addr", s.Addr()), zap.String("gossip", s.GossipAddr()), zap.Bool("tls", s.cfg.TLSCert != ""))
 
 	var err error
 	select {

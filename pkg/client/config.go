@@ -2,6 +2,7 @@ package client
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
 	"net/url"
 	"time"
@@ -33,6 +34,7 @@ type Config struct {
 	WriteTimeout   time.Duration // deadline of every write
 	RequestTimeout time.Duration // how long Publish and Send wait for the ack or error
 	MaxMessageSize int           // bytes per incoming message, summed over fragments; larger drops the link
+	TLS            *tls.Config   // wss:// only: roots, client certificates; nil = the system roots
 	Log            *zap.Logger   // nil: no logging
 
 	// Hooks, each optional. They run on the Run goroutine, never concurrently

@@ -77,7 +77,7 @@ func (c *Client) session(ctx context.Context) (welcomed, now bool, err error) {
 		return false, false, err
 	}
 	dctx, cancel := context.WithTimeout(ctx, c.cfg.DialTimeout) // Dialer.Timeout alone does not bound the handshake
-	conn, br, _, err := ws.Dialer{Timeout: c.cfg.DialTimeout}.Dial(dctx, c.sessionURL(token))
+	conn, br, _, err := ws.Dialer{Timeout: c.cfg.DialTimeout, TLSConfig: c.cfg.TLS}.Dial(dctx, c.sessionURL(token))
 	cancel()
 	if err != nil {
 		return false, false, fmt.Errorf("dial %s: %w", c.cfg.URL, err)

@@ -6,6 +6,8 @@ import (
 	"bytes"
 	"cmp"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -36,10 +38,14 @@ type Options struct {
 	NodeArgs     []string // extra node flags
 	BalancerArgs []string // extra balancer flags
 	Args         []string // extra flags of every process, balancers and nodes (e.g. the token flags)
-	Host         string   // bind address; default 127.0.0.1
-	ClusterKey   string   // -cluster-key of every process; default none (NewNet's clusters: a random one)
-	LogDir       string   // where process logs go; default a temp dir
-	Stdout       io.Writer
+	// TLSCert and TLSKey, when set, serve the balancers over HTTPS/wss with
+	// that pair; TLSRoots is what the cluster's HTTP client trusts then.
+	TLSCert, TLSKey string
+	TLSRoots        *x509.CertPool
+	Host            string // bind address; default 127.0.0.1
+	ClusterKey      string // -cluster-key of every process; default none (NewNet's clusters: a random one)
+	LogDir          string // where process logs go; default a temp dir
+	Stdout          io.Writer
 }
 
 // Proc is one cluster process.
@@ -65,6 +71,7 @@ type Cluster struct {
 	Nodes     []*Proc
 	binDir    string
 	ownLogs   bool // LogDir was made by Start: RemoveLogs deletes it
+	client    *http.Client
 }
 
 var (
@@ -192,7 +199,10 @@ func start(ctx context.Context, o Options, place func(*Proc) ([]string, error)) 
 			return nil, err
 		}
 	}
-	c := &Cluster{Opts: o, binDir: bin, ownLogs: own}
+	c := &Cluster{Opts: o, binDir: bin, ownLogs: own, client: httpClient}
+	if o.TLSRoots != nil {
+		c.client = &http.Client{Timeout: httpClient.Timeout, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: o.TLSRoots}}}
+	}
 	var seeds []string
 	proc := func(name, role string, args ...string) (*Proc, error) {
 		p := &Proc{Name: name, Role: role, bin: filepath.Join(bin, role), logf: filepath.Join(o.LogDir, name+".log")}
@@ -216,7 +226,11 @@ func start(ctx context.Context, o Options, place func(*Proc) ([]string, error)) 
 		if i > 0 {
 			join = []string{"-join", seeds[0]}
 		}
-		p, err := proc(fmt.Sprintf("b%d", i+1), "balancer", append(join, o.BalancerArgs...)...)
+		args := append(join, o.BalancerArgs...)
+		if o.TLSCert != "" {
+			args = append(args, "-tls-cert", o.TLSCert, "-tls-key", o.TLSKey)
+		}
+		p, err := proc(fmt.Sprintf("b%d", i+1), "balancer", args...)
 		if err != nil {
 			return nil, err
 		}
@@ -254,10 +268,24 @@ func start(ctx context.Context, o Options, place func(*Proc) ([]string, error)) 
 func (c *Cluster) All() []*Proc { return append(append([]*Proc{}, c.Balancers...), c.Nodes...) }
 
 // URL is the WebSocket endpoint of the first balancer.
-func (c *Cluster) URL() string { return "ws://" + c.Balancers[0].Addr + "/ws" }
+func (c *Cluster) URL() string { return c.pick("wss://", "ws://") + c.Balancers[0].Addr + "/ws" }
 
 // HTTP is the base URL of the first balancer.
-func (c *Cluster) HTTP() string { return "http://" + c.Balancers[0].Addr }
+func (c *Cluster) HTTP() string { return c.balancerURL(0) }
+
+func (c *Cluster) balancerURL(b int) string {
+	return c.pick("https://", "http://") + c.Balancers[b].Addr
+}
+
+func (c *Cluster) pick(tls, plain string) string {
+	if c.Opts.TLSCert != "" {
+		return tls
+	}
+	return plain
+}
+
+// Client is the HTTP client that trusts the cluster's balancers.
+func (c *Cluster) Client() *http.Client { return c.client }
 
 // Node returns the node process named id.
 func (c *Cluster) Node(id string) *Proc {
@@ -309,7 +337,7 @@ func (ci ClusterInfo) Alive() []string {
 // Info fetches /v1/cluster from balancer b.
 func (c *Cluster) Info(ctx context.Context, b int) (ClusterInfo, error) {
 	var ci ClusterInfo
-	err := GetJSON(ctx, "http://"+c.Balancers[b].Addr+"/v1/cluster", &ci)
+	err := getJSON(ctx, c.client, c.balancerURL(b)+"/v1/cluster", &ci)
 	return ci, err
 }
 
@@ -318,7 +346,7 @@ func (c *Cluster) Owner(ctx context.Context, clientID string) (string, error) {
 	var o struct {
 		Node string `json:"node"`
 	}
-	err := GetJSON(ctx, c.HTTP()+"/v1/owner?client_id="+clientID, &o)
+	err := getJSON(ctx, c.client, c.HTTP()+"/v1/owner?client_id="+clientID, &o)
 	return o.Node, err
 }
 
@@ -362,12 +390,14 @@ func (c *Cluster) seeAlive(ctx context.Context, n int) error {
 var httpClient = &http.Client{Timeout: 5 * time.Second}
 
 // GetJSON fetches url and decodes a 200 answer into v (v may be nil).
-func GetJSON(ctx context.Context, url string, v any) error {
+func GetJSON(ctx context.Context, url string, v any) error { return getJSON(ctx, httpClient, url, v) }
+
+func getJSON(ctx context.Context, client *http.Client, url string, v any) error {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
 		return err
 	}
-	resp, err := httpClient.Do(req)
+	resp, err := client.Do(req)
 	if err != nil {
 		return err
 	}

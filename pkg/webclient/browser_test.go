@@ -204,6 +204,28 @@ func TestBrowserHistoryReload(t *testing.T) {
 	}
 }
 
+// TestBrowserTLS: the demo page served over HTTPS by a balancer with a
+// certificate from a test CA the browser trusts connects with wss:// and
+// receives what is published.
+func TestBrowserTLS(t *testing.T) {
+	ca := testkit.NewCA(t)
+	certFile, keyFile := ca.WritePair(t, t.TempDir(), 1)
+	c := startCluster(t, clustertest.Options{Nodes: 1, TLSCert: certFile, TLSKey: keyFile, TLSRoots: ca.Pool()})
+	ctx := newBrowser(t, chromedp.Flag("ignore-certificate-errors-spki-list", ca.SPKIHash()))
+	navigate(t, ctx, "https://"+c.Balancers[0].Addr+"/?client_id=browser-tls")
+	waitFor(t, ctx, 15*time.Second, "connected over wss:// and subscribed", `location.protocol === 'https:' && `+linked)
+	resp, err := c.Client().Post(c.HTTP()+"/v1/publish", "application/json",
+		strings.NewReader(`{"channel":"lobby","data":"over-tls"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("POST /v1/publish: %s", resp.Status)
+	}
+	waitFor(t, ctx, 10*time.Second, "the message published over HTTPS", `JSON.stringify(ringcast.log).includes('over-tls')`)
+}
+
 // ---- helpers ---------------------------------------------------------------
 
 func startCluster(t *testing.T, o clustertest.Options) *clustertest.Cluster {
@@ -244,7 +266,7 @@ func publish(ctx context.Context, c *clustertest.Cluster, data any) error {
 
 // newBrowser starts a headless chromium with a fresh profile and returns a
 // context for one tab. Uncaught exceptions in the page fail the test.
-func newBrowser(t *testing.T) context.Context {
+func newBrowser(t *testing.T, extra ...chromedp.ExecAllocatorOption) context.Context {
 	t.Helper()
 	if _, err := os.Stat(chromium); err != nil {
 		if os.Getenv("CI") == "true" {
@@ -261,6 +283,7 @@ func newBrowser(t *testing.T) context.Context {
 		chromedp.UserDataDir(t.TempDir()),
 		chromedp.WindowSize(1360, 900),
 	)
+	opts = append(opts, extra...)
 	actx, cancelAlloc := chromedp.NewExecAllocator(context.Background(), opts...)
 	ctx, cancel := chromedp.NewContext(actx)
 	t.Cleanup(func() {
