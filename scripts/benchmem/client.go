@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"flag"
 	"fmt"
@@ -9,6 +10,7 @@ import (
 	"net"
 	"os"
 	"runtime"
+	"strings"
 	"time"
 
 	"github.com/gobwas/ws"
@@ -47,6 +49,9 @@ func runClient(args []string) error {
 	}
 	nd := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(*laddr)}, Timeout: handshakeTimeout}
 	d := ws.Dialer{Timeout: handshakeTimeout, NetDial: nd.DialContext}
+	if strings.HasPrefix(*url, "wss://") {
+		d.TLSConfig = &tls.Config{InsecureSkipVerify: true} // a loopback benchmark against a self-signed pair
+	}
 	conns := make([]net.Conn, *to-*from)
 	g, ctx := errgroup.WithContext(context.Background())
 	g.SetLimit(*conc)

@@ -7,12 +7,16 @@
 // address) and reads /proc/<pid>/status and /proc/<pid>/fd once RSS is
 // stable. Run from the module root:
 //
-//	go run ./scripts/benchmem [-n 5000] [-n2 10000] [-rounds 2] [-skip-node] [-skip-balancer]
+//	go run ./scripts/benchmem [-n 5000] [-n2 10000] [-rounds 2] [-skip-node] [-skip-balancer] [-tls]
+//
+// With -tls every balancer round is repeated with the balancer serving
+// wss:// (-tls-cert/-tls-key, a self-signed pair made with openssl).
 package main
 
 import (
 	"bufio"
 	"context"
+	"crypto/x509"
 	"errors"
 	"flag"
 	"fmt"
@@ -20,6 +24,7 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -31,7 +36,7 @@ import (
 
 type config struct {
 	n, n2, rounds, conc, perProc, channels int
-	skipNode, skipBalancer                 bool
+	skipNode, skipBalancer, tls            bool
 }
 
 func main() {
@@ -62,6 +67,7 @@ func run(ctx context.Context, args []string) error {
 	fs.IntVar(&cfg.channels, "channels", 100, "channels the connections are spread over")
 	fs.BoolVar(&cfg.skipNode, "skip-node", false, "skip the node measurement")
 	fs.BoolVar(&cfg.skipBalancer, "skip-balancer", false, "skip the balancer measurement")
+	fs.BoolVar(&cfg.tls, "tls", false, "also measure the balancer serving wss:// (needs openssl)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -108,8 +114,13 @@ func run(ctx context.Context, args []string) error {
 			}
 		}
 		if !cfg.skipBalancer {
-			if err := b.balancer(ctx, r); err != nil {
+			if err := b.balancer(ctx, r, false); err != nil {
 				return fmt.Errorf("balancer round %d: %w", r, err)
+			}
+		}
+		if !cfg.skipBalancer && cfg.tls {
+			if err := b.balancer(ctx, r, true); err != nil {
+				return fmt.Errorf("balancer over TLS, round %d: %w", r, err)
 			}
 		}
 	}
@@ -156,9 +167,23 @@ func (b *bench) node(ctx context.Context, round int) error {
 	return nil
 }
 
-// balancer measures the balancer with idle connections relayed to two nodes.
-func (b *bench) balancer(ctx context.Context, round int) error {
-	c, err := clustertest.Start(ctx, clustertest.Options{Nodes: 2, Heartbeat: "5m", BalancerArgs: clustertest.NoAdmissionLimits})
+// balancer measures the balancer with idle connections relayed to two
+// nodes, over wss:// when withTLS.
+func (b *bench) balancer(ctx context.Context, round int, withTLS bool) error {
+	o := clustertest.Options{Nodes: 2, Heartbeat: "5m", BalancerArgs: clustertest.NoAdmissionLimits}
+	what := "balancer, idle proxied"
+	if withTLS {
+		dir, err := os.MkdirTemp("", "benchmem-tls-")
+		if err != nil {
+			return err
+		}
+		defer os.RemoveAll(dir)
+		if o.TLSCert, o.TLSKey, o.TLSRoots, err = selfSigned(dir); err != nil {
+			return err
+		}
+		what = "balancer, idle proxied over TLS"
+	}
+	c, err := clustertest.Start(ctx, o)
 	if err != nil {
 		return err
 	}
@@ -178,8 +203,27 @@ func (b *bench) balancer(ctx context.Context, round int) error {
 	if err != nil {
 		return err
 	}
-	b.row("balancer, idle proxied", round, b.cfg.n, before, after)
+	b.row(what, round, b.cfg.n, before, after)
 	return nil
+}
+
+// selfSigned makes a self-signed pair for 127.0.0.1 in dir with openssl, as
+// the README's TLS recipe does, and a pool that trusts it.
+func selfSigned(dir string) (cert, key string, pool *x509.CertPool, err error) {
+	cert, key = filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
+	out, err := exec.Command("openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+		"-nodes", "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+		"-keyout", key, "-out", cert).CombinedOutput()
+	if err != nil {
+		return "", "", nil, fmt.Errorf("openssl: %w: %s", err, out)
+	}
+	pem, err := os.ReadFile(cert)
+	if err != nil {
+		return "", "", nil, err
+	}
+	pool = x509.NewCertPool()
+	pool.AppendCertsFromPEM(pem)
+	return cert, key, pool, nil
 }
 
 func (b *bench) row(what string, round, conns int, before, after sample) {

@@ -13,7 +13,7 @@
 // order, and the summary reports the median of the per-round ratios with
 // their range. Run from the module root:
 //
-//	go run ./scripts/benchproxy [-mode echo|connect] [-conns 100] [-size 64] [-warmup 2s] [-duration 6s] [-rounds 5] [-cpuprofile relay.pprof]
+//	go run ./scripts/benchproxy [-mode echo|connect] [-tls] [-conns 100] [-size 64] [-warmup 2s] [-duration 6s] [-rounds 5] [-cpuprofile relay.pprof]
 package main
 
 import (
@@ -71,6 +71,7 @@ type config struct {
 	warmup, duration              time.Duration
 	cpuprofile, nginx, haproxy    string
 	mode                          string
+	tls                           bool
 }
 
 func run(ctx context.Context, args []string) error {
@@ -86,6 +87,7 @@ func run(ctx context.Context, args []string) error {
 	fs.DurationVar(&cfg.duration, "duration", 6*time.Second, "measured window, per path and round")
 	fs.StringVar(&cfg.cpuprofile, "cpuprofile", "", "write the relay process's CPU profile over each measured window to this path plus .<round>")
 	fs.StringVar(&cfg.nginx, "nginx", "nginx", "nginx binary; the nginx row is skipped when it is not found")
+	fs.BoolVar(&cfg.tls, "tls", false, "add a row: the relay serving wss:// (self-signed, TLS 1.3) with its goroutine relay")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -161,6 +163,18 @@ func run(ctx context.Context, args []string) error {
 		return err
 	}
 	paths = append(paths, hop{name: "ringcast relay", urls: wsURLs([]string{relayAddr}), proc: relay, pprof: cfg.cpuprofile != ""})
+	if cfg.tls {
+		tlsRelay, err := startChild(ctx, "relay", self, relayMode, "-backends", strings.Join(backends, ","), "-tls")
+		if err != nil {
+			return err
+		}
+		procs = append(procs, tlsRelay)
+		addr, err := tlsRelay.line(ctx, 10*time.Second)
+		if err != nil {
+			return err
+		}
+		paths = append(paths, hop{name: "ringcast relay tls", urls: []string{"wss://" + addr + "/ws"}, proc: tlsRelay})
+	}
 
 	what := "WebSocket echo round trips, %d conns × %d B text, closed loop (send, await echo, repeat)"
 	if cfg.mode == "connect" {
