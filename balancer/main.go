@@ -7,10 +7,8 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"os"
-	"os/signal"
-	"syscall"
 
+	"github.com/ringcast/ringcast/internal/proc"
 	"github.com/ringcast/ringcast/pkg/balancer"
 	"github.com/ringcast/ringcast/pkg/flagenv"
 	"github.com/ringcast/ringcast/pkg/httpapi"
@@ -18,15 +16,7 @@ import (
 	"github.com/ringcast/ringcast/pkg/proxy"
 )
 
-func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	if err := run(ctx, os.Args[1:], os.Getenv, os.Stderr); err != nil {
-		fmt.Fprintln(os.Stderr, "balancer:", err)
-		stop()
-		os.Exit(1)
-	}
-}
+func main() { proc.Main("balancer", run) }
 
 func run(ctx context.Context, args []string, env func(string) string, stderr io.Writer) error {
 	if len(args) > 0 && args[0] == httpapi.HealthcheckCommand {
@@ -55,8 +45,7 @@ func run(ctx context.Context, args []string, env func(string) string, stderr io.
 	var trusted flagenv.List
 	fs.Var(&trusted, "trusted-proxies", "comma-separated CIDRs or addresses allowed to set the client address with X-Forwarded-For")
 	cfg.Auth.RegisterFlags(fs)
-	logFormat := fs.String("log", "dev", "log format: dev | json")
-	logLevel := fs.String("log-level", "info", "log level: debug | info | warn | error")
+	newLog := logging.Flags(fs)
 	if err := flagenv.Parse(fs, args, env); err != nil {
 		return err
 	}
@@ -65,7 +54,7 @@ func run(ctx context.Context, args []string, env func(string) string, stderr io.
 	if cfg.Proxy.TrustedProxies, err = proxy.ParseCIDRs(trusted); err != nil {
 		return fmt.Errorf("-trusted-proxies: %w", err)
 	}
-	log, err := logging.New(*logFormat, *logLevel)
+	log, err := newLog()
 	if err != nil {
 		return err
 	}

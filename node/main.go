@@ -5,15 +5,12 @@ package main
 import (
 	"context"
 	"flag"
-	"fmt"
 	"io"
-	"os"
-	"os/signal"
-	"syscall"
 
 	goredis "github.com/redis/go-redis/v9"
 	"go.uber.org/zap"
 
+	"github.com/ringcast/ringcast/internal/proc"
 	"github.com/ringcast/ringcast/pkg/flagenv"
 	"github.com/ringcast/ringcast/pkg/httpapi"
 	"github.com/ringcast/ringcast/pkg/logging"
@@ -21,15 +18,7 @@ import (
 	"github.com/ringcast/ringcast/pkg/session"
 )
 
-func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	if err := run(ctx, os.Args[1:], os.Getenv, os.Stderr); err != nil {
-		fmt.Fprintln(os.Stderr, "node:", err)
-		stop()
-		os.Exit(1)
-	}
-}
+func main() { proc.Main("node", run) }
 
 func run(ctx context.Context, args []string, env func(string) string, stderr io.Writer) error {
 	if len(args) > 0 && args[0] == httpapi.HealthcheckCommand {
@@ -66,13 +55,12 @@ func run(ctx context.Context, args []string, env func(string) string, stderr io.
 	fs.IntVar(&cfg.RebalanceRate, "rebalance-rate", d.RebalanceRate, "clients per second asked to move after a ring change")
 	fs.IntVar(&cfg.MaxConnsPerClient, "max-conns-per-client", d.MaxConnsPerClient, "connections one client id may hold on a node; more get HTTP 429")
 	cfg.Auth.RegisterFlags(fs)
-	logFormat := fs.String("log", "dev", "log format: dev | json")
-	logLevel := fs.String("log-level", "info", "log level: debug | info | warn | error")
+	newLog := logging.Flags(fs)
 	if err := flagenv.Parse(fs, args, env); err != nil {
 		return err
 	}
 	cfg.Join, cfg.Origins = join, origins
-	log, err := logging.New(*logFormat, *logLevel)
+	log, err := newLog()
 	if err != nil {
 		return err
 	}

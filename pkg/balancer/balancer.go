@@ -16,6 +16,7 @@ import (
 	"go.uber.org/zap"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/ringcast/ringcast/internal/proc"
 	"github.com/ringcast/ringcast/pkg/auth"
 	"github.com/ringcast/ringcast/pkg/cluster"
 	"github.com/ringcast/ringcast/pkg/httpapi"
@@ -183,24 +184,11 @@ func (s *Server) Run(ctx context.Context) error {
 	cctx, stopCluster := context.WithCancel(context.Background())
 	wctx, stopWatch := context.WithCancel(context.Background())
 	g.Go(func() error { return s.cluster.Run(cctx) })
-	g.Go(func() error {
-		err := s.http.Serve(s.ln)
-		if errors.Is(err, http.ErrServerClosed) {
-			return nil
-		}
-		return fmt.Errorf("serve http: %w", err)
-	})
+	g.Go(func() error { return httpapi.Serve(s.http, s.ln) })
 	g.Go(func() error { s.watch(wctx); return nil })
 	s.log.Info("balancer up", zap.String("id", s.cfg.ID), zap.String("addr", s.Addr()), zap.String("gossip", s.GossipAddr()), zap.Bool("tls", s.cfg.TLSCert != ""))
 
-	var err error
-	select {
-	case <-ctx.Done():
-	case <-gctx.Done():
-		// A part failed: shut the rest down and return why.
-		err = fmt.Errorf("balancer stopped: %w", context.Cause(gctx))
-		s.log.Error("part failed, shutting down", zap.Error(context.Cause(gctx)))
-	}
+	err := proc.Wait(ctx, gctx, s.log, "balancer")
 	if lerr := s.cluster.Leave(time.Second); lerr != nil {
 		s.log.Warn("leave gossip", zap.Error(lerr))
 	}

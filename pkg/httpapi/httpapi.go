@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"time"
@@ -66,6 +67,14 @@ var statuses = map[string]int{
 	wire.CodeUnauthorized:      http.StatusUnauthorized,
 	wire.CodeForbidden:         http.StatusForbidden,
 	wire.CodeTooManyConns:      http.StatusTooManyRequests,
+}
+
+// Serve serves srv on ln until srv is shut down (then nil).
+func Serve(srv *http.Server, ln net.Listener) error {
+	if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+		return fmt.Errorf("serve http: %w", err)
+	}
+	return nil
 }
 
 // Status is the HTTP status of an error with code; an unknown code is 500.

@@ -4,6 +4,7 @@ package logging
 
 import (
 	"bytes"
+	"flag"
 	"fmt"
 	"log"
 	"os"
@@ -47,6 +48,14 @@ func newCore(format, level string, out zapcore.WriteSyncer) (zapcore.Core, error
 		return nil, fmt.Errorf("log format %q: want dev or json", format)
 	}
 	return zapcore.NewCore(enc, out, lvl), nil
+}
+
+// Flags registers -log and -log-level on fs and returns the constructor of
+// the logger they select, to call after parsing.
+func Flags(fs *flag.FlagSet) func() (*zap.Logger, error) {
+	format := fs.String("log", "dev", "log format: dev | json")
+	level := fs.String("log-level", "info", "log level: debug | info | warn | error")
+	return func() (*zap.Logger, error) { return New(*format, *level) }
 }
 
 // StdLogger returns a *log.Logger whose lines go to l. A leading level tag

@@ -17,6 +17,7 @@ import (
 	"go.uber.org/zap"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/ringcast/ringcast/internal/proc"
 	"github.com/ringcast/ringcast/pkg/auth"
 	"github.com/ringcast/ringcast/pkg/bridge"
 	"github.com/ringcast/ringcast/pkg/bridge/bridges"
@@ -281,27 +282,14 @@ func (s *Server) Run(ctx context.Context) error {
 	bctx, stopBridge := context.WithCancel(context.Background())
 	g.Go(func() error { return s.cluster.Run(cctx) })
 	g.Go(func() error { return s.bridge.Run(bctx) })
-	g.Go(func() error {
-		err := s.http.Serve(s.ln)
-		if errors.Is(err, http.ErrServerClosed) {
-			return nil
-		}
-		return fmt.Errorf("serve http: %w", err)
-	})
+	g.Go(func() error { return httpapi.Serve(s.http, s.ln) })
 	wctx, stopWatch := context.WithCancel(context.Background())
 	g.Go(func() error { s.watch(wctx); return nil })
 	g.Go(func() error { s.fence(wctx); return nil })
 	s.log.Info("node up", zap.String("id", s.cfg.ID), zap.String("addr", s.Addr()),
 		zap.String("gossip", s.GossipAddr()), zap.String("bridge", s.cfg.Bridge))
 
-	var err error
-	select {
-	case <-ctx.Done():
-	case <-gctx.Done():
-		// A part failed: shut the rest down and return why.
-		err = fmt.Errorf("node stopped: %w", context.Cause(gctx))
-		s.log.Error("part failed, shutting down", zap.Error(context.Cause(gctx)))
-	}
+	err := proc.Wait(ctx, gctx, s.log, "node")
 	s.log.Info("node draining", zap.Duration("window", s.cfg.DrainWindow))
 	if lerr := s.cluster.Leave(time.Second); lerr != nil {
 		s.log.Warn("leave gossip", zap.Error(lerr))
