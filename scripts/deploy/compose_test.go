@@ -189,7 +189,7 @@ func TestCompose(t *testing.T) {
 	const channel = "feed"
 	var fleet clustertest.Fleet
 	for i, b := range []string{b1, b2} {
-		f, err := clustertest.NewFleet(ctx, "ws"+strings.TrimPrefix(b, "http")+"/ws", fmt.Sprintf("b%d-", i+1), 50, []string{channel}, nil)
+		f, err := clustertest.NewFleet(ctx, "ws"+strings.TrimPrefix(b, "http")+"/ws", fmt.Sprintf("b%d-", i+1), 20, []string{channel}, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
