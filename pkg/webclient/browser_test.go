@@ -581,3 +581,28 @@ func TestBrowserGetToken(t *testing.T) {
 		t.Errorf("token server minted %d, the page asked %d times", n, eval[int](t, ctx, `tk.calls`))
 	}
 }
+
+// TestBrowserDemoToken: the demo page takes ?token=, connects as its sub and
+// shows what the token grants; a subscribe the token forbids is reported
+// and the page stays connected.
+func TestBrowserDemoToken(t *testing.T) {
+	const secret = "browser-secret-0123456789abcdef"
+	tok, err := jwt.NewWithClaims(jwt.SigningMethodHS256, jwt.MapClaims{
+		"sub": "demo-alice", "exp": time.Now().Add(time.Hour).Unix(), "channels": []string{"lobby", "room:*"},
+	}).SignedString([]byte(secret))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := startCluster(t, clustertest.Options{Nodes: 1, Args: []string{"-token-hmac-secret", secret}})
+	ctx := newBrowser(t)
+	navigate(t, ctx, "http://"+pageHost(t, c)+"/?token="+tok)
+	waitFor(t, ctx, 10*time.Second, "connected as the token's sub", linked+` && ringcast.client.clientId === 'demo-alice'`)
+	if g := eval[string](t, ctx, `document.getElementById('grants').textContent`); !strings.Contains(g, "lobby, room:*") {
+		t.Errorf("grants shown %q, want the token's channels", g)
+	}
+	eval[bool](t, ctx, `(ringcast.subscribe('admin:all'), true)`)
+	waitFor(t, ctx, 5*time.Second, "the forbidden subscribe reported", `document.getElementById('result').textContent.includes('forbidden')`)
+	if s := eval[string](t, ctx, `ringcast.client.state`); s != "connected" {
+		t.Errorf("state %q after a forbidden subscribe, want connected", s)
+	}
+}
