@@ -415,7 +415,10 @@ export class RingcastClient {
     const left = expMs - Date.now();
     const lead = Math.min(Math.max(left / 5, 1000), 30000);
     this.#refreshTimer = setTimeout(() => {
-      this.refresh().catch((e) => this.#emit('error', e));
+      this.refresh().catch((e) => {
+        // A link that dropped meanwhile asks getToken again when it reconnects.
+        if (e.code !== 'disconnected' && e.code !== 'not_connected') this.#emit('error', e);
+      });
     }, Math.max(left - lead, 0));
   }
 
