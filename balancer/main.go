@@ -10,6 +10,7 @@ import (
 
 	"github.com/ringcast/ringcast/internal/proc"
 	"github.com/ringcast/ringcast/pkg/balancer"
+	"github.com/ringcast/ringcast/pkg/cluster"
 	"github.com/ringcast/ringcast/pkg/flagenv"
 	"github.com/ringcast/ringcast/pkg/httpapi"
 	"github.com/ringcast/ringcast/pkg/logging"
@@ -36,6 +37,7 @@ func run(ctx context.Context, args []string, env func(string) string, stderr io.
 	fs.StringVar(&cfg.ClusterKey, "cluster-key", "", "shared secret encrypting gossip; required when -gossip is not loopback")
 	fs.BoolVar(&cfg.Insecure, "insecure", false, "allow a non-loopback -gossip without -cluster-key: any process reaching it joins the cluster")
 	fs.StringVar(&cfg.Detect, "detect", d.Detect, "failure detection profile: lan (5-7 s) | fast (< 1 s, loopback/LAN)")
+	fs.DurationVar(&cfg.Warmup, "warmup", cluster.DefaultConfig().Warmup, "a restarted node stays off the ring (warming) this long, doubled per restart within a minute up to 30s (negative: off); use the same value everywhere")
 	fs.DurationVar(&cfg.Proxy.DialTimeout, "dial-timeout", d.Proxy.DialTimeout, "bounds dialling a node and the first byte of its answer to the upgrade; longer is a failed dial (next owner)")
 	fs.DurationVar(&cfg.Proxy.DownFor, "down-for", d.Proxy.DownFor, "a node whose dial failed is skipped locally for this long")
 	fs.IntVar(&cfg.Proxy.MaxConnsPerIP, "max-conns-per-ip", d.Proxy.MaxConnsPerIP, "connections one source address (IPv4, IPv6 /64) may hold; more get HTTP 429 (-1 = no limit)")

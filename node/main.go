@@ -11,6 +11,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/ringcast/ringcast/internal/proc"
+	"github.com/ringcast/ringcast/pkg/cluster"
 	"github.com/ringcast/ringcast/pkg/flagenv"
 	"github.com/ringcast/ringcast/pkg/httpapi"
 	"github.com/ringcast/ringcast/pkg/logging"
@@ -40,6 +41,7 @@ func run(ctx context.Context, args []string, env func(string) string, stderr io.
 	fs.StringVar(&cfg.ClusterKey, "cluster-key", "", "shared secret: encrypts gossip and authenticates mesh links; required when -gossip is not loopback")
 	fs.BoolVar(&cfg.Insecure, "insecure", false, "allow a non-loopback -gossip without -cluster-key: any process reaching it joins the cluster")
 	fs.StringVar(&cfg.Detect, "detect", d.Detect, "failure detection profile: lan (5-7 s) | fast (< 1 s, loopback/LAN)")
+	fs.DurationVar(&cfg.Warmup, "warmup", cluster.DefaultConfig().Warmup, "a restarted node stays off the ring (warming) this long, doubled per restart within a minute up to 30s (negative: off); use the same value everywhere")
 	fs.IntVar(&cfg.HistorySize, "history-size", 0, "messages kept per channel (0 = history off)")
 	fs.DurationVar(&cfg.HistoryTTL, "history-ttl", d.HistoryTTL, "how long channel history is kept")
 	fs.Var(&origins, "origins", "comma-separated allowed Origin values (empty = any)")

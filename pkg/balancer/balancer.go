@@ -34,6 +34,7 @@ type Config struct {
 	ClusterKey string        // gossip encryption; empty = off (loopback gossip only, unless Insecure)
 	Insecure   bool          // allow an open cluster (no ClusterKey) on a non-loopback gossip address
 	Detect     string        // failure detection profile: lan (default) | fast
+	Warmup     time.Duration // a node that comes back is off the ring this long (doubling per flap); 0 = cluster default 2s, negative = off; same on every process
 	Proxy      proxy.Config  // WebSocket relay settings; zero fields take proxy defaults
 	APITimeout time.Duration // admin API calls forwarded to nodes; default 5s
 	Auth       auth.Config   // client tokens and the API key; the same on every balancer and node
@@ -145,7 +146,7 @@ func New(cfg Config) (*Server, error) {
 	}
 	ccfg := cluster.DefaultConfig()
 	ccfg.ID, ccfg.Role, ccfg.Bind, ccfg.Advertise = s.cfg.ID, cluster.RoleBalancer, cfg.Gossip, cfg.GossipAdv
-	ccfg.Join, ccfg.Detect, ccfg.Log = cfg.Join, cfg.Detect, cfg.Log
+	ccfg.Join, ccfg.Detect, ccfg.Log, ccfg.Warmup = cfg.Join, cfg.Detect, cfg.Log, cfg.Warmup
 	if cfg.ClusterKey != "" {
 		ccfg.Key = []byte(cfg.ClusterKey)
 	}

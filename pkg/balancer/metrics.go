@@ -6,12 +6,14 @@ type metrics struct {
 	epoch prometheus.Gauge
 }
 
-func newMetrics(_ *Server, reg prometheus.Registerer) *metrics {
+func newMetrics(s *Server, reg prometheus.Registerer) *metrics {
 	m := &metrics{
 		epoch: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "ringcast_balancer_ring_epoch", Help: "Ring epoch of this balancer's membership view.",
 		}),
 	}
-	reg.MustRegister(m.epoch)
+	reg.MustRegister(m.epoch, prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "ringcast_balancer_ring_warming", Help: "Nodes alive again after a departure, held off the ring while they warm up.",
+	}, func() float64 { return float64(len(s.cluster.View().Warming())) }))
 	return m
 }

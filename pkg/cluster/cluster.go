@@ -173,12 +173,17 @@ func (c *Cluster) shutdown() {
 func (c *Cluster) coalesceLoop(ctx context.Context) {
 	quiet := time.NewTimer(time.Hour)
 	limit := time.NewTimer(time.Hour)
+	warm := time.NewTimer(time.Hour) // the earliest end of a warm-up
 	defer quiet.Stop()
 	defer limit.Stop()
+	defer warm.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
+		case <-warm.C:
+			c.rewarm(warm, c.rebuild())
+			continue
 		case <-c.dirty:
 		}
 		quiet.Reset(c.cfg.Coalesce)
@@ -196,8 +201,17 @@ func (c *Cluster) coalesceLoop(ctx context.Context) {
 				break churn
 			}
 		}
-		c.rebuild()
+		c.rewarm(warm, c.rebuild())
 	}
+}
+
+// rewarm sets t to fire at wake (zero: not before an hour).
+func (c *Cluster) rewarm(t *time.Timer, wake time.Time) {
+	d := time.Hour
+	if !wake.IsZero() {
+		d = max(time.Until(wake), time.Millisecond)
+	}
+	t.Reset(d)
 }
 
 // joinLoop joins the seeds until a peer answers, with backoff from 100 ms
@@ -295,7 +309,7 @@ func (c *Cluster) needsRejoin() bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	for _, r := range c.records {
-		if r.dead && r.member("").State == StateDead {
+		if r.dead && r.member("", time.Time{}).State == StateDead {
 			return true
 		}
 	}

@@ -61,8 +61,21 @@ type Config struct {
 	// Default 100 ms (fast: 20 ms): longer batches more churn into one epoch
 	// but delays every ring change.
 	Coalesce time.Duration
-	Resolver Resolver    // resolves dns: seeds; nil = net.DefaultResolver
-	Log      *zap.Logger // nil = no logging
+	// Warmup is how long a node that comes back (after it died or left)
+	// must be alive before this process puts it back on the ring; it is
+	// listed as warming meanwhile. Each departure within FlapWindow
+	// doubles it, up to MaxWarmup, so a flapping node does not take its
+	// clients back on every flap. A node seen for the first time is not
+	// held back. Default 2 s: time for a restarted process to become
+	// ready; longer keeps clients off a shaky node longer, negative: off.
+	Warmup time.Duration
+	// MaxWarmup caps the doubled warm-up. Default 30 s.
+	MaxWarmup time.Duration
+	// FlapWindow is how long a departure counts towards the warm-up.
+	// Default 60 s.
+	FlapWindow time.Duration
+	Resolver   Resolver    // resolves dns: seeds; nil = net.DefaultResolver
+	Log        *zap.Logger // nil = no logging
 }
 
 // DefaultConfig returns the defaults; ID (and WSAddr for a node) must still be set.
@@ -72,6 +85,9 @@ func DefaultConfig() Config {
 		Bind:   "0.0.0.0:7946", // memberlist's well-known port
 		Detect: DetectLAN,
 		// RejoinInterval and Coalesce: 0 = the detection profile's default, see Config.
+		Warmup:     2 * time.Second,
+		MaxWarmup:  30 * time.Second,
+		FlapWindow: time.Minute,
 	}
 }
 
@@ -95,6 +111,15 @@ func (c Config) withDefaults() Config {
 	}
 	if c.Resolver == nil {
 		c.Resolver = net.DefaultResolver
+	}
+	if c.Warmup == 0 {
+		c.Warmup = d.Warmup
+	}
+	if c.MaxWarmup <= 0 {
+		c.MaxWarmup = max(d.MaxWarmup, c.Warmup)
+	}
+	if c.FlapWindow <= 0 {
+		c.FlapWindow = d.FlapWindow
 	}
 	if c.Log == nil {
 		c.Log = zap.NewNop()

@@ -2,9 +2,21 @@ package cluster
 
 import (
 	"encoding/json"
+	"slices"
+	"time"
 
 	"github.com/hashicorp/memberlist"
 )
+
+// warmup is the warm-up after n departures within the flap window: base
+// doubled per departure after the first, capped.
+func warmup(base, ceiling time.Duration, n int) time.Duration {
+	d := base
+	for i := 1; i < n && d < ceiling; i++ {
+		d *= 2
+	}
+	return min(d, ceiling)
+}
 
 // meta is the gossip metadata each process advertises (JSON, at most
 // memberlist.MetaMaxSize bytes).
@@ -16,9 +28,12 @@ type meta struct {
 
 // record is what the event callbacks last heard about a member.
 type record struct {
-	meta   []byte
-	gossip string
-	dead   bool
+	meta    []byte
+	gossip  string
+	dead    bool
+	upSince time.Time   // when it was last seen coming alive
+	gone    []time.Time // when it was seen dying or leaving, within FlapWindow
+	warmTo  time.Time   // it is on the ring from then on (zero: at once)
 }
 
 // delegate receives memberlist's callbacks. They run on memberlist's
@@ -48,8 +63,23 @@ func (delegate) LocalState(join bool) []byte                { return nil }
 func (delegate) MergeRemoteState(buf []byte, join bool)     {}
 
 func (c *Cluster) record(n *memberlist.Node, dead bool) {
+	now := time.Now()
 	c.mu.Lock()
-	c.records[n.Name] = record{meta: append([]byte(nil), n.Meta...), gossip: n.Address(), dead: dead}
+	prev, seen := c.records[n.Name]
+	r := record{meta: append([]byte(nil), n.Meta...), gossip: n.Address(), dead: dead,
+		upSince: prev.upSince, gone: prev.gone, warmTo: prev.warmTo}
+	switch {
+	case dead && seen && !prev.dead:
+		r.gone = append(slices.DeleteFunc(slices.Clone(r.gone), func(t time.Time) bool {
+			return now.Sub(t) > c.cfg.FlapWindow
+		}), now)
+	case !dead && (!seen || prev.dead):
+		r.upSince, r.warmTo = now, time.Time{}
+		if n := len(r.gone); n > 0 && c.cfg.Warmup > 0 && now.Sub(r.gone[n-1]) <= c.cfg.FlapWindow {
+			r.warmTo = now.Add(warmup(c.cfg.Warmup, c.cfg.MaxWarmup, n))
+		}
+	}
+	c.records[n.Name] = r
 	c.mu.Unlock()
 	select {
 	case c.dirty <- struct{}{}:
@@ -60,10 +90,13 @@ func (c *Cluster) record(n *memberlist.Node, dead bool) {
 // member decodes r. memberlist does not tell a delegate whether a member
 // failed or left, so a dead member whose last metadata announced its leave
 // is reported as left.
-func (r record) member(id string) Member {
+func (r record) member(id string, now time.Time) Member {
 	var md meta
 	_ = json.Unmarshal(r.meta, &md) // unreadable metadata: no role, never on the ring
 	m := Member{ID: id, Role: md.Role, Addr: md.WSAddr, Gossip: r.gossip, State: StateAlive}
+	if !r.dead && now.Before(r.warmTo) {
+		m.WarmUntil = r.warmTo
+	}
 	switch {
 	case r.dead && md.Leaving:
 		m.State = StateLeft

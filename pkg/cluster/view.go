@@ -3,6 +3,7 @@ package cluster
 import (
 	"slices"
 	"strings"
+	"time"
 
 	"go.uber.org/zap"
 
@@ -29,7 +30,13 @@ type Member struct {
 	Addr   string // WebSocket/HTTP address of a node; empty for a balancer
 	Gossip string // gossip host:port
 	State  State
+	// WarmUntil is set while a node that came back is warming up
+	// (Config.Warmup): alive, but off the ring until then.
+	WarmUntil time.Time
 }
+
+// Warming reports whether m is an alive node held off the ring.
+func (m Member) Warming() bool { return !m.WarmUntil.IsZero() }
 
 // View is an immutable snapshot of the membership: callers must not modify it.
 type View struct {
@@ -37,14 +44,38 @@ type View struct {
 	// first view built, 0 the empty view before it.
 	Epoch uint64
 	// Ring holds the node members in state alive or suspect (suspicion is
-	// often false and is refuted within a probe interval); dead and left
-	// nodes are off the ring. Nil when there is no such node.
+	// often false and is refuted within a probe interval) that are not
+	// warming; dead and left nodes are off the ring. Nil when there is no
+	// such node.
 	Ring *ring.Ring
 	// Members lists every member ever seen, nodes and balancers, with its
 	// current state, sorted by ID. A member that comes back is alive again.
 	Members []Member
 
 	nodes []string // sorted ids on Ring
+}
+
+// Warming returns the ids of the nodes warming up: alive, not on the ring yet.
+func (v *View) Warming() []string {
+	var out []string
+	for _, m := range v.Members {
+		if m.Role == RoleNode && m.Warming() {
+			out = append(out, m.ID)
+		}
+	}
+	return out
+}
+
+// Peers returns the address of every node that is alive or suspect, on the
+// ring or warming, by id: the nodes a node keeps links to.
+func (v *View) Peers() map[string]string {
+	out := map[string]string{}
+	for _, m := range v.Members {
+		if m.Role == RoleNode && (m.State == StateAlive || m.State == StateSuspect) {
+			out[m.ID] = m.Addr
+		}
+	}
+	return out
 }
 
 // Node returns the member with this id, whatever its role or state.
@@ -63,19 +94,26 @@ type snapshot struct {
 }
 
 // rebuild publishes a new view when the recorded membership differs from
-// the current view. Only one goroutine at a time may call it.
-func (c *Cluster) rebuild() {
+// the current view, and returns when the earliest warm-up ends (zero:
+// none), when it must run again. Only one goroutine at a time may call it.
+func (c *Cluster) rebuild() time.Time {
+	now := time.Now()
+	var wake time.Time
 	c.mu.Lock()
 	members := make([]Member, 0, len(c.records))
 	for id, r := range c.records {
-		members = append(members, r.member(id))
+		m := r.member(id, now)
+		if m.Warming() && (wake.IsZero() || m.WarmUntil.Before(wake)) {
+			wake = m.WarmUntil
+		}
+		members = append(members, m)
 	}
 	c.mu.Unlock()
 	slices.SortFunc(members, func(a, b Member) int { return strings.Compare(a.ID, b.ID) })
 
 	var nodes []string
 	for _, m := range members {
-		if m.Role == RoleNode && (m.State == StateAlive || m.State == StateSuspect) {
+		if m.Role == RoleNode && (m.State == StateAlive || m.State == StateSuspect) && !m.Warming() {
 			nodes = append(nodes, m.ID)
 		}
 	}
@@ -83,7 +121,7 @@ func (c *Cluster) rebuild() {
 	next := &View{Epoch: prev.view.Epoch, Ring: prev.view.Ring, Members: members, nodes: prev.view.nodes}
 	ringChanged := next.Epoch == 0 || !slices.Equal(nodes, prev.view.nodes)
 	if !ringChanged && slices.Equal(members, prev.view.Members) {
-		return
+		return wake
 	}
 	if ringChanged {
 		var r *ring.Ring
@@ -91,7 +129,7 @@ func (c *Cluster) rebuild() {
 			var err error
 			if r, err = ring.New(nodes); err != nil {
 				c.log.Error("build ring", zap.Strings("nodes", nodes), zap.Error(err))
-				return // keep the current view; the next change retries
+				return wake // keep the current view; the next change retries
 			}
 		}
 		next.Epoch, next.Ring, next.nodes = next.Epoch+1, r, nodes
@@ -99,13 +137,22 @@ func (c *Cluster) rebuild() {
 	c.logChanges(prev.view, next)
 	c.snap.Store(&snapshot{view: next, changed: make(chan struct{})})
 	close(prev.changed)
+	return wake
 }
 
 func (c *Cluster) logChanges(prev, next *View) {
 	for _, m := range next.Members {
-		if old, ok := prev.Node(m.ID); !ok || old.State != m.State {
-			c.log.Info("member state", zap.String("member", m.ID), zap.String("role", string(m.Role)),
-				zap.String("state", string(m.State)), zap.String("gossip", m.Gossip))
+		if old, ok := prev.Node(m.ID); !ok || old.State != m.State || old.Warming() != m.Warming() {
+			ce := c.log.Check(zap.InfoLevel, "member state")
+			if ce == nil {
+				continue
+			}
+			fields := []zap.Field{zap.String("member", m.ID), zap.String("role", string(m.Role)),
+				zap.String("state", string(m.State)), zap.String("gossip", m.Gossip)}
+			if m.Warming() {
+				fields = append(fields, zap.Duration("warming_for", time.Until(m.WarmUntil).Round(time.Millisecond)))
+			}
+			ce.Write(fields...)
 		}
 	}
 	if next.Epoch != prev.Epoch {

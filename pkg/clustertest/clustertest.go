@@ -319,15 +319,16 @@ type ClusterInfo struct {
 		ID          string `json:"id"`
 		Addr        string `json:"addr"`
 		State       string `json:"state"`
+		Warming     bool   `json:"warming"`
 		Connections int    `json:"connections"`
 	} `json:"nodes"`
 }
 
-// Alive returns the ids of nodes in state alive.
+// Alive returns the ids of nodes in state alive and on the ring (not warming).
 func (ci ClusterInfo) Alive() []string {
 	var out []string
 	for _, n := range ci.Nodes {
-		if n.State == "alive" {
+		if n.State == "alive" && !n.Warming {
 			out = append(out, n.ID)
 		}
 	}

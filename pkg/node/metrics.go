@@ -34,6 +34,14 @@ func newMetrics(s *Server, reg prometheus.Registerer) *metrics {
 	}
 	reg.MustRegister(m.moved, m.refused, m.fenced, m.paused, m.repaired, m.epoch,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "ringcast_node_ring_warming", Help: "Nodes alive again after a departure, held off the ring while they warm up.",
+		}, func() float64 {
+			if s.cluster == nil {
+				return 0
+			}
+			return float64(len(s.cluster.View().Warming()))
+		}),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "ringcast_node_bridge_links", Help: "Live mesh links to other nodes.",
 		}, func() float64 {
 			if s.mesh == nil {

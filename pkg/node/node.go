@@ -41,6 +41,7 @@ type Config struct {
 	ClusterKey  string        // gossip encryption + mesh link auth; empty = off (loopback gossip only, unless Insecure)
 	Insecure    bool          // allow an open cluster (no ClusterKey) on a non-loopback gossip address
 	Detect      string        // failure detection profile: lan (default) | fast
+	Warmup      time.Duration // a node that comes back is off the ring this long (doubling per flap); 0 = cluster default 2s, negative = off; same on every process
 	HistorySize int           // messages kept per channel; 0 = history off
 	HistoryTTL  time.Duration // history kept this long after a channel's last publish; default 2m (the Redis adapter's)
 	Origins     []string      // allowed Origin header values; empty = any
@@ -247,7 +248,7 @@ func New(cfg Config) (*Server, error) {
 	}
 	ccfg := cluster.DefaultConfig()
 	ccfg.ID, ccfg.Role, ccfg.Bind, ccfg.Advertise = cfg.ID, cluster.RoleNode, cfg.Gossip, cfg.GossipAdv
-	ccfg.Join, ccfg.WSAddr, ccfg.Detect, ccfg.Log = join, adv, cfg.Detect, cfg.Log
+	ccfg.Join, ccfg.WSAddr, ccfg.Detect, ccfg.Log, ccfg.Warmup = join, adv, cfg.Detect, cfg.Log, cfg.Warmup
 	if cfg.ClusterKey != "" {
 		ccfg.Key = []byte(cfg.ClusterKey)
 	}

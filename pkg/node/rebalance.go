@@ -2,6 +2,7 @@ package node
 
 import (
 	"context"
+	"maps"
 	"math/rand/v2"
 	"time"
 
@@ -18,25 +19,22 @@ import (
 func (s *Server) watch(ctx context.Context) {
 	var epoch uint64
 	prev := s.cluster.View()
+	var peers map[string]string
 	sweep := time.NewTicker(sweepAge)
 	defer sweep.Stop()
 	for {
 		changes := s.cluster.Changes()
 		v := s.cluster.View()
+		if p := v.Peers(); s.mesh != nil && !maps.Equal(p, peers) {
+			// Warming nodes too: their links are up before they own keys.
+			peers = p
+			s.mesh.SetPeers(peers)
+		}
 		if v.Epoch != epoch {
 			epoch = v.Epoch
 			s.met.epoch.Set(float64(epoch))
 			s.failover.changed(prev, v, time.Now())
 			prev = v
-			if s.mesh != nil {
-				peers := map[string]string{}
-				for _, m := range v.Members {
-					if m.Role == cluster.RoleNode && v.Ring != nil && v.Ring.Has(m.ID) {
-						peers[m.ID] = m.Addr
-					}
-				}
-				s.mesh.SetPeers(peers)
-			}
 			if !s.rebalance(ctx, v, changes, 0) {
 				continue // a newer view arrived mid-pass
 			}

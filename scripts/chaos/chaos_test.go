@@ -219,6 +219,13 @@ func TestCheck(t *testing.T) {
 				return c
 			}()}, Faults: []fault{{Kind: faultTerm, Target: "n2", Start: 10 * s, End: 11 * s}}},
 			func(r result) (int, int) { return r.Failover[faultTerm].Dropped, 1 }, "dropped"},
+		{"a client drained twice was moved onto a node that drained before it moved back",
+			history{Clients: []clientLog{c1(), {ID: "c4", Balancer: "b1", Sessions: []session{
+				{Node: "n1", End: 10 * s, Reason: "reconnect drain"},
+				{Node: "n2", Welcome: 10 * s, End: 11 * s, Reason: "reconnect drain"},
+				{Node: "n1", Welcome: 11 * s, End: open},
+			}}}},
+			func(r result) (int, int) { return r.DrainedAgain, 1 }, "drained_again"},
 		{"resubscribed is measured from the fault",
 			history{Clients: []clientLog{c1(), c2()}, Faults: killN2},
 			func(r result) (int, int) { return int(r.Failover[faultKill].MaxMS), 2100 }, "max ms"},

@@ -153,7 +153,11 @@ type result struct {
 	PerFault           []*failover          `json:"-"`        // one per fault of the history
 	Failover           map[string]*failover `json:"failover"` // by fault kind, plus "all"
 	Reconnects         distribution         `json:"reconnects"`
-	Examples           []string             `json:"examples,omitempty"`
+	// DrainedAgain counts the clients drained more than once: moved onto
+	// a node that drained before they moved back (a rolling restart that
+	// outran the rebalance).
+	DrainedAgain int      `json:"drained_again"`
+	Examples     []string `json:"examples,omitempty"`
 }
 
 type opKey struct {
@@ -187,6 +191,15 @@ func check(h *history) result {
 	for i := range h.Clients {
 		c := &h.Clients[i]
 		reconnects = append(reconnects, float64(max(len(c.Sessions)-1, 0)))
+		drains := 0
+		for _, s := range c.Sessions {
+			if s.Reason == "reconnect "+wire.ReasonDrain {
+				drains++
+			}
+		}
+		if drains > 1 {
+			res.DrainedAgain++
+		}
 		for _, s := range c.Sessions {
 			if s.End != open && !strings.HasPrefix(s.Reason, "reconnect ") && !faulted(h.Faults, s.End, s.Node, c.Balancer) {
 				res.Unprovoked++

@@ -21,15 +21,17 @@ const (
 	faultTerm     = "term"     // SIGTERM a node (graceful drain), restart it
 	faultBalancer = "balancer" // SIGKILL a balancer, restart it
 	faultRedis    = "redis"    // SIGKILL redis-server, restart it empty: history is lost
+	faultRolling  = "rolling"  // SIGTERM every node in turn, restart it, wait until it is ready, next
+	faultFlap     = "flap"     // SIGKILL a node and restart it, flapTimes times: down flapDown, up flapUp
 	// With -net, each process in a network namespace:
 	faultPartition = "partition"    // drop all packets between a node and the other nodes
 	faultCutBal    = "cut-balancer" // drop all packets between a node and one balancer
 )
 
 var (
-	faultKinds    = []string{faultKill, faultPause, faultTerm, faultBalancer, faultRedis, faultPartition, faultCutBal}
+	faultKinds    = []string{faultKill, faultPause, faultTerm, faultBalancer, faultRedis, faultRolling, faultFlap, faultPartition, faultCutBal}
 	defaultFaults = faultKinds[:4]
-	netFaults     = faultKinds[5:]
+	netFaults     = faultKinds[7:]
 )
 
 // holdRange is how long each kind of fault is held, drawn uniformly: a
@@ -42,7 +44,23 @@ var holdRange = map[string][2]time.Duration{
 	faultRedis:     {time.Second, 2 * time.Second},
 	faultPartition: {3 * time.Second, 6 * time.Second},
 	faultCutBal:    {3 * time.Second, 6 * time.Second},
+	faultFlap:      {flapTimes * (flapDown + flapUp), flapTimes * (flapDown + flapUp)},
+	faultRolling:   {0, 0}, // rollingStep per node
 }
+
+// A flap: the node is down flapDown and up flapUp, flapTimes times.
+const (
+	flapTimes = 4
+	flapDown  = 2 * time.Second
+	flapUp    = 3 * time.Second
+)
+
+// rollingStep is what one node of a rolling restart is planned to take:
+// its drain, restart and readiness.
+const rollingStep = 8 * time.Second
+
+// allNodes is the target of a rolling restart.
+const allNodes = "nodes"
 
 // termExit bounds a graceful shutdown: the drain window (2 s) plus leave
 // and close.
@@ -79,6 +97,11 @@ func plan(seed uint64, duration, every time.Duration, kinds, nodes, balancers []
 		for _, p := range out {
 			if p.At <= at && at < p.At+p.busyFor() {
 				outNow[p.Target] = true
+				if p.Target == allNodes {
+					for _, n := range nodes {
+						outNow[n] = true
+					}
+				}
 			}
 		}
 		kind := kinds[rng.IntN(len(kinds))]
@@ -86,6 +109,11 @@ func plan(seed uint64, duration, every time.Duration, kinds, nodes, balancers []
 		hold := r[0] + time.Duration(rng.Int64N(int64(r[1]-r[0])+1))
 		var free []string
 		switch kind {
+		case faultRolling:
+			hold = time.Duration(len(nodes)) * rollingStep
+			if !slices.ContainsFunc(nodes, func(n string) bool { return outNow[n] }) {
+				free = []string{allNodes}
+			}
 		case faultRedis:
 			if !outNow[redisTarget] {
 				free = []string{redisTarget}
@@ -183,6 +211,16 @@ func (n *nemesis) episode(ctx context.Context, p planned) {
 		f.Note = "from " + p.Peer
 	}
 	fmt.Fprintf(n.out, "[%6.1fs] %s for %v\n", f.Start.Seconds(), what, p.Hold.Round(100*time.Millisecond))
+	switch p.Kind {
+	case faultRolling:
+		n.rolling(ctx)
+		n.release(p.Target)
+		return
+	case faultFlap:
+		n.flap(ctx, pr)
+		n.release(p.Target)
+		return
+	}
 	var err error
 	switch p.Kind {
 	case faultPartition:
@@ -228,10 +266,69 @@ func (n *nemesis) episode(ctx context.Context, p planned) {
 	}
 	f.End = n.clk.now()
 	fmt.Fprintf(n.out, "[%6.1fs] healed %s\n", f.End.Seconds(), what)
+	n.record(f)
+	n.release(p.Target)
+}
+
+func (n *nemesis) record(f fault) {
 	n.mu.Lock()
 	n.faults = append(n.faults, f)
-	delete(n.busy, p.Target)
 	n.mu.Unlock()
+}
+
+func (n *nemesis) release(target string) {
+	n.mu.Lock()
+	delete(n.busy, target)
+	n.mu.Unlock()
+}
+
+// rolling restarts every node in turn, as a deploy does: SIGTERM (the node
+// drains its clients), start it again, wait until it is ready and every
+// balancer sees it, then the next. Each node's step is one fault.
+func (n *nemesis) rolling(ctx context.Context) {
+	for _, pr := range n.cl.Nodes {
+		if ctx.Err() != nil {
+			return
+		}
+		f := fault{Kind: faultRolling, Target: pr.Name, Start: n.clk.now()}
+		if err := pr.Term(termExit); err != nil {
+			f.Note = err.Error()
+		}
+		if err := pr.Start(); err != nil {
+			f.Note += " start: " + err.Error()
+		}
+		if err := n.cl.WaitConverged(ctx, len(n.cl.Nodes)); err != nil {
+			f.Note += " ready: " + err.Error()
+		}
+		f.End = n.clk.now()
+		fmt.Fprintf(n.out, "[%6.1fs] rolled %s in %v %s\n", f.End.Seconds(), pr.Name, (f.End - f.Start).Round(100*time.Millisecond), f.Note)
+		n.record(f)
+	}
+}
+
+// flap kills pr and restarts it flapTimes times. Each kill is one fault.
+func (n *nemesis) flap(ctx context.Context, pr *clustertest.Proc) {
+	for range flapTimes {
+		f := fault{Kind: faultFlap, Target: pr.Name, Start: n.clk.now()}
+		pr.Kill()
+		sleep(ctx, flapDown)
+		if err := pr.Start(); err != nil {
+			f.Note = "start: " + err.Error()
+		}
+		f.End = n.clk.now()
+		n.record(f)
+		sleep(ctx, flapUp)
+	}
+	fmt.Fprintf(n.out, "[%6.1fs] flapped %s %d times\n", n.clk.now().Seconds(), pr.Name, flapTimes)
+}
+
+func sleep(ctx context.Context, d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+	case <-t.C:
+	}
 }
 
 func (n *nemesis) injected() []fault {

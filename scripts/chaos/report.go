@@ -150,8 +150,8 @@ func (r *report) print(w io.Writer) {
 		tw.Flush()
 	}
 
-	fmt.Fprintf(w, "\nclients: reconnects p50 %.0f, p99 %.0f, max %.0f, total %.0f; session ends: %s\n",
-		r.Reconnects.P50, r.Reconnects.P99, r.Reconnects.Max, r.Reconnects.Total, counts(r.Disconnects))
+	fmt.Fprintf(w, "\nclients: reconnects p50 %.0f, p99 %.0f, max %.0f, total %.0f; drained more than once %d; session ends: %s\n",
+		r.Reconnects.P50, r.Reconnects.P99, r.Reconnects.Max, r.Reconnects.Total, r.DrainedAgain, counts(r.Disconnects))
 	if r.Unprovoked > 0 {
 		fmt.Fprintf(w, "warning: %d sessions cut with no fault on their node or balancer and no request to move, e.g.\n", r.Unprovoked)
 		for _, s := range first(r.UnprovokedExamples, 5) {
