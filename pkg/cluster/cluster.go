@@ -7,6 +7,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math/rand/v2"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -55,8 +57,9 @@ func New(cfg Config) (*Cluster, error) {
 		records: make(map[string]record),
 		dirty:   make(chan struct{}, 1),
 	}
+	boot := strconv.FormatUint(rand.Uint64(), 36)
 	for i, leaving := range []bool{false, true} {
-		b, _ := json.Marshal(meta{Role: cfg.Role, WSAddr: cfg.WSAddr, Leaving: leaving}) // strings and a bool: cannot fail
+		b, _ := json.Marshal(meta{Role: cfg.Role, WSAddr: cfg.WSAddr, Leaving: leaving, Boot: boot}) // strings and a bool: cannot fail
 		if len(b) > memberlist.MetaMaxSize {
 			return nil, fmt.Errorf("metadata is %d bytes, over %d: shorten the websocket address", len(b), memberlist.MetaMaxSize)
 		}

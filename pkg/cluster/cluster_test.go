@@ -28,12 +28,6 @@ func start(t *testing.T, cfg Config) *Cluster {
 		cfg.WSAddr = "127.0.0.1:9" + cfg.ID
 	}
 	cfg.Detect = DetectFast
-	if cfg.Warmup == 0 {
-		// These tests are about membership: a false suspicion on a loaded
-		// machine must not hold a member off the ring (warmup_test.go
-		// tests the warm-up).
-		cfg.Warmup = -1
-	}
 	c, err := New(cfg)
 	if err != nil {
 		t.Fatalf("New(%s) error = %v", cfg.ID, err)

@@ -61,17 +61,19 @@ type Config struct {
 	// Default 100 ms (fast: 20 ms): longer batches more churn into one epoch
 	// but delays every ring change.
 	Coalesce time.Duration
-	// Warmup is how long a node that comes back (after it died or left)
-	// must be alive before this process puts it back on the ring; it is
-	// listed as warming meanwhile. Each departure within FlapWindow
-	// doubles it, up to MaxWarmup, so a flapping node does not take its
-	// clients back on every flap. A node seen for the first time is not
-	// held back. Default 2 s: time for a restarted process to become
-	// ready; longer keeps clients off a shaky node longer, negative: off.
+	// Warmup is how long a node that was restarted (a new process under a
+	// known name: killed or stopped, then started again) must be alive
+	// before this process puts it back on the ring; it is listed as
+	// warming meanwhile. Each restart within FlapWindow doubles it, up to
+	// MaxWarmup, so a flapping node does not take its clients back on
+	// every flap. A node seen for the first time, or one that comes back
+	// as the same process (a false suspicion, a healed partition, a
+	// pause), is not held back. Default 2 s: time for a restarted process
+	// to settle; longer keeps clients off a shaky node longer, negative: off.
 	Warmup time.Duration
 	// MaxWarmup caps the doubled warm-up. Default 30 s.
 	MaxWarmup time.Duration
-	// FlapWindow is how long a departure counts towards the warm-up.
+	// FlapWindow is how long a restart counts towards the warm-up.
 	// Default 60 s.
 	FlapWindow time.Duration
 	Resolver   Resolver    // resolves dns: seeds; nil = net.DefaultResolver

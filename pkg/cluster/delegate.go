@@ -8,8 +8,8 @@ import (
 	"github.com/hashicorp/memberlist"
 )
 
-// warmup is the warm-up after n departures within the flap window: base
-// doubled per departure after the first, capped.
+// warmup is the warm-up after n restarts within the flap window: base
+// doubled per restart after the first, capped.
 func warmup(base, ceiling time.Duration, n int) time.Duration {
 	d := base
 	for i := 1; i < n && d < ceiling; i++ {
@@ -24,6 +24,7 @@ type meta struct {
 	Role    Role   `json:"role"`
 	WSAddr  string `json:"ws,omitempty"`
 	Leaving bool   `json:"leaving,omitempty"` // set just before a graceful leave
+	Boot    string `json:"boot,omitempty"`    // random per process: a new one means the process restarted
 }
 
 // record is what the event callbacks last heard about a member.
@@ -31,9 +32,9 @@ type record struct {
 	meta    []byte
 	gossip  string
 	dead    bool
-	upSince time.Time   // when it was last seen coming alive
-	gone    []time.Time // when it was seen dying or leaving, within FlapWindow
-	warmTo  time.Time   // it is on the ring from then on (zero: at once)
+	boot     string      // the process's boot id, from its metadata
+	restarts []time.Time // when a new process under this name was seen, within FlapWindow
+	warmTo   time.Time   // it is on the ring from then on (zero: at once)
 }
 
 // delegate receives memberlist's callbacks. They run on memberlist's
@@ -66,17 +67,19 @@ func (c *Cluster) record(n *memberlist.Node, dead bool) {
 	now := time.Now()
 	c.mu.Lock()
 	prev, seen := c.records[n.Name]
+	var md meta
+	_ = json.Unmarshal(n.Meta, &md)
 	r := record{meta: append([]byte(nil), n.Meta...), gossip: n.Address(), dead: dead,
-		upSince: prev.upSince, gone: prev.gone, warmTo: prev.warmTo}
-	switch {
-	case dead && seen && !prev.dead:
-		r.gone = append(slices.DeleteFunc(slices.Clone(r.gone), func(t time.Time) bool {
+		boot: md.Boot, restarts: prev.restarts, warmTo: prev.warmTo}
+	if !dead && seen && md.Role == RoleNode && md.Boot != "" && md.Boot != prev.boot {
+		// A new process under a known name: it lost its sessions and may be
+		// flapping. One that was only suspected or cut off comes back with
+		// the same boot id and is not held back.
+		r.restarts = append(slices.DeleteFunc(slices.Clone(r.restarts), func(t time.Time) bool {
 			return now.Sub(t) > c.cfg.FlapWindow
 		}), now)
-	case !dead && (!seen || prev.dead):
-		r.upSince, r.warmTo = now, time.Time{}
-		if n := len(r.gone); n > 0 && c.cfg.Warmup > 0 && now.Sub(r.gone[n-1]) <= c.cfg.FlapWindow {
-			r.warmTo = now.Add(warmup(c.cfg.Warmup, c.cfg.MaxWarmup, n))
+		if c.cfg.Warmup > 0 {
+			r.warmTo = now.Add(warmup(c.cfg.Warmup, c.cfg.MaxWarmup, len(r.restarts)))
 		}
 	}
 	c.records[n.Name] = r

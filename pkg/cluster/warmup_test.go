@@ -3,6 +3,7 @@ package cluster
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"net"
 	"slices"
 	"testing"
@@ -21,8 +22,9 @@ func bare(cfg Config) *Cluster {
 	return c
 }
 
-func gossipNode(id string) *memberlist.Node {
-	b, _ := json.Marshal(meta{Role: RoleNode, WSAddr: "127.0.0.1:9" + id})
+// gossipNode is node id as process boot announces it.
+func gossipNode(id, boot string) *memberlist.Node {
+	b, _ := json.Marshal(meta{Role: RoleNode, WSAddr: "127.0.0.1:9" + id, Boot: boot})
 	return &memberlist.Node{Name: id, Addr: net.ParseIP("127.0.0.1"), Port: 7000, Meta: b}
 }
 
@@ -33,22 +35,30 @@ func ringOf(c *Cluster) []string {
 	return nil
 }
 
-// TestWarmup: a node seen for the first time is on the ring at once; one
-// that comes back warms up for Warmup first, doubled per departure within
-// FlapWindow up to MaxWarmup; warming nodes are listed and keep their links.
+// TestWarmup: a node seen for the first time is on the ring at once, and
+// so is one that comes back as the same process; a restarted one warms up
+// for Warmup first, doubled per restart within FlapWindow up to MaxWarmup;
+// warming nodes are listed and keep their links.
 func TestWarmup(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		c := bare(Config{Warmup: 2 * time.Second, MaxWarmup: 10 * time.Second, FlapWindow: time.Minute})
-		a, b := gossipNode("a"), gossipNode("b")
+		a, b := gossipNode("a", "boot0"), gossipNode("b", "boot0")
 		c.record(a, false)
 		c.record(b, false)
 		c.rebuild()
 		if got := ringOf(c); !slices.Equal(got, []string{"a", "b"}) {
 			t.Fatalf("ring of fresh members = %v, want [a b]", got)
 		}
+		c.record(a, true)
+		c.rebuild()
+		c.record(a, false) // the same process: falsely suspected
+		if wake := c.rebuild(); !wake.IsZero() || !slices.Equal(ringOf(c), []string{"a", "b"}) {
+			t.Fatalf("same process back: ring %v, warm-up until %v, want [a b] at once", ringOf(c), wake)
+		}
 		for i, want := range []time.Duration{2 * time.Second, 4 * time.Second, 8 * time.Second, 10 * time.Second} {
 			c.record(a, true)
 			c.rebuild()
+			a = gossipNode("a", fmt.Sprint("boot", i+1))
 			c.record(a, false)
 			wake := c.rebuild()
 			if got := wake.Sub(time.Now()); got != want {
@@ -70,7 +80,7 @@ func TestWarmup(t *testing.T) {
 		// Departures older than FlapWindow no longer count.
 		time.Sleep(time.Minute)
 		c.record(a, true)
-		c.record(a, false)
+		c.record(gossipNode("a", "later"), false)
 		if got := c.rebuild().Sub(time.Now()); got != 2*time.Second {
 			t.Errorf("return after a quiet minute: warm-up %v, want 2s", got)
 		}
@@ -85,12 +95,11 @@ func TestWarmupEndsWithoutChurn(t *testing.T) {
 		ctx, cancel := context.WithCancel(context.Background())
 		defer cancel()
 		go c.coalesceLoop(ctx)
-		a := gossipNode("a")
-		c.record(a, false)
-		c.record(gossipNode("b"), false)
+		c.record(gossipNode("a", "1"), false)
+		c.record(gossipNode("b", "1"), false)
 		time.Sleep(time.Second)
-		c.record(a, true)
-		c.record(a, false)
+		c.record(gossipNode("a", "1"), true)
+		c.record(gossipNode("a", "2"), false)
 		time.Sleep(time.Second)
 		if got := ringOf(c); !slices.Equal(got, []string{"b"}) {
 			t.Fatalf("ring while a warms up = %v, want [b]", got)
@@ -109,10 +118,9 @@ func TestWarmupEndsWithoutChurn(t *testing.T) {
 // TestWarmupOff: a negative Warmup puts a returning node back at once.
 func TestWarmupOff(t *testing.T) {
 	c := bare(Config{Warmup: -1})
-	a := gossipNode("a")
-	c.record(a, false)
-	c.record(a, true)
-	c.record(a, false)
+	c.record(gossipNode("a", "1"), false)
+	c.record(gossipNode("a", "1"), true)
+	c.record(gossipNode("a", "2"), false)
 	c.rebuild()
 	if got := ringOf(c); !slices.Equal(got, []string{"a"}) {
 		t.Errorf("ring = %v, want [a]", got)

@@ -32,10 +32,11 @@ const ioTimeout = 5 * time.Second
 type backend struct {
 	name     string
 	ln       net.Listener
-	status   int  // answer with this status instead of 101
-	hang     bool // never answer
-	stall    bool // send the first bytes of the answer, then nothing
-	hold     bool // after the 101, keep the connection without a goroutine and record nothing
+	status   int           // answer with this status instead of 101
+	hang     bool          // never answer
+	stall    bool          // send the first bytes of the answer, then nothing
+	delay    time.Duration // wait this long before answering
+	hold     bool          // after the 101, keep the connection without a goroutine and record nothing
 	accepted atomic.Int32
 
 	mu      sync.Mutex
@@ -98,6 +99,7 @@ func (b *backend) serve(c net.Conn) {
 		b.uris = append(b.uris, req.Host+" "+req.RequestURI)
 		b.mu.Unlock()
 	}
+	time.Sleep(b.delay) // a slow node, not an assertion
 	switch {
 	case b.hang, b.stall:
 		if b.stall {

@@ -183,15 +183,22 @@ func (p *Proxy) refuse(w http.ResponseWriter, reason string, status int, msg str
 // falling back to the next owner for up to MaxAttempts nodes. An attempt
 // fails when the node cannot be dialled or sends no byte of its answer
 // within DialTimeout (a stalled process still completes TCP handshakes);
-// the node is then marked down. It returns the node with a reader holding
-// the start of its answer.
+// the node is then marked down. When no other node is left to try, a slow
+// node gets up to HandshakeTimeout: a late answer beats none. It returns
+// the node with a reader holding the start of its answer.
 func (p *Proxy) dialOwner(r *http.Request, src netip.Addr, clientID string) (string, net.Conn, *bufio.Reader, error) {
 	ctx := r.Context()
 	head := requestHead(r, src)
 	tried := make([]string, 0, p.cfg.MaxAttempts)
 	var lastErr error
-	for range p.cfg.MaxAttempts {
-		nodeID, addr, err := p.pick.Pick(clientID, p.excluded(tried))
+	var nodeID, addr string
+	var err error
+	next := false // nodeID, addr, err hold the next pick already
+	for i := range p.cfg.MaxAttempts {
+		if !next {
+			nodeID, addr, err = p.pick.Pick(clientID, p.excluded(tried))
+		}
+		next = false
 		if err != nil {
 			if lastErr == nil {
 				lastErr = fmt.Errorf("pick node: %w", err)
@@ -202,50 +209,91 @@ func (p *Proxy) dialOwner(r *http.Request, src netip.Addr, clientID string) (str
 			break
 		}
 		tried = append(tried, nodeID)
-		c, br, err := p.dialNode(ctx, addr, head)
-		if err == nil {
+		start := time.Now()
+		c, br, derr := p.dialNode(ctx, addr, head)
+		var nextID, nextAddr string
+		if errors.Is(derr, errSlow) {
+			// Move on only if there is a node to move on to; otherwise
+			// keep waiting on this one.
+			if i < p.cfg.MaxAttempts-1 {
+				id, a, perr := p.pick.Pick(clientID, p.excluded(tried))
+				next = perr == nil && !slices.Contains(tried, id)
+				nextID, nextAddr = id, a
+			}
+			if !next {
+				derr = p.await(ctx, c, br, start.Add(max(p.cfg.DialTimeout, p.cfg.HandshakeTimeout)))
+			}
+		}
+		if derr == nil {
 			return nodeID, c, br, nil
+		}
+		if c != nil {
+			p.putReader(br)
+			c.Close()
 		}
 		if ctx.Err() != nil {
 			return "", nil, nil, ctx.Err()
 		}
 		p.fallbacks.Inc()
-		lastErr = fmt.Errorf("dial node %s at %s: %w", nodeID, addr, err)
+		lastErr = fmt.Errorf("dial node %s at %s: %w", nodeID, addr, derr)
 		if p.markDown(nodeID) {
-			p.log.Warn("node marked down", zap.String("node", nodeID), zap.String("addr", addr), zap.Error(err))
+			p.log.Warn("node marked down", zap.String("node", nodeID), zap.String("addr", addr), zap.Error(derr))
+		}
+		if next {
+			nodeID, addr, err = nextID, nextAddr, nil
 		}
 	}
 	return "", nil, nil, lastErr
 }
 
+// errSlow means the node accepted the connection and the upgrade but sent
+// no byte of its answer within DialTimeout; the connection is still open.
+var errSlow = errors.New("no answer to the upgrade within the dial timeout")
+
 // dialNode connects to addr, writes the upgrade request head and waits for
-// the first byte of the answer, all within DialTimeout.
+// the first byte of the answer, all within DialTimeout. On errSlow it
+// returns the open connection and its reader; on other errors neither.
 func (p *Proxy) dialNode(ctx context.Context, addr string, head []byte) (net.Conn, *bufio.Reader, error) {
 	deadline := time.Now().Add(p.cfg.DialTimeout)
 	c, err := p.dialer.DialContext(ctx, "tcp", addr)
 	if err != nil {
 		return nil, nil, err
 	}
+	br := p.reader(c)
 	if err := c.SetDeadline(deadline); err != nil {
+		p.putReader(br)
 		c.Close()
 		return nil, nil, fmt.Errorf("set node deadline: %w", err)
 	}
-	// The request's context ends the wait too: a client that gave up
-	// frees the attempt at once.
-	stop := context.AfterFunc(ctx, func() { c.SetDeadline(time.Now()) })
-	defer stop()
-	br := p.reader(c)
 	if _, err := c.Write(head); err != nil {
 		p.putReader(br)
 		c.Close()
 		return nil, nil, fmt.Errorf("write upgrade: %w", err)
 	}
-	if _, err := br.Peek(1); err != nil {
+	if err := p.await(ctx, c, br, deadline); err != nil {
+		var ne net.Error
+		if errors.As(err, &ne) && ne.Timeout() && ctx.Err() == nil {
+			return c, br, errSlow
+		}
 		p.putReader(br)
 		c.Close()
-		return nil, nil, fmt.Errorf("no answer to the upgrade within %v: %w", p.cfg.DialTimeout, err)
+		return nil, nil, err
 	}
 	return c, br, nil
+}
+
+// await waits until br holds the first byte of the node's answer, until
+// deadline or until ctx ends (a client that gave up frees the attempt).
+func (p *Proxy) await(ctx context.Context, c net.Conn, br *bufio.Reader, deadline time.Time) error {
+	if err := c.SetDeadline(deadline); err != nil {
+		return fmt.Errorf("set node deadline: %w", err)
+	}
+	stop := context.AfterFunc(ctx, func() { c.SetDeadline(time.Now()) })
+	defer stop()
+	if _, err := br.Peek(1); err != nil {
+		return fmt.Errorf("no answer to the upgrade: %w", err)
+	}
+	return nil
 }
 
 // upgrade reads node's answer to the forwarded upgrade (whose first bytes

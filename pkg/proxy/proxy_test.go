@@ -205,6 +205,15 @@ func TestStalledNodeFallsBack(t *testing.T) {
 	t.Logf("first client welcomed after %v (dial timeout %v), second after %v", took.Round(time.Millisecond), dial, time.Since(start).Round(time.Millisecond))
 }
 
+// TestLastNodeMayBeSlow: with no other node to fall back to, a node slower
+// than DialTimeout still gets the client, within HandshakeTimeout.
+func TestLastNodeMayBeSlow(t *testing.T) {
+	slow := startBackend(t, "n1", func(b *backend) { b.delay = 300 * time.Millisecond })
+	_, addr, _ := startProxy(t, Config{DialTimeout: 100 * time.Millisecond, HandshakeTimeout: 5 * time.Second},
+		&fakePicker{nodes: []testNode{{"n1", slow.addr()}}})
+	connect(t, addr, "alice", "n1")
+}
+
 func TestNoNodeAnswers(t *testing.T) {
 	tests := []struct {
 		name      string
