@@ -29,9 +29,9 @@ type meta struct {
 
 // record is what the event callbacks last heard about a member.
 type record struct {
-	meta    []byte
-	gossip  string
-	dead    bool
+	meta     []byte
+	gossip   string
+	dead     bool
 	boot     string      // the process's boot id, from its metadata
 	restarts []time.Time // when a new process under this name was seen, within FlapWindow
 	warmTo   time.Time   // it is on the ring from then on (zero: at once)
