@@ -222,7 +222,7 @@ func New(cfg Config) (*Server, error) {
 	}
 	s.bridge, err = bridges.New(bridges.Config{
 		Spec: cfg.Bridge, NodeID: cfg.ID, Key: []byte(cfg.ClusterKey), Insecure: cfg.Insecure,
-		HistorySize: cfg.HistorySize, HistoryTTL: cfg.HistoryTTL, Log: cfg.Log,
+		HistorySize: cfg.HistorySize, HistoryTTL: cfg.HistoryTTL, MaxMessage: cfg.MaxMessage, Registry: s.reg, Log: cfg.Log,
 	}, recv)
 	s.mesh, _ = s.bridge.(*mesh.Mesh)
 	if err == nil {

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 
 	"github.com/ringcast/ringcast/pkg/bridge"
@@ -20,12 +21,14 @@ const Mesh = "mesh"
 
 // Config is what every adapter is built from.
 type Config struct {
-	Spec        string        // "mesh", redis://host:port[/db], redis+sentinel://host:port,…/master[/db] or redis+cluster://host:port,… (rediss… for TLS); default mesh
-	NodeID      string        // this node's id; required
-	Key         []byte        // mesh: shared secret authenticating links; empty = loopback links only (unless Insecure)
-	Insecure    bool          // mesh: without Key, accept links from any address
-	HistorySize int           // redis: messages kept per channel; 0 = history off (the mesh keeps none)
-	HistoryTTL  time.Duration // redis: history kept this long after a channel's last publish; 0 = the redis default
+	Spec        string                // "mesh", redis://host:port[/db], redis+sentinel://host:port,…/master[/db] or redis+cluster://host:port,… (rediss… for TLS); default mesh
+	NodeID      string                // this node's id; required
+	Key         []byte                // mesh: shared secret authenticating links; empty = loopback links only (unless Insecure)
+	Insecure    bool                  // mesh: without Key, accept links from any address
+	HistorySize int                   // redis: messages kept per channel; 0 = history off (the mesh keeps none)
+	HistoryTTL  time.Duration         // redis: history kept this long after a channel's last publish; 0 = the redis default
+	MaxMessage  int                   // redis: largest message data accepted from Redis (the node's -max-message); 0 = the redis default
+	Registry    prometheus.Registerer // redis: where its metrics go; nil = nowhere
 	Log         *zap.Logger
 }
 
@@ -72,7 +75,7 @@ func New(cfg Config, recv bridge.Receiver) (bridge.Bridge, error) {
 	}
 	rcfg := redis.DefaultConfig()
 	rcfg.URL, rcfg.NodeID, rcfg.Log = cfg.Spec, cfg.NodeID, cfg.Log
-	rcfg.HistorySize = cfg.HistorySize
+	rcfg.HistorySize, rcfg.MaxMessage, rcfg.Registry = cfg.HistorySize, cfg.MaxMessage, cfg.Registry
 	if cfg.HistoryTTL != 0 {
 		rcfg.HistoryTTL = cfg.HistoryTTL
 	}

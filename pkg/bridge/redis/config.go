@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	goredis "github.com/redis/go-redis/v9"
 	"github.com/redis/go-redis/v9/maintnotifications"
 	"go.uber.org/zap"
@@ -17,14 +18,16 @@ import (
 
 // Config configures a Bridge.
 type Config struct {
-	URL         string        // redis://…, redis+sentinel://… or redis+cluster://… (see IsURL); required
-	NodeID      string        // this node's id, shown as the Redis client name; required
-	HistorySize int           // messages kept per channel; 0 = history off
-	HistoryTTL  time.Duration // a channel's history is dropped this long after its last publish; default 2m when HistorySize > 0
-	Prefix      string        // prefix of every Redis key and pub/sub channel; default "ringcast:"
-	PingEvery   time.Duration // health check and idle subscriber ping interval; an outage shows in Ready within PingEvery+OpTimeout; default 1s
-	OpTimeout   time.Duration // bound on one Redis command or pipeline, dial included; default 2s
-	QueueLen    int           // publishes and sends waiting for the writer; a full queue fails callers after OpTimeout; default 8192
+	URL         string                // redis://…, redis+sentinel://… or redis+cluster://… (see IsURL); required
+	NodeID      string                // this node's id, shown as the Redis client name; required
+	HistorySize int                   // messages kept per channel; 0 = history off
+	HistoryTTL  time.Duration         // a channel's history is dropped this long after its last publish; default 2m when HistorySize > 0
+	Prefix      string                // prefix of every Redis key and pub/sub channel; default "ringcast:"
+	PingEvery   time.Duration         // health check and idle subscriber ping interval; an outage shows in Ready within PingEvery+OpTimeout; default 1s
+	OpTimeout   time.Duration         // bound on one Redis command or pipeline, dial included; default 2s
+	QueueLen    int                   // publishes and sends waiting for the writer; a full queue fails callers after OpTimeout; default 8192
+	MaxMessage  int                   // largest message data accepted from Redis, bytes (the node's -max-message); default 64 KiB
+	Registry    prometheus.Registerer // where ringcast_node_bridge_dropped_total goes; nil = nowhere
 	Log         *zap.Logger
 }
 
@@ -36,6 +39,7 @@ func DefaultConfig() Config {
 		PingEvery:  time.Second,
 		OpTimeout:  2 * time.Second,
 		QueueLen:   8192,
+		MaxMessage: 64 << 10,
 	}
 }
 
@@ -84,8 +88,8 @@ func (c *Config) validate() error {
 		return errors.New("redis: NodeID is required")
 	case c.HistorySize < 0:
 		return fmt.Errorf("redis: HistorySize %d < 0", c.HistorySize)
-	case c.HistoryTTL < 0 || c.PingEvery < 0 || c.OpTimeout < 0 || c.QueueLen < 0:
-		return errors.New("redis: durations and QueueLen must not be negative")
+	case c.HistoryTTL < 0 || c.PingEvery < 0 || c.OpTimeout < 0 || c.QueueLen < 0 || c.MaxMessage < 0:
+		return errors.New("redis: durations, QueueLen and MaxMessage must not be negative")
 	}
 	if c.HistoryTTL == 0 {
 		c.HistoryTTL = d.HistoryTTL
@@ -101,6 +105,9 @@ func (c *Config) validate() error {
 	}
 	if c.QueueLen == 0 {
 		c.QueueLen = d.QueueLen
+	}
+	if c.MaxMessage == 0 {
+		c.MaxMessage = d.MaxMessage
 	}
 	if c.Log == nil {
 		c.Log = zap.NewNop()

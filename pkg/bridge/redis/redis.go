@@ -24,13 +24,14 @@ import (
 // Bridge implements bridge.Bridge over one Redis server, a Sentinel-managed
 // primary or a Redis Cluster. All methods are safe for concurrent use.
 type Bridge struct {
-	cfg     Config
-	recv    bridge.Receiver
-	log     *zap.Logger
-	client  goredis.UniversalClient
-	cluster *goredis.ClusterClient // nil unless on a Redis Cluster
-	parts   int                    // partitions on a cluster; 0 on one server
-	conns   []*subConn             // subscriber connections: one per partition, or one
+	untrusted *untrusted // checks what the subscriber reads (untrusted.go)
+	cfg       Config
+	recv      bridge.Receiver
+	log       *zap.Logger
+	client    goredis.UniversalClient
+	cluster   *goredis.ClusterClient // nil unless on a Redis Cluster
+	parts     int                    // partitions on a cluster; 0 on one server
+	conns     []*subConn             // subscriber connections: one per partition, or one
 
 	ops     chan *op // publishes and sends for the writer
 	started atomic.Bool
@@ -53,12 +54,17 @@ func New(cfg Config, recv bridge.Receiver) (*Bridge, error) {
 	if recv.Deliver == nil || recv.DeliverDirect == nil {
 		return nil, errors.New("redis: receiver needs Deliver and DeliverDirect")
 	}
+	u, err := newUntrusted(cfg.Registry)
+	if err != nil {
+		return nil, fmt.Errorf("redis: register metrics: %w", err)
+	}
 	b := &Bridge{
-		cfg:     cfg,
-		recv:    recv,
-		log:     cfg.Log.Named("redis"),
-		ops:     make(chan *op, cfg.QueueLen),
-		stopped: make(chan struct{}),
+		untrusted: u,
+		cfg:       cfg,
+		recv:      recv,
+		log:       cfg.Log.Named("redis"),
+		ops:       make(chan *op, cfg.QueueLen),
+		stopped:   make(chan struct{}),
 	}
 	n := 1
 	switch {

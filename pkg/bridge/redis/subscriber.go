@@ -2,7 +2,6 @@ package redis
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -493,21 +492,19 @@ func (c *subConn) handle(ps *goredis.PubSub, msg any) {
 		if strings.HasPrefix(name, "{") { // a cluster partition's tag
 			_, name, _ = strings.Cut(name, "}")
 		}
-		var err error
 		switch {
 		case strings.HasPrefix(name, "c:"):
-			var msg bridge.Message
-			if err = json.Unmarshal([]byte(m.Payload), &msg); err == nil {
+			if msg, no := b.channelMessage(name[2:], m.Payload); no != "" {
+				b.drop(m.Channel, no)
+			} else {
 				b.deliver(c, msg)
 			}
 		case strings.HasPrefix(name, "u:"):
-			var d bridge.Direct
-			if err = json.Unmarshal([]byte(m.Payload), &d); err == nil {
+			if d, no := b.directMessage(name[2:], m.Payload); no != "" {
+				b.drop(m.Channel, no)
+			} else {
 				b.recv.DeliverDirect(d)
 			}
-		}
-		if err != nil {
-			b.log.Warn("drop undecodable message", zap.String("channel", m.Channel), zap.Error(err))
 		}
 	}
 }
