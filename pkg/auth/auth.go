@@ -41,7 +41,7 @@ var (
 // Verifier verifies client tokens. It is safe for concurrent use.
 type Verifier struct {
 	cfg    Config
-	hmac   []byte
+	hmac   any // []byte, or a jwt.VerificationKeySet of the secret and the previous one
 	pub    any // *rsa.PublicKey, *ecdsa.PublicKey or ed25519.PublicKey; nil = none
 	jwks   *jwksCache
 	parser *jwt.Parser
@@ -74,7 +74,15 @@ func New(cfg Config) (*Verifier, error) {
 			return nil, errors.New("auth: -token-hmac-secret must be at least 16 bytes")
 		}
 		v.hmac = []byte(cfg.HMACSecret)
+		if cfg.HMACPrevious != "" {
+			if len(cfg.HMACPrevious) < 16 {
+				return nil, errors.New("auth: -token-hmac-secret-previous must be at least 16 bytes")
+			}
+			v.hmac = jwt.VerificationKeySet{Keys: []jwt.VerificationKey{[]byte(cfg.HMACSecret), []byte(cfg.HMACPrevious)}}
+		}
 		methods = append(methods, hmacMethods...)
+	} else if cfg.HMACPrevious != "" {
+		return nil, errors.New("auth: -token-hmac-secret-previous needs -token-hmac-secret")
 	}
 	if cfg.PublicKeyFile != "" {
 		pem, err := os.ReadFile(cfg.PublicKeyFile)

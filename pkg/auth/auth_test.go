@@ -147,6 +147,23 @@ func TestVerify(t *testing.T) {
 	}
 }
 
+func TestHMACRotation(t *testing.T) {
+	const next = "the-next-secret-0123456789"
+	v := mustNew(t, Config{HMACSecret: next, HMACPrevious: secret})
+	for _, tc := range []struct {
+		key string
+		ok  bool
+	}{{next, true}, {secret, true}, {"a-third-secret-0123456789", false}} {
+		_, err := v.Verify(sign(t, jwt.SigningMethodHS256, []byte(tc.key), "", mkClaims("alice")))
+		if (err == nil) != tc.ok {
+			t.Errorf("token signed with %q: %v, want ok=%v", tc.key, err, tc.ok)
+		}
+	}
+	if _, err := New(Config{HMACPrevious: secret}); err == nil {
+		t.Error("a previous secret without a current one was accepted")
+	}
+}
+
 func TestBearerHeader(t *testing.T) {
 	v := mustNew(t, Config{HMACSecret: secret})
 	r := httptest.NewRequest(http.MethodGet, "/ws", nil)

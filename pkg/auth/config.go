@@ -11,6 +11,7 @@ import (
 // use the same settings. A zero Config is "auth off": no identity, no API key.
 type Config struct {
 	HMACSecret    string // HS256/384/512 secret; empty = no HMAC tokens
+	HMACPrevious  string // a second HMAC secret still accepted, while rotating; empty = none
 	PublicKeyFile string // PEM public key (RSA, EC or Ed25519); empty = none
 	JWKSURL       string // JWKS endpoint; keys are cached and refetched on an unknown kid
 	Issuer        string // required iss claim; empty = not checked
@@ -53,6 +54,7 @@ func (c Config) Enabled() bool {
 // (DESIGN.md §8) to fs, storing into c.
 func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.HMACSecret, "token-hmac-secret", "", "HMAC secret that signs client tokens (HS256/384/512); turns auth on")
+	fs.StringVar(&c.HMACPrevious, "token-hmac-secret-previous", "", "a second HMAC secret still accepted (key rotation: every process takes both, then tokens are signed with the new one)")
 	fs.StringVar(&c.PublicKeyFile, "token-public-key", "", "PEM file with the public key (RSA, EC, Ed25519) that verifies client tokens; turns auth on")
 	fs.StringVar(&c.JWKSURL, "token-jwks-url", "", "JWKS URL with the keys that verify client tokens (cached, refetched on an unknown kid at most every 30 s); turns auth on")
 	fs.StringVar(&c.Issuer, "token-issuer", "", "required iss claim of client tokens (empty = not checked)")
