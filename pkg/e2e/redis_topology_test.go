@@ -19,7 +19,7 @@ import (
 // holds every acknowledged message of each channel, or was told of the loss
 // by a new epoch.
 func TestRedisClusterPrimaryKilled(t *testing.T) {
-	rc := redistest.StartCluster(t, 3)
+	rc := redistest.StartCluster(t, 3, 1)
 	channels := make([]string, 12)
 	for i := range channels {
 		channels[i] = "feed" + strconv.Itoa(i)

@@ -23,18 +23,36 @@ func BenchmarkPublishDeliver(b *testing.B) {
 	for _, history := range []int{0, 100} {
 		for _, publishers := range []int{1, 64} {
 			b.Run(fmt.Sprintf("history=%d/publishers=%d", history, publishers), func(b *testing.B) {
-				benchPublishDeliver(b, history, publishers)
+				benchPublishDeliver(b, redistest.Start(b).URL(), history, publishers, 1)
 			})
 		}
 	}
 }
 
-func benchPublishDeliver(b *testing.B, history, publishers int) {
-	srv := redistest.Start(b)
+// BenchmarkTopology is BenchmarkPublishDeliver over 64 channels with 64
+// publishers, on one Redis and on a Redis Cluster of 3 primaries (sharded
+// pub/sub, no replicas). scripts/bench-redis.sh runs it in rounds, the two
+// alternating, with a fixed -benchtime Nx so each run starts its servers
+// once.
+func BenchmarkTopology(b *testing.B) {
+	for _, history := range []int{0, 100} {
+		b.Run(fmt.Sprintf("redis=single/history=%d", history), func(b *testing.B) {
+			benchPublishDeliver(b, redistest.Start(b).URL(), history, 64, 64)
+		})
+		b.Run(fmt.Sprintf("redis=cluster3/history=%d", history), func(b *testing.B) {
+			benchPublishDeliver(b, redistest.StartCluster(b, 3, 0).URL(), history, 64, 64)
+		})
+	}
+}
+
+// benchPublishDeliver publishes b.N messages spread over channels from
+// publishers goroutines on node "pub" and waits until node "sub",
+// subscribed to every channel, received them all.
+func benchPublishDeliver(b *testing.B, url string, history, publishers, channels int) {
 	lat := make([]time.Duration, b.N)
 	var got atomic.Int64
 	all := make(chan struct{})
-	sub, err := New(Config{URL: srv.URL(), NodeID: "sub"}, bridge.Receiver{
+	sub, err := New(Config{URL: url, NodeID: "sub"}, bridge.Receiver{
 		Deliver: func(m bridge.Message) {
 			sent, _ := strconv.ParseInt(string(m.Data), 10, 64)
 			i := got.Add(1)
@@ -61,17 +79,23 @@ func benchPublishDeliver(b *testing.B, history, publishers int) {
 		cancel()
 		wg.Wait()
 	})
-	pub := start(b, Config{URL: srv.URL(), NodeID: "pub", HistorySize: history})
-	testkit.Eventually(b, 5*time.Second, func() bool { return pub.Ready() == nil && sub.Ready() == nil }, "not ready")
-	if err := sub.Subscribe(ctx, "bench"); err != nil {
-		b.Fatal(err)
+	pub := start(b, Config{URL: url, NodeID: "pub", HistorySize: history})
+	testkit.Eventually(b, 10*time.Second, func() bool { return pub.Ready() == nil && sub.Ready() == nil }, "not ready")
+	names := make([]string, channels)
+	for i := range names {
+		names[i] = "bench" + strconv.Itoa(i)
+		if err := sub.Subscribe(ctx, names[i]); err != nil {
+			b.Fatal(err)
+		}
 	}
+	var seq atomic.Uint64
 
 	b.ResetTimer()
 	began := time.Now()
 	publish := func() bool {
 		data := strconv.AppendInt(nil, time.Now().UnixNano(), 10)
-		if _, err := pub.Publish(ctx, bridge.Message{Channel: "bench", Data: data}); err != nil {
+		ch := names[int(seq.Add(1)%uint64(len(names)))]
+		if _, err := pub.Publish(ctx, bridge.Message{Channel: ch, Data: data}); err != nil {
 			b.Error(err)
 			return false
 		}

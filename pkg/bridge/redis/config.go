@@ -44,12 +44,14 @@ func DefaultConfig() Config {
 }
 
 // DefaultPartitions is the number of partitions on a Redis Cluster when the
-// URL names none: each node keeps one subscriber connection per partition,
-// and a partition's channels (their pub/sub, history and direct messages)
-// live in one hash slot, so partitions are the unit a cluster spreads over
-// its shards. 64 spreads well over up to ~8 shards at 64 connections per
-// node; raise it (the same on every node) for bigger clusters.
-const DefaultPartitions = 64
+// URL names none. A partition's channels (their pub/sub, history and direct
+// messages) live in one hash slot, and each node keeps one subscriber
+// connection per partition: partitions are the unit a cluster spreads over
+// its shards and reshards, and each costs a connection per node (measured:
+// fewer connections deliver more per second). Their slots spread evenly, so
+// a multiple of the shard count balances; 12 suits 2, 3, 4 or 6 shards. Every
+// node must use the same number.
+const DefaultPartitions = 12
 
 // URL schemes the bridge accepts; the rediss forms use TLS.
 var schemes = []string{"redis", "rediss", "redis+sentinel", "rediss+sentinel", "redis+cluster", "rediss+cluster"}
@@ -265,8 +267,8 @@ func parseCluster(base, rest string) (*goredis.ClusterOptions, int, error) {
 		switch k {
 		case "partitions":
 			partitions, err = strconv.Atoi(v[0])
-			if err != nil || partitions < 1 || partitions > 16384 {
-				return nil, 0, fmt.Errorf("redis: cluster URL partitions %q: want 1…16384", v[0])
+			if err != nil || partitions < 1 || partitions > 1024 {
+				return nil, 0, fmt.Errorf("redis: cluster URL partitions %q: want 1…1024", v[0])
 			}
 		default:
 			return nil, 0, fmt.Errorf("redis: cluster URL option %q: only partitions is known", k)

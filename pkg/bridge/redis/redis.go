@@ -31,6 +31,7 @@ type Bridge struct {
 	client    goredis.UniversalClient
 	cluster   *goredis.ClusterClient // nil unless on a Redis Cluster
 	parts     int                    // partitions on a cluster; 0 on one server
+	tags      []string               // cluster: the hash tag of each partition
 	conns     []*subConn             // subscriber connections: one per partition, or one
 
 	ops     chan *op // publishes and sends for the writer
@@ -75,6 +76,7 @@ func New(cfg Config, recv bridge.Receiver) (*Bridge, error) {
 	default:
 		b.cluster = goredis.NewClusterClient(srv.cluster)
 		b.client, b.parts, n = b.cluster, srv.partitions, srv.partitions
+		b.tags = partitionTags(b.parts)
 	}
 	for i := range n {
 		b.conns = append(b.conns, b.newSubConn(i))
@@ -104,7 +106,42 @@ func (b *Bridge) tag(p int) string {
 	if b.parts == 0 {
 		return ""
 	}
-	return "{" + strconv.Itoa(p) + "}"
+	return b.tags[p]
+}
+
+// partitionTags returns n hash tags whose slots spread evenly over the
+// 16384 slots: partition i's slot lies in [i×16384/n, (i+1)×16384/n), so a
+// cluster whose shards hold equal slot ranges gets equal partition counts.
+// Every node computes the same tags.
+func partitionTags(n int) []string {
+	tags := make([]string, n)
+	left := n
+	for k := 0; left > 0; k++ {
+		t := strconv.FormatInt(int64(k), 36)
+		i := int(slot(t)) * n / 16384
+		if tags[i] == "" {
+			tags[i] = "{" + t + "}"
+			left--
+		}
+	}
+	return tags
+}
+
+// slot is Redis Cluster's hash slot of a key without a hash tag: CRC-16
+// (XMODEM) mod 16384.
+func slot(key string) uint16 {
+	var crc uint16
+	for i := 0; i < len(key); i++ {
+		crc ^= uint16(key[i]) << 8
+		for range 8 {
+			if crc&0x8000 != 0 {
+				crc = crc<<1 ^ 0x1021
+			} else {
+				crc <<= 1
+			}
+		}
+	}
+	return crc % 16384
 }
 
 func (b *Bridge) channelTopic(channel string) string {

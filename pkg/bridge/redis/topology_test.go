@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -17,6 +18,26 @@ import (
 	"github.com/ringcast/ringcast/pkg/bridge/redis/redistest"
 	"github.com/ringcast/ringcast/pkg/wire"
 )
+
+func TestPartitionTags(t *testing.T) {
+	for _, n := range []int{1, 3, 12, 64, 1024} {
+		tags := partitionTags(n)
+		seen := map[string]bool{}
+		for i, tag := range tags {
+			s := int(slot(strings.Trim(tag, "{}")))
+			if s*n/16384 != i || seen[tag] {
+				t.Errorf("partitionTags(%d)[%d] = %s in slot %d, want a new tag in [%d, %d)", n, i, tag, s, i*16384/n, (i+1)*16384/n)
+			}
+			seen[tag] = true
+		}
+	}
+	// Redis Cluster's reference values (CLUSTER KEYSLOT).
+	for key, want := range map[string]uint16{"123456789": 12739, "foo": 12182, "": 0} {
+		if got := slot(key); got != want {
+			t.Errorf("slot(%q) = %d, want %d", key, got, want)
+		}
+	}
+}
 
 func TestParseURL(t *testing.T) {
 	tests := []struct {
@@ -174,9 +195,9 @@ func (p *publisher) waitAcked(t *testing.T, n int, within time.Duration) {
 }
 
 func TestCluster(t *testing.T) {
-	rc := redistest.StartCluster(t, 3)
+	rc := redistest.StartCluster(t, 3, 1)
 	cfg := func(id string) Config {
-		c := fastConfig(rc.URL()+"?partitions=8", id)
+		c := fastConfig(rc.URL(), id)
 		c.HistorySize = 1000
 		return c
 	}

@@ -12,7 +12,7 @@ import (
 	goredis "github.com/redis/go-redis/v9"
 )
 
-// Cluster is a Redis Cluster of primaries with one replica each, made by
+// Cluster is a Redis Cluster of primaries with replicas, made by
 // `redis-cli --cluster create`. Nodes time out after 1 s
 // (cluster-node-timeout 1000), so a killed primary's replica takes over
 // within a few seconds. Its methods are not safe for concurrent use.
@@ -21,16 +21,17 @@ type Cluster struct {
 	Nodes []*Server // primaries first, then replicas, as created
 }
 
-// StartCluster starts 2×primaries redis-servers in cluster mode and joins
-// them into a cluster with one replica per primary, stopped in tb.Cleanup.
+// StartCluster starts primaries×(1+replicas) redis-servers in cluster mode
+// and joins them into a cluster with that many replicas per primary,
+// stopped in tb.Cleanup.
 // It returns once every node reports the cluster ok and every replica is
 // in sync. Without redis-server or redis-cli the test is skipped, unless CI
 // is set.
-func StartCluster(tb testing.TB, primaries int) *Cluster {
+func StartCluster(tb testing.TB, primaries, replicas int) *Cluster {
 	tb.Helper()
 	cli := lookPath(tb, "redis-cli")
 	c := &Cluster{tb: tb}
-	for range 2 * primaries {
+	for range primaries * (1 + replicas) {
 		c.Nodes = append(c.Nodes, Start(tb,
 			"--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
 			"--cluster-node-timeout", "1000",
@@ -41,7 +42,7 @@ func StartCluster(tb testing.TB, primaries int) *Cluster {
 	for _, n := range c.Nodes {
 		args = append(args, n.Addr())
 	}
-	args = append(args, "--cluster-replicas", "1", "--cluster-yes")
+	args = append(args, "--cluster-replicas", strconv.Itoa(replicas), "--cluster-yes")
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	if out, err := exec.CommandContext(ctx, cli, args...).CombinedOutput(); err != nil {
