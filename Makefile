@@ -3,7 +3,7 @@ TEST_FLAGS ?= -race -timeout 15m
 # scripts/install-test-deps.sh installs this exact version when it is missing.
 STATICCHECK ?= $(shell $(GO) env GOPATH)/bin/staticcheck
 
-.PHONY: build run test lint bench chaos clean deps image
+.PHONY: build run test lint bench bench-deps chaos clean deps image
 
 build:
 	$(GO) build -o bin/balancer ./balancer
@@ -32,6 +32,11 @@ lint:
 	@test -x "$(STATICCHECK)" || (echo "lint: $(STATICCHECK) missing: run make deps"; exit 1)
 	$(STATICCHECK) ./...
 	@$(GO) mod tidy -diff || (echo "lint: go.mod/go.sum differ from what go mod tidy writes (diff above)"; exit 1)
+
+# The peers the comparison benchmarks need (nginx-light, haproxy, wrk); not
+# part of make test.
+bench-deps:
+	scripts/install-bench-deps.sh
 
 bench: build
 	$(GO) test -run '^$$' -bench . -benchtime 2s ./pkg/...
