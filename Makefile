@@ -36,7 +36,7 @@ lint:
 # The peers the comparison benchmarks need (nginx-light, haproxy, wrk); not
 # part of make test.
 bench-deps:
-	scripts/install-bench-deps.sh
+	scripts/install-test-deps.sh bench
 
 bench: build
 	$(GO) test -run '^$$' -bench . -benchtime 2s ./pkg/...

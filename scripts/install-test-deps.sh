@@ -4,14 +4,35 @@
 # redis-sentinel, redis-tools (redis-cli, redis-benchmark), chromium, ca-certificates (copied into the image), docker-compose where a
 # Docker engine runs without Compose and, as root, nftables and iproute2
 # (Debian packages). Safe to run repeatedly; does nothing when all is there.
+#
+# With the argument "bench" it installs, instead, the peers the comparison
+# benchmarks run next to ringcast (nginx-light, haproxy, wrk: make bench-deps);
+# make test never asks for them.
 set -euo pipefail
+# apt_install installs the Debian packages in need, if any.
+apt_install() {
+	[ ${#need[@]} -gt 0 ] || return 0
+	sudo=""
+	if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
+	echo "installing: ${need[*]}"
+	export DEBIAN_FRONTEND=noninteractive
+	$sudo apt-get update -q
+	$sudo apt-get install -y -q --no-install-recommends "${need[@]}"
+}
+need=()
+if [ "${1:-}" = bench ]; then
+	command -v nginx >/dev/null 2>&1 || need+=(nginx-light)
+	command -v haproxy >/dev/null 2>&1 || need+=(haproxy)
+	command -v wrk >/dev/null 2>&1 || need+=(wrk)
+	apt_install
+	exit 0
+fi
 staticcheck_version=0.8.2
 staticcheck="$(go env GOPATH)/bin/staticcheck"
 if ! "$staticcheck" -version 2>/dev/null | grep -qF "($staticcheck_version)"; then
 	echo "installing: staticcheck v$staticcheck_version"
 	go install "honnef.co/go/tools/cmd/staticcheck@v$staticcheck_version"
 fi
-need=()
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 command -v redis-sentinel >/dev/null 2>&1 || need+=(redis-sentinel)
 command -v redis-cli >/dev/null 2>&1 || need+=(redis-tools)
@@ -28,14 +49,7 @@ if [ "$(id -u)" -eq 0 ]; then
 	command -v nft >/dev/null 2>&1 || need+=(nftables)
 	command -v ip >/dev/null 2>&1 || need+=(iproute2)
 fi
-if [ ${#need[@]} -gt 0 ]; then
-	sudo=""
-	if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
-	echo "installing: ${need[*]}"
-	export DEBIAN_FRONTEND=noninteractive
-	$sudo apt-get update -q
-	$sudo apt-get install -y -q --no-install-recommends "${need[@]}"
-fi
+apt_install
 # helm lints and renders the chart (scripts/deploy/helm_test.go).
 helm_version=v3.22.0
 if ! go version -m "$(go env GOPATH)/bin/helm" 2>/dev/null | grep -qE "^\smod\s+helm.sh/helm/v3\s+$helm_version\s"; then
