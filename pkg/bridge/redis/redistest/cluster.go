@@ -128,15 +128,20 @@ func (c *Cluster) Primary(slot int) *Server {
 	c.tb.Helper()
 	cl := c.client(c.any())
 	defer cl.Close()
-	slots, err := cl.ClusterSlots(context.Background()).Result()
+	shards, err := cl.ClusterShards(context.Background()).Result()
 	if err != nil {
-		c.tb.Fatalf("redistest: CLUSTER SLOTS: %v", err)
+		c.tb.Fatalf("redistest: CLUSTER SHARDS: %v", err)
 	}
-	for _, r := range slots {
-		if slot >= int(r.Start) && slot <= int(r.End) && len(r.Nodes) > 0 {
-			for _, n := range c.Nodes {
-				if n.Addr() == r.Nodes[0].Addr {
-					return n
+	for _, sh := range shards {
+		for _, r := range sh.Slots {
+			if slot < int(r.Start) || slot > int(r.End) {
+				continue
+			}
+			for _, nd := range sh.Nodes {
+				for _, n := range c.Nodes {
+					if nd.Role == "master" && nd.Health == "online" && int(nd.Port) == n.Port() {
+						return n
+					}
 				}
 			}
 		}
