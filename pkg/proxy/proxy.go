@@ -133,22 +133,26 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		p.refuse(w, "bad_request", http.StatusBadRequest, reason)
 		return
 	}
-	// The verified identity routes the connection: with auth on, the
-	// token's sub, never a client_id that only claims to be someone.
-	id, err := p.cfg.Auth.Identify(r)
-	if err != nil {
-		p.refused.WithLabelValues(auth.Code(err)).Inc()
-		w.Header().Set("Connection", "close")
-		auth.Refuse(w, err)
-		return
-	}
-	clientID := id.ClientID
+	// Admission comes before the token check: a flood of bad tokens from
+	// one address is throttled like any other, and costs no signature
+	// verifications past its rate.
 	src := p.admission.sourceOf(r)
 	if no := p.admission.admit(src, time.Now()); no != nil {
 		w.Header().Set("Retry-After", retryAfter(no.retryAfter))
 		p.refuse(w, no.reason, http.StatusTooManyRequests, "too many connections from "+src.String()+" ("+no.reason+"), retry later")
 		return
 	}
+	// The verified identity routes the connection: with auth on, the
+	// token's sub, never a client_id that only claims to be someone.
+	id, err := p.cfg.Auth.Identify(r)
+	if err != nil {
+		p.admission.release(src)
+		p.refused.WithLabelValues(auth.Code(err)).Inc()
+		w.Header().Set("Connection", "close")
+		auth.Refuse(w, err)
+		return
+	}
+	clientID := id.ClientID
 	nodeID, node, br, err := p.dialOwner(r, src, clientID)
 	if err != nil {
 		p.admission.release(src)
