@@ -61,7 +61,7 @@ func TestWarmup(t *testing.T) {
 			a = gossipNode("a", fmt.Sprint("boot", i+1))
 			c.record(a, false)
 			wake := c.rebuild()
-			if got := wake.Sub(time.Now()); got != want {
+			if got := time.Until(wake); got != want {
 				t.Errorf("return %d: warm-up %v, want %v", i+1, got, want)
 			}
 			v := c.View()
@@ -81,7 +81,7 @@ func TestWarmup(t *testing.T) {
 		time.Sleep(time.Minute)
 		c.record(a, true)
 		c.record(gossipNode("a", "later"), false)
-		if got := c.rebuild().Sub(time.Now()); got != 2*time.Second {
+		if got := time.Until(c.rebuild()); got != 2*time.Second {
 			t.Errorf("return after a quiet minute: warm-up %v, want 2s", got)
 		}
 	})
