@@ -1,6 +1,7 @@
 package cluster
 
 import (
+	"cmp"
 	"encoding/json"
 	"slices"
 	"time"
@@ -70,8 +71,8 @@ func (c *Cluster) record(n *memberlist.Node, dead bool) {
 	var md meta
 	_ = json.Unmarshal(n.Meta, &md)
 	r := record{meta: append([]byte(nil), n.Meta...), gossip: n.Address(), dead: dead,
-		boot: md.Boot, restarts: prev.restarts, warmTo: prev.warmTo}
-	if !dead && seen && md.Role == RoleNode && md.Boot != "" && md.Boot != prev.boot {
+		boot: cmp.Or(md.Boot, prev.boot), restarts: prev.restarts, warmTo: prev.warmTo}
+	if !dead && seen && md.Role == RoleNode && prev.boot != "" && md.Boot != "" && md.Boot != prev.boot {
 		// A new process under a known name: it lost its sessions and may be
 		// flapping. One that was only suspected or cut off comes back with
 		// the same boot id and is not held back.
