@@ -272,17 +272,18 @@ func (c *Cluster) joinLoop(ctx context.Context) {
 // attempt makes every seed log an error, and a key mismatch needs an operator.
 const refusedBackoff = time.Minute
 
-// refused reports whether a join failed after reaching a seed, as opposed
-// to no seed being reachable. memberlist flattens its errors to text, so the
-// dial and timeout errors of the net package are recognised by their words.
+// refused reports whether a seed answered but refused the join because
+// the cluster keys differ (one side has another key, or none). memberlist
+// flattens its errors to text, so they are recognised by its words; any
+// other failure (a seed down, a reset mid-exchange) is retried as usual.
 func refused(err error) bool {
-	msg := err.Error()
-	for _, unreachable := range []string{"dial tcp", "i/o timeout", "failed to resolve", "no such host"} {
-		if strings.Contains(msg, unreachable) {
-			return false
+	msg := strings.ToLower(err.Error())
+	for _, keys := range []string{"no installed keys could decrypt", "encryption is not configured", "remote state is not encrypted"} {
+		if strings.Contains(msg, keys) {
+			return true
 		}
 	}
-	return true
+	return false
 }
 
 // join contacts every seed, one at a time so that a cancelled ctx waits for
