@@ -93,7 +93,7 @@ func TestJoinDNS(t *testing.T) {
 	// The first process resolves only itself: it keeps looking.
 	res.set(hosts[0])
 	a := startAt(0, "a", seed)
-	testkit.Eventually(t, 5*time.Second, func() bool { return res.count() >= 3 }, "lookups = %d, want ≥ 3 while alone", res.count())
+	testkit.Eventually(t, 20*time.Second, func() bool { return res.count() >= 3 }, "lookups = %d, want ≥ 3 while alone", res.count())
 	if n := a.ml.NumMembers(); n != 1 {
 		t.Fatalf("a alone sees %d members, want 1", n)
 	}
@@ -101,14 +101,14 @@ func TestJoinDNS(t *testing.T) {
 	// b appears in DNS: a finds it.
 	b := startAt(1, "b", seed)
 	res.set(hosts[0], hosts[1])
-	testkit.Eventually(t, 5*time.Second, func() bool { return converged([]*Cluster{a, b}, "a", "b") }, "a and b did not meet: %v", dump{a, b})
+	testkit.Eventually(t, 20*time.Second, func() bool { return converged([]*Cluster{a, b}, "a", "b") }, "a and b did not meet: %v", dump{a, b})
 
 	// c starts on its own (no seeds) and only then gets a record: the
 	// joined members re-resolve and pull it in.
 	c := startAt(2, "c", nil)
 	res.set(hosts[0], hosts[1], hosts[2])
 	cs := []*Cluster{a, b, c}
-	testkit.Eventually(t, 5*time.Second, func() bool { return converged(cs, "a", "b", "c") }, "c was not joined: %v", dump(cs))
+	testkit.Eventually(t, 20*time.Second, func() bool { return converged(cs, "a", "b", "c") }, "c was not joined: %v", dump(cs))
 
 	res.mu.Lock()
 	if !slices.Equal(res.names, []string{"ringcast-gossip.test"}) {
@@ -119,10 +119,10 @@ func TestJoinDNS(t *testing.T) {
 	// A member dies and comes back on the same address without seeds of its
 	// own: the survivors see it dead, resolve again and re-merge.
 	c.shutdown()
-	testkit.Eventually(t, 5*time.Second, func() bool { return state(a, "c") == StateDead }, "c not dead for a: %v", dump{a})
+	testkit.Eventually(t, 20*time.Second, func() bool { return state(a, "c") == StateDead }, "c not dead for a: %v", dump{a})
 	d := startAt(2, "c", nil)
 	cs = []*Cluster{a, b, d}
-	testkit.Eventually(t, 10*time.Second, func() bool { return converged(cs, "a", "b", "c") }, "c did not come back: %v", dump(cs))
+	testkit.Eventually(t, 20*time.Second, func() bool { return converged(cs, "a", "b", "c") }, "c did not come back: %v", dump(cs))
 }
 
 func TestSeeds(t *testing.T) {
