@@ -53,19 +53,28 @@ func needDocker(t *testing.T) []string {
 	if _, err := exec.LookPath("docker"); err != nil {
 		t.Skip("no docker command: skipping the tests that need a Docker engine")
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	if _, err := run(ctx, "", nil, "docker", "info", "--format", "{{.ServerVersion}}"); err != nil {
+	// Generous timeouts: docker-compose v1 is a Python program that takes
+	// seconds to start on a loaded machine.
+	probe := func(name string, args ...string) error {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		_, err := run(ctx, "", nil, name, args...)
+		return err
+	}
+	if err := probe("docker", "info", "--format", "{{.ServerVersion}}"); err != nil {
 		t.Skipf("no Docker engine answers, skipping the tests that need one: %v", err)
 	}
-	if _, err := run(ctx, "", nil, "docker", "compose", "version"); err == nil {
+	plugin := probe("docker", "compose", "version")
+	if plugin == nil {
 		return []string{"docker", "compose"}
 	}
-	if _, err := run(ctx, "", nil, "docker-compose", "version"); err == nil {
-		return []string{"docker-compose"}
+	if _, err := exec.LookPath("docker-compose"); err != nil {
+		t.Fatalf("a Docker engine runs but there is no compose: `docker compose version`: %v; no docker-compose (scripts/install-test-deps.sh installs it)", plugin)
 	}
-	t.Fatal("a Docker engine runs but neither `docker compose` nor `docker-compose` works (scripts/install-test-deps.sh installs docker-compose)")
-	return nil
+	if err := probe("docker-compose", "version"); err != nil {
+		t.Fatalf("docker-compose version: %v", err)
+	}
+	return []string{"docker-compose"}
 }
 
 // buildImages builds the ringcast and Redis images under tags unique to
