@@ -129,7 +129,10 @@ func TestConnectAndClose(t *testing.T) {
 	if got := c.Node(); got != "n1" {
 		t.Errorf("Node() = %q, want n1", got)
 	}
-	if w := get(r, func() []wire.Frame { return r.welcomes }); len(w) != 1 || w[0].ClientID != "alice" {
+	// OnWelcome runs after the state is set, outside the client's lock: wait for it.
+	welcomes := func() []wire.Frame { return get(r, func() []wire.Frame { return slices.Clone(r.welcomes) }) }
+	testkit.Until(2*time.Second, func() bool { return len(welcomes()) > 0 })
+	if w := welcomes(); len(w) != 1 || w[0].ClientID != "alice" {
 		t.Errorf("welcomes = %+v, want one for alice", w)
 	}
 	c.Close()
