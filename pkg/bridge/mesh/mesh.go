@@ -30,7 +30,7 @@ type Config struct {
 	MaxFrame     int           // largest frame accepted, bytes; default 1 MiB
 	AckTimeout   time.Duration // Subscribe/Hold wait this long for peers to confirm; default 2s
 	Redial       time.Duration // first delay before dialling a peer again after a failed dial; default 200ms
-	RedialMax    time.Duration // the delay doubles per failed dial up to this, with jitter; default 5s
+	RedialMax    time.Duration // the delay doubles per failed dial up to this, with jitter; default 1s
 	Log          *zap.Logger
 }
 
@@ -45,7 +45,7 @@ func DefaultConfig() Config {
 		MaxFrame:     1 << 20,
 		AckTimeout:   2 * time.Second,
 		Redial:       200 * time.Millisecond, // a peer that restarted is linked again this soon
-		RedialMax:    5 * time.Second,        // a dead peer costs one dial per 2.5–5 s until gossip drops it
+		RedialMax:    time.Second,            // a dead peer costs one dial per 0.5–1 s until gossip drops it; messages to a peer without a link are lost (at-most-once), so keep it short
 	}
 }
 
@@ -110,7 +110,7 @@ type Mesh struct {
 	kick     chan struct{}       // peers changed
 	linkc    chan struct{}       // closed and replaced whenever a link starts
 	linked   map[string]bool     // peers that had a link since they joined the peer set
-	retry    map[string]*backoff // peers whose last dial failed; owned by Run
+	retry    map[string]*backoff // peers whose last dial failed; cleared by SetPeers
 
 	wg      sync.WaitGroup // link goroutines
 	stopped chan struct{}  // closed when Run returns
@@ -151,6 +151,9 @@ func (m *Mesh) SetPeers(peers map[string]string) {
 			m.peers[id] = addr
 		}
 	}
+	// Membership changed: a peer that failed to answer may be back (a
+	// restart, a resumed process), so the next dial goes out at once.
+	clear(m.retry)
 	for id, l := range m.links {
 		if addr, ok := m.peers[id]; !ok || (l.dialed && addr != l.addr) {
 			l.close()
