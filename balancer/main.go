@@ -8,12 +8,12 @@ import (
 	"fmt"
 	"io"
 
-	"github.com/ringcast/ringcast/internal/proc"
 	"github.com/ringcast/ringcast/pkg/balancer"
 	"github.com/ringcast/ringcast/pkg/cluster"
 	"github.com/ringcast/ringcast/pkg/flagenv"
 	"github.com/ringcast/ringcast/pkg/httpapi"
 	"github.com/ringcast/ringcast/pkg/logging"
+	"github.com/ringcast/ringcast/pkg/proc"
 	"github.com/ringcast/ringcast/pkg/proxy"
 )
 

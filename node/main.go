@@ -10,12 +10,12 @@ import (
 	goredis "github.com/redis/go-redis/v9"
 	"go.uber.org/zap"
 
-	"github.com/ringcast/ringcast/internal/proc"
 	"github.com/ringcast/ringcast/pkg/cluster"
 	"github.com/ringcast/ringcast/pkg/flagenv"
 	"github.com/ringcast/ringcast/pkg/httpapi"
 	"github.com/ringcast/ringcast/pkg/logging"
 	"github.com/ringcast/ringcast/pkg/node"
+	"github.com/ringcast/ringcast/pkg/proc"
 	"github.com/ringcast/ringcast/pkg/session"
 )
 

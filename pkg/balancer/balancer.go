@@ -16,10 +16,10 @@ import (
 	"go.uber.org/zap"
 	"golang.org/x/sync/errgroup"
 
-	"github.com/ringcast/ringcast/internal/proc"
 	"github.com/ringcast/ringcast/pkg/auth"
 	"github.com/ringcast/ringcast/pkg/cluster"
 	"github.com/ringcast/ringcast/pkg/httpapi"
+	"github.com/ringcast/ringcast/pkg/proc"
 	"github.com/ringcast/ringcast/pkg/proxy"
 	"github.com/ringcast/ringcast/pkg/ring"
 )

@@ -24,7 +24,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/ringcast/ringcast/internal/testkit"
+	"github.com/ringcast/ringcast/pkg/testkit"
 )
 
 // Options describe a cluster.

@@ -7,8 +7,8 @@ import (
 	"sync"
 	"time"
 
-	"github.com/ringcast/ringcast/internal/testkit"
 	"github.com/ringcast/ringcast/pkg/client"
+	"github.com/ringcast/ringcast/pkg/testkit"
 	"github.com/ringcast/ringcast/pkg/wire"
 )
 

@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ringcast/ringcast/internal/testkit"
+	"github.com/ringcast/ringcast/pkg/testkit"
 )
 
 func TestNetCutAndHeal(t *testing.T) {

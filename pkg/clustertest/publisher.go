@@ -7,7 +7,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/ringcast/ringcast/internal/testkit"
+	"github.com/ringcast/ringcast/pkg/testkit"
 )
 
 // Publisher posts the numbers 1, 2, 3… to one channel over the HTTP API at

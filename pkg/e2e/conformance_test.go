@@ -12,8 +12,8 @@ import (
 
 	"github.com/gobwas/ws"
 
-	"github.com/ringcast/ringcast/internal/wstest"
 	"github.com/ringcast/ringcast/pkg/clustertest"
+	"github.com/ringcast/ringcast/pkg/wstest"
 )
 
 // TestConformance replays raw frames and handshakes a careless or hostile

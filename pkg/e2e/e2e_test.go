@@ -12,10 +12,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ringcast/ringcast/internal/testkit"
-	"github.com/ringcast/ringcast/internal/wstest"
 	"github.com/ringcast/ringcast/pkg/client"
 	"github.com/ringcast/ringcast/pkg/clustertest"
+	"github.com/ringcast/ringcast/pkg/testkit"
+	"github.com/ringcast/ringcast/pkg/wstest"
 )
 
 func startCluster(t *testing.T, o clustertest.Options) *clustertest.Cluster {

@@ -12,11 +12,11 @@ import (
 
 	goredis "github.com/redis/go-redis/v9"
 
-	"github.com/ringcast/ringcast/internal/testkit"
-	"github.com/ringcast/ringcast/internal/wstest"
 	"github.com/ringcast/ringcast/pkg/bridge/redis/redistest"
 	"github.com/ringcast/ringcast/pkg/clustertest"
+	"github.com/ringcast/ringcast/pkg/testkit"
 	"github.com/ringcast/ringcast/pkg/wire"
+	"github.com/ringcast/ringcast/pkg/wstest"
 )
 
 func publish(t *testing.T, c *clustertest.Cluster, channel string, data any) int {

@@ -8,9 +8,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ringcast/ringcast/internal/testkit"
 	"github.com/ringcast/ringcast/pkg/bridge/redis/redistest"
 	"github.com/ringcast/ringcast/pkg/clustertest"
+	"github.com/ringcast/ringcast/pkg/testkit"
 )
 
 // Nodes on a 3-shard Redis Cluster: the primary of slot 0 is killed while

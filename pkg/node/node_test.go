@@ -14,9 +14,9 @@ import (
 	"github.com/gobwas/ws/wsutil"
 	"go.uber.org/goleak"
 
-	"github.com/ringcast/ringcast/internal/testkit"
-	"github.com/ringcast/ringcast/internal/wstest"
+	"github.com/ringcast/ringcast/pkg/testkit"
 	"github.com/ringcast/ringcast/pkg/wire"
+	"github.com/ringcast/ringcast/pkg/wstest"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m, testkit.MemberlistLeaks...) }

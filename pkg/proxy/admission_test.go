@@ -9,7 +9,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ringcast/ringcast/internal/testkit"
+	"github.com/ringcast/ringcast/pkg/testkit"
 )
 
 func TestSourceOf(t *testing.T) {

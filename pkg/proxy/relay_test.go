@@ -13,7 +13,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ringcast/ringcast/internal/testkit"
+	"github.com/ringcast/ringcast/pkg/testkit"
 )
 
 func countFDs(tb testing.TB) int {

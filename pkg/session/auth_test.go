@@ -11,9 +11,9 @@ import (
 	"github.com/gobwas/ws"
 	"github.com/golang-jwt/jwt/v5"
 
-	"github.com/ringcast/ringcast/internal/wstest"
 	"github.com/ringcast/ringcast/pkg/auth"
 	"github.com/ringcast/ringcast/pkg/wire"
+	"github.com/ringcast/ringcast/pkg/wstest"
 )
 
 const testSecret = "node-test-secret-0123456789"

@@ -17,13 +17,13 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/goleak"
 
-	"github.com/ringcast/ringcast/internal/testkit"
-	"github.com/ringcast/ringcast/internal/wstest"
 	"github.com/ringcast/ringcast/pkg/auth"
 	"github.com/ringcast/ringcast/pkg/bridge"
 	"github.com/ringcast/ringcast/pkg/bridge/bridgetest"
 	"github.com/ringcast/ringcast/pkg/hub"
+	"github.com/ringcast/ringcast/pkg/testkit"
 	"github.com/ringcast/ringcast/pkg/wire"
+	"github.com/ringcast/ringcast/pkg/wstest"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }

@@ -13,8 +13,8 @@ import (
 
 	"github.com/gobwas/ws/wsutil"
 
-	"github.com/ringcast/ringcast/internal/testkit"
 	"github.com/ringcast/ringcast/pkg/client"
+	"github.com/ringcast/ringcast/pkg/testkit"
 	"github.com/ringcast/ringcast/pkg/wire"
 )
 

@@ -19,8 +19,8 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/ringcast/ringcast/internal/testkit"
 	"github.com/ringcast/ringcast/pkg/clustertest"
+	"github.com/ringcast/ringcast/pkg/testkit"
 )
 
 // probeWait bounds the wait for the final probe messages.

@@ -11,9 +11,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ringcast/ringcast/internal/testkit"
 	"github.com/ringcast/ringcast/pkg/bridge"
 	"github.com/ringcast/ringcast/pkg/bridge/redis/redistest"
+	"github.com/ringcast/ringcast/pkg/testkit"
 )
 
 // BenchmarkPublishDeliver publishes on one node and counts deliveries on

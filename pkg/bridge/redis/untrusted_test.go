@@ -9,8 +9,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	goredis "github.com/redis/go-redis/v9"
 
-	"github.com/ringcast/ringcast/internal/testkit"
 	"github.com/ringcast/ringcast/pkg/bridge/redis/redistest"
+	"github.com/ringcast/ringcast/pkg/testkit"
 )
 
 // TestPoisonedInput publishes straight into the bridge's Redis channels
