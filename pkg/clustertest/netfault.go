@@ -25,8 +25,9 @@ const NetHost = "10.88.0.1"
 // cut and healed with nftables. It needs root, iproute2 and nftables. Its
 // methods are not safe for concurrent use with Close.
 type Net struct {
-	id  string            // names the bridge, namespaces and links of this run
-	ips map[string]string // process name → address
+	id      string            // names the bridge, namespaces and links of this run
+	ips     map[string]string // process name → address
+	forward bool              // an iptables FORWARD rule lets the bridge through (removed by Close)
 }
 
 // NetSupported reports why NewNet cannot run here, or nil.
@@ -124,6 +125,7 @@ func (n *Net) setup(procs []string) error {
 			return err
 		}
 	}
+	n.allowForward()
 	for _, p := range procs {
 		err := n.nft(p, "add table inet chaos\n"+
 			"add chain inet chaos in { type filter hook input priority 0; policy accept; }\n"+
@@ -163,6 +165,24 @@ func (n *Net) Close() {
 		run(nil, "ip", "link", "del", n.veth(name)+"b")
 	}
 	run(nil, "ip", "link", "del", n.bridge())
+	if n.forward {
+		run(nil, forwardRule("-D", n.bridge())...)
+	}
+}
+
+// allowForward lets frames cross the bridge where a firewall drops forwarded
+// traffic by default: Docker sets the FORWARD policy to DROP and loads
+// br_netfilter, which sends bridged frames through that chain too. Without
+// iptables there is no such rule to get past.
+func (n *Net) allowForward() {
+	if _, err := exec.LookPath("iptables"); err != nil {
+		return
+	}
+	n.forward = run(nil, forwardRule("-I", n.bridge())...) == nil
+}
+
+func forwardRule(op, bridge string) []string {
+	return []string{"iptables", op, "FORWARD", "-i", bridge, "-o", bridge, "-j", "ACCEPT"}
 }
 
 func (n *Net) nft(proc, script string) error {
@@ -212,5 +232,6 @@ func removeStaleNets() {
 			}
 		}
 		run(nil, "ip", "link", "del", m[0])
+		run(nil, forwardRule("-D", m[0])...)
 	}
 }
