@@ -171,10 +171,23 @@ var NoAdmissionLimits = []string{"-max-conns-per-ip", "-1", "-conn-rate-per-ip",
 // balancer sees them all. Stop it with Close.
 func Start(ctx context.Context, o Options) (*Cluster, error) {
 	o = o.withDefaults()
+	// A port is free again once FreePort closes it: the kernel may hand the
+	// same one out twice, so no two processes of the cluster get the same.
+	used := map[string]bool{}
+	free := func() (string, error) {
+		for range 50 {
+			a, err := FreePort(o.Host)
+			if err != nil || !used[a] {
+				used[a] = true
+				return a, err
+			}
+		}
+		return "", errors.New("no free port")
+	}
 	return start(ctx, o, func(p *Proc) ([]string, error) {
 		var err error
-		if p.Addr, err = FreePort(o.Host); err == nil {
-			p.Gossip, err = FreePort(o.Host)
+		if p.Addr, err = free(); err == nil {
+			p.Gossip, err = free()
 		}
 		return nil, err
 	})
