@@ -48,6 +48,7 @@ func get(ctx context.Context, url string) ([]byte, error) {
 
 // scenario runs one chaos scenario and returns its report.
 func scenario(ctx context.Context, cfg config, out io.Writer) (*report, error) {
+	out = &lockedWriter{w: out} // the timeline and the nemesis print from their own goroutines
 	logs := cfg.Logs
 	var err error
 	if logs == "" {
@@ -477,4 +478,16 @@ func tailFile(path string, n int) string {
 		b = b[len(b)-n:]
 	}
 	return string(b)
+}
+
+// lockedWriter serialises the writes of several goroutines to one writer.
+type lockedWriter struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (l *lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
 }
