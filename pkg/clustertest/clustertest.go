@@ -24,6 +24,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/ringcast/ringcast/pkg/httpapi"
 	"github.com/ringcast/ringcast/pkg/testkit"
 )
 
@@ -407,23 +408,7 @@ var httpClient = &http.Client{Timeout: 5 * time.Second}
 func GetJSON(ctx context.Context, url string, v any) error { return getJSON(ctx, httpClient, url, v) }
 
 func getJSON(ctx context.Context, client *http.Client, url string, v any) error {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
-	if err != nil {
-		return err
-	}
-	resp, err := client.Do(req)
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	body, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
-	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("GET %s: %s: %s", url, resp.Status, bytes.TrimSpace(body))
-	}
-	if v == nil {
-		return nil
-	}
-	return json.Unmarshal(body, v)
+	return httpapi.Get(ctx, client, url, httpClient.Timeout, v)
 }
 
 // PostJSON posts v to url and decodes the answer into out (may be nil). It

@@ -151,6 +151,12 @@ func Healthy(ctx context.Context, c *http.Client, addr string, timeout time.Dura
 // Probe GETs url within timeout and returns nil when it answers 200, or an
 // error with the status and the start of the body.
 func Probe(ctx context.Context, c *http.Client, url string, timeout time.Duration) error {
+	return Get(ctx, c, url, timeout, nil)
+}
+
+// Get is Probe that also decodes the 200 answer's JSON body (at most 1 MiB)
+// into v, unless v is nil.
+func Get(ctx context.Context, c *http.Client, url string, timeout time.Duration, v any) error {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
@@ -166,7 +172,14 @@ func Probe(ctx context.Context, c *http.Client, url string, timeout time.Duratio
 		body, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
 		return fmt.Errorf("GET %s: %s %s", url, resp.Status, bytes.TrimSpace(body))
 	}
-	return nil
+	if v == nil {
+		return nil
+	}
+	body, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	if err != nil {
+		return fmt.Errorf("GET %s: %w", url, err)
+	}
+	return json.Unmarshal(body, v)
 }
 
 // HealthcheckCommand is the first argument that makes a binary probe
