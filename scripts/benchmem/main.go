@@ -20,10 +20,10 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"os/exec"
-	"os/signal"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -32,6 +32,7 @@ import (
 	"time"
 
 	"github.com/ringcast/ringcast/pkg/clustertest"
+	"github.com/ringcast/ringcast/pkg/proc"
 )
 
 type config struct {
@@ -47,13 +48,9 @@ func main() {
 		}
 		return
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	err := run(ctx, os.Args[1:])
-	stop()
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "benchmem:", err)
-		os.Exit(1)
-	}
+	proc.Main("benchmem", func(ctx context.Context, args []string, _ func(string) string, _ io.Writer) error {
+		return run(ctx, args)
+	})
 }
 
 func run(ctx context.Context, args []string) error {

@@ -12,23 +12,18 @@ import (
 	"io"
 	"math/rand/v2"
 	"os"
-	"os/signal"
 	"slices"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/ringcast/ringcast/pkg/clustertest"
+	"github.com/ringcast/ringcast/pkg/proc"
 )
 
 func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	if err := run(ctx, os.Args[1:], os.Stdout); err != nil {
-		fmt.Fprintln(os.Stderr, "chaos:", err)
-		stop()
-		os.Exit(1)
-	}
+	proc.Main("chaos", func(ctx context.Context, args []string, _ func(string) string, _ io.Writer) error {
+		return run(ctx, args, os.Stdout)
+	})
 }
 
 // config is a scenario, from the command line.

@@ -36,7 +36,6 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
-	"os/signal"
 	"runtime"
 	"slices"
 	"strconv"
@@ -47,6 +46,7 @@ import (
 	"time"
 
 	"github.com/ringcast/ringcast/pkg/clustertest"
+	"github.com/ringcast/ringcast/pkg/proc"
 )
 
 func main() {
@@ -57,13 +57,9 @@ func main() {
 		}
 		return
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	err := run(ctx, os.Args[1:])
-	stop()
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "loadtest:", err)
-		os.Exit(1)
-	}
+	proc.Main("loadtest", func(ctx context.Context, args []string, _ func(string) string, _ io.Writer) error {
+		return run(ctx, args)
+	})
 }
 
 type config struct {
