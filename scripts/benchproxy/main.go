@@ -32,6 +32,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/ringcast/ringcast/pkg/clustertest"
 )
 
 // Hidden first arguments that select a child mode.
@@ -185,7 +187,7 @@ func run(ctx context.Context, args []string) error {
 	fmt.Println(strings.TrimSpace("command: go run ./scripts/benchproxy " + strings.Join(args, " ")))
 	fmt.Printf("machine: %d CPUs, GOMAXPROCS %d per Go process; load generator, echo backend and the hop under test are separate processes sharing these cores\n",
 		runtime.NumCPU(), runtime.GOMAXPROCS(0))
-	fmt.Printf("load average at start: %s (the machine may be shared: compare ratios within a round, not absolute rates)\n", loadAvg())
+	fmt.Printf("load average at start: %s (the machine may be shared: compare ratios within a round, not absolute rates)\n", clustertest.LoadAvg())
 	fmt.Printf("backend: one gobwas/ws echo process, %d listeners playing %d nodes (one process: the same backend cost on every path)\n", cfg.backends, cfg.backends)
 	fmt.Println(nginxNote)
 	fmt.Println(haproxyNote)
@@ -216,7 +218,7 @@ func run(ctx context.Context, args []string) error {
 		names = append(names, h.name)
 	}
 	printTables(os.Stdout, names, cfg.conns, unit, got)
-	fmt.Printf("load average at end: %s\n", loadAvg())
+	fmt.Printf("load average at end: %s\n", clustertest.LoadAvg())
 	return nil
 }
 
@@ -320,17 +322,4 @@ func freeAddr() (string, error) {
 	}
 	defer ln.Close()
 	return ln.Addr().String(), nil
-}
-
-// loadAvg returns the 1, 5 and 15 minute load averages.
-func loadAvg() string {
-	b, err := os.ReadFile("/proc/loadavg")
-	if err != nil {
-		return "unknown"
-	}
-	f := strings.Fields(string(b))
-	if len(f) < 3 {
-		return "unknown"
-	}
-	return strings.Join(f[:3], " ")
 }

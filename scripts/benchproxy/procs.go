@@ -14,6 +14,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/ringcast/ringcast/pkg/clustertest"
 )
 
 // stopTimeout is how long a child has to exit after SIGTERM before SIGKILL.
@@ -271,19 +273,7 @@ func removeStale() {
 // cpuTime returns the user+system CPU time of pid and its child processes
 // (nginx workers), from /proc.
 func cpuTime(pid int) time.Duration {
-	const tick = 10 * time.Millisecond // USER_HZ is 100 on Linux
-	var total time.Duration
-	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return 0
-	}
-	// Fields after the parenthesised command: state is field 3, utime 14, stime 15.
-	f := strings.Fields(string(stat[strings.LastIndexByte(string(stat), ')')+1:]))
-	if len(f) > 12 {
-		u, _ := strconv.ParseInt(f[11], 10, 64)
-		s, _ := strconv.ParseInt(f[12], 10, 64)
-		total = time.Duration(u+s) * tick
-	}
+	total := clustertest.CPUTime(pid)
 	kids, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", pid, pid))
 	for _, k := range strings.Fields(string(kids)) {
 		if kid, err := strconv.Atoi(k); err == nil {

@@ -146,7 +146,7 @@ func run(ctx context.Context, args []string) error {
 	}
 
 	fmt.Println("command: go run ./scripts/loadtest " + strings.Join(args, " "))
-	fmt.Printf("machine: %d CPUs, load average %s at start (shared machines: compare runs made back to back)\n", runtime.NumCPU(), loadAvg())
+	fmt.Printf("machine: %d CPUs, load average %s at start (shared machines: compare runs made back to back)\n", runtime.NumCPU(), clustertest.LoadAvg())
 	fmt.Printf("target: %s, publishes to %s/v1/publish\n", cfg.urls, cfg.httpURL)
 	rate := "closed loop"
 	if cfg.rate > 0 {
@@ -251,7 +251,7 @@ func run(ctx context.Context, args []string) error {
 			p.name, p.pid, d.Round(time.Millisecond), 100*d.Seconds()/window.Seconds(), per,
 			float64(d.Microseconds())/float64(max(accepted, 1)))
 	}
-	fmt.Printf("load average at end: %s\n", loadAvg())
+	fmt.Printf("load average at end: %s\n", clustertest.LoadAvg())
 	return nil
 }
 
@@ -532,29 +532,7 @@ type pidName struct {
 func cpuTimes(pids []pidName) []time.Duration {
 	out := make([]time.Duration, len(pids))
 	for i, p := range pids {
-		stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", p.pid))
-		if err != nil {
-			continue
-		}
-		f := strings.Fields(string(stat[strings.LastIndexByte(string(stat), ')')+1:]))
-		if len(f) > 12 {
-			u, _ := strconv.ParseInt(f[11], 10, 64)
-			s, _ := strconv.ParseInt(f[12], 10, 64)
-			out[i] = time.Duration(u+s) * 10 * time.Millisecond // USER_HZ 100
-		}
+		out[i] = clustertest.CPUTime(p.pid)
 	}
 	return out
-}
-
-// loadAvg returns the 1, 5 and 15 minute load averages.
-func loadAvg() string {
-	b, err := os.ReadFile("/proc/loadavg")
-	if err != nil {
-		return "unknown"
-	}
-	f := strings.Fields(string(b))
-	if len(f) < 3 {
-		return "unknown"
-	}
-	return strings.Join(f[:3], " ")
 }
