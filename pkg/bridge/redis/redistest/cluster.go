@@ -153,6 +153,16 @@ func (c *Cluster) Primary(slot int) *Server {
 // OtherPrimary returns a running primary other than p.
 func (c *Cluster) OtherPrimary(p *Server) *Server {
 	c.tb.Helper()
+	if n := c.other(p, "role:master"); n != nil {
+		return n
+	}
+	c.tb.Fatal("redistest: no other primary")
+	return nil
+}
+
+// other returns a running node other than p whose INFO replication
+// contains want, or nil.
+func (c *Cluster) other(p *Server, want string) *Server {
 	for _, n := range c.Nodes {
 		if n == p || !n.Running() {
 			continue
@@ -160,11 +170,10 @@ func (c *Cluster) OtherPrimary(p *Server) *Server {
 		cl := c.client(n)
 		repl, err := cl.Info(context.Background(), "replication").Result()
 		cl.Close()
-		if err == nil && strings.Contains(repl, "role:master") {
+		if err == nil && strings.Contains(repl, want) {
 			return n
 		}
 	}
-	c.tb.Fatal("redistest: no other primary")
 	return nil
 }
 
@@ -236,16 +245,8 @@ func (c *Cluster) any() *Server {
 // Replica returns a running replica of primary p.
 func (c *Cluster) Replica(p *Server) *Server {
 	c.tb.Helper()
-	for _, n := range c.Nodes {
-		if n == p || !n.Running() {
-			continue
-		}
-		cl := c.client(n)
-		repl, err := cl.Info(context.Background(), "replication").Result()
-		cl.Close()
-		if err == nil && strings.Contains(repl, "master_port:"+strconv.Itoa(p.Port())+"\r\n") {
-			return n
-		}
+	if n := c.other(p, "master_port:"+strconv.Itoa(p.Port())+"\r\n"); n != nil {
+		return n
 	}
 	c.tb.Fatalf("redistest: no replica of %s", p.Addr())
 	return nil
