@@ -72,11 +72,12 @@ type jwksKey struct {
 // on the network; a fetch happens at most every MinRefetch, on an unknown
 // kid or a set older than MaxAge, and a failed fetch keeps the old keys.
 type jwksCache struct {
-	url    string
-	client *http.Client
-	minGap time.Duration
-	maxAge time.Duration
-	now    func() time.Time
+	url     string
+	client  *http.Client
+	timeout time.Duration // JWKSTimeout: bounds a fetch even through a client without a Timeout
+	minGap  time.Duration
+	maxAge  time.Duration
+	now     func() time.Time
 
 	fetchMu sync.Mutex // one fetch at a time
 	mu      sync.RWMutex
@@ -91,7 +92,7 @@ func newJWKSCache(cfg Config) *jwksCache {
 	if client == nil {
 		client = &http.Client{Timeout: cfg.JWKSTimeout}
 	}
-	return &jwksCache{url: cfg.JWKSURL, client: client, minGap: cfg.JWKSMinRefetch, maxAge: cfg.JWKSMaxAge, now: time.Now}
+	return &jwksCache{url: cfg.JWKSURL, client: client, timeout: cfg.JWKSTimeout, minGap: cfg.JWKSMinRefetch, maxAge: cfg.JWKSMaxAge, now: time.Now}
 }
 
 // key returns the key with kid ("" = the only key of the set).
@@ -171,7 +172,7 @@ func (c *jwksCache) refetch() error {
 }
 
 func (c *jwksCache) fetch() (map[string]jwksKey, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), c.client.Timeout+time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), c.timeout)
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.url, nil)
 	if err != nil {

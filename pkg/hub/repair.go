@@ -78,6 +78,10 @@ func (h *Hub) Repair(ctx context.Context) Repaired {
 		wg.Go(func() {
 			defer func() { <-sem }()
 			backlog, top, recovered, err := h.br.History(ctx, g.channel, &g.since)
+			frames := make([][]byte, len(backlog)) // encoded once, shared by the group
+			for i, msg := range backlog {
+				frames[i] = messageFrame(msg)
+			}
 			h.mu.RLock()
 			defer h.mu.RUnlock()
 			told, sent := 0, 0
@@ -93,8 +97,8 @@ func (h *Hub) Repair(ctx context.Context) Repaired {
 				}
 				t.m.mu.Lock()
 				if recovered {
-					for _, msg := range backlog {
-						if one, _ := t.m.send(t.s, msg, nil); one {
+					for i, msg := range backlog {
+						if one, _ := t.m.send(t.s, msg, frames[i]); one {
 							sent++
 						}
 					}

@@ -55,6 +55,9 @@ type refusal struct {
 // admit takes one connection slot for the client at ip, or says why not. A
 // slot taken must be given back with release.
 func (a *admission) admit(ip netip.Addr, now time.Time) *refusal {
+	if a.off() {
+		return nil
+	}
 	src := group(ip)
 	a.mu.Lock()
 	defer a.mu.Unlock()
@@ -82,6 +85,9 @@ func (a *admission) admit(ip netip.Addr, now time.Time) *refusal {
 
 // release gives back a slot admit took for ip.
 func (a *admission) release(ip netip.Addr) {
+	if a.off() {
+		return
+	}
 	src := group(ip)
 	a.mu.Lock()
 	defer a.mu.Unlock()
@@ -89,6 +95,9 @@ func (a *admission) release(ip netip.Addr) {
 		s.conns--
 	}
 }
+
+// off reports that neither limit is set: no source state is kept.
+func (a *admission) off() bool { return a.maxConns == 0 && a.rate == 0 }
 
 func (a *admission) sweep(now time.Time) {
 	a.swept = now

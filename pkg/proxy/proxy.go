@@ -264,24 +264,23 @@ func (p *Proxy) dialNode(ctx context.Context, addr string, head []byte) (net.Con
 		return nil, nil, err
 	}
 	br := p.reader(c)
-	if err := c.SetDeadline(deadline); err != nil {
+	fail := func(err error) (net.Conn, *bufio.Reader, error) {
 		p.putReader(br)
 		c.Close()
-		return nil, nil, fmt.Errorf("set node deadline: %w", err)
+		return nil, nil, err
+	}
+	if err := c.SetDeadline(deadline); err != nil {
+		return fail(fmt.Errorf("set node deadline: %w", err))
 	}
 	if _, err := c.Write(head); err != nil {
-		p.putReader(br)
-		c.Close()
-		return nil, nil, fmt.Errorf("write upgrade: %w", err)
+		return fail(fmt.Errorf("write upgrade: %w", err))
 	}
 	if err := p.await(ctx, c, br, deadline); err != nil {
 		var ne net.Error
 		if errors.As(err, &ne) && ne.Timeout() && ctx.Err() == nil {
 			return c, br, errSlow
 		}
-		p.putReader(br)
-		c.Close()
-		return nil, nil, err
+		return fail(err)
 	}
 	return c, br, nil
 }

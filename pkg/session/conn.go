@@ -148,11 +148,15 @@ func (c *Conn) waitReadable() error {
 	if len(c.pending) > 0 || c.raw == nil {
 		return nil
 	}
-	return c.raw.Read(func(fd uintptr) bool {
-		var b [1]byte
-		_, _, err := syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
-		return err != syscall.EAGAIN // data, EOF or an error the next Read reports
-	})
+	return c.raw.Read(peekReady)
+}
+
+// peekReady reports, without consuming or waiting, whether fd has data, EOF
+// or an error the next Read reports.
+func peekReady(fd uintptr) bool {
+	var b [1]byte
+	_, _, err := syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
+	return err != syscall.EAGAIN
 }
 
 // Start serves the connection on its own goroutines, counted in Deps.WG,
@@ -352,9 +356,7 @@ func (c *Conn) readable() bool {
 	}
 	has := true
 	c.raw.Read(func(fd uintptr) bool {
-		var b [1]byte
-		_, _, err := syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
-		has = err != syscall.EAGAIN
+		has = peekReady(fd)
 		return true
 	})
 	return has

@@ -236,6 +236,7 @@ func (u *Upgrader) Upgrade(w http.ResponseWriter, r *http.Request) *Conn {
 // Reject turns away an upgraded connection that was never started: a 1001
 // close frame, then the socket is closed. The caller releases its admission.
 func (c *Conn) Reject() {
+	c.nc.SetWriteDeadline(time.Now().Add(c.u.cfg.WriteTimeout))
 	c.nc.Write(ws.CompiledCloseGoingAway)
 	c.nc.Close()
 }
