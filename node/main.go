@@ -56,6 +56,11 @@ func run(ctx context.Context, args []string, env func(string) string, stderr io.
 	fs.IntVar(&cfg.MaxPending, "max-pending", d.MaxPending, "connections set up at once; more get HTTP 503 and retry (admission control)")
 	fs.IntVar(&cfg.RebalanceRate, "rebalance-rate", d.RebalanceRate, "clients per second asked to move after a ring change")
 	fs.IntVar(&cfg.MaxConnsPerClient, "max-conns-per-client", d.MaxConnsPerClient, "connections one client id may hold on a node; more get HTTP 429")
+	fs.DurationVar(&cfg.MoveFloor, "move-floor", d.MoveFloor, "least delay of a rebalance reconnect request: time for every balancer to see the ring change")
+	fs.DurationVar(&cfg.SweepAge, "sweep-age", d.SweepAge, "a client sitting this long on a node that does not own it is asked to move (checked this often)")
+	fs.DurationVar(&cfg.OwnerProbeTimeout, "owner-probe-timeout", d.OwnerProbeTimeout, "health check of a new owner before clients are asked to move to it")
+	fs.DurationVar(&cfg.FenceAfter, "fence-after", 0, "a pause (SIGSTOP, VM freeze) longer than this closes every session 1012 (0 = the earliest gossip may declare this node dead: 600ms fast, 5s lan)")
+	fs.DurationVar(&cfg.CloseGrace, "close-grace", d.CloseGrace, "a connection lives this long after its close frame was queued")
 	cfg.Auth.RegisterFlags(fs)
 	newLog := logging.Flags(fs)
 	if err := flagenv.Parse(fs, args, env); err != nil {

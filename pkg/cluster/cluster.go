@@ -28,6 +28,7 @@ type Cluster struct {
 	ml     *memberlist.Memberlist
 	gossip string
 	meta   [2][]byte // encoded metadata: [0] normally, [1] once leaving
+	timing timing    // memberlist's failure detection settings
 
 	running atomic.Bool
 	joined  atomic.Bool // a join reached a peer
@@ -71,6 +72,7 @@ func New(cfg Config) (*Cluster, error) {
 	if err != nil {
 		return nil, err
 	}
+	c.timing = timingOf(mc)
 	d := delegate{c}
 	mc.Delegate, mc.Events = d, d
 	if c.ml, err = memberlist.Create(mc); err != nil {

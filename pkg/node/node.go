@@ -63,6 +63,38 @@ type Config struct {
 	MaxConnsPerClient int           // connections one client id holds here (tabs, devices); one more gets HTTP 429; default 16
 	Auth              auth.Config   // client tokens and the API key; the same on every balancer and node
 
+	// Failover timings. Zero means the default; negative is refused.
+
+	// MoveFloor is the least after_ms of a rebalance reconnect request: time
+	// for every balancer to see the ring change this node saw, so the client
+	// is routed to its new owner, not back here. Default 300ms (gossip
+	// spreads a change in well under that with -detect fast); shorter moves
+	// clients sooner but risks a second move when a balancer lags.
+	MoveFloor time.Duration
+	// SweepAge is how long a client must have sat on a node that does not
+	// own it before the periodic sweep (run this often) asks it to move: it
+	// landed here while a balancer's view lagged, or its owner was
+	// unreachable. Default 3s; shorter converges sooner after such a
+	// detour, longer moves fewer clients that are about to move anyway.
+	SweepAge time.Duration
+	// OwnerProbeTimeout bounds the health check of a client's new owner
+	// before clients are asked to move to it (a crashed node not yet
+	// declared dead must not attract clients). Default 500ms: a live node
+	// answers in a millisecond; longer delays a rebalance pass behind a
+	// frozen owner, shorter may skip an owner that is only slow.
+	OwnerProbeTimeout time.Duration
+	// FenceAfter is the pause (SIGSTOP, a VM freeze) after which this node
+	// closes every session with 1012, since its peers may have declared it
+	// dead and re-homed its clients meanwhile. Default 0: the earliest a
+	// peer can declare it dead under -detect (cluster.Detection: 600ms
+	// fast, 5s lan, for clusters under 10 processes); longer risks serving
+	// sessions that moved, shorter closes sessions after pauses gossip
+	// forgave.
+	FenceAfter time.Duration
+	// CloseGrace bounds how long a connection lives after its close frame
+	// was queued. Default 2s (session.Config.CloseGrace).
+	CloseGrace time.Duration
+
 	Log      *zap.Logger
 	Registry *prometheus.Registry // nil = a fresh one
 }
@@ -87,6 +119,11 @@ func DefaultConfig() Config {
 		RebalanceRate:   500,
 		RebalanceSpread: time.Second,
 		MaxPending:      512,
+
+		MoveFloor:         300 * time.Millisecond,
+		SweepAge:          3 * time.Second,
+		OwnerProbeTimeout: 500 * time.Millisecond,
+		CloseGrace:        sd.CloseGrace,
 
 		MaxConnsPerClient: sd.MaxConnsPerClient,
 	}
@@ -140,13 +177,18 @@ func (c *Config) validate() error {
 	setDur(&c.RebalanceSpread, d.RebalanceSpread)
 	setInt(&c.MaxPending, d.MaxPending)
 	setInt(&c.MaxConnsPerClient, d.MaxConnsPerClient)
+	setDur(&c.MoveFloor, d.MoveFloor)
+	setDur(&c.SweepAge, d.SweepAge)
+	setDur(&c.OwnerProbeTimeout, d.OwnerProbeTimeout)
+	setDur(&c.CloseGrace, d.CloseGrace)
 	if err := bridges.Check(c.Bridge, c.HistorySize); err != nil {
 		return fmt.Errorf("node: %w", err)
 	}
 	switch {
 	case c.Heartbeat < 0, c.MaxMessage < 0, c.MaxChannels < 0, c.SendQueue < 0, c.SendQueueBytes < 0,
 		c.WriteTimeout < 0, c.RequestTimeout < 0, c.DrainWindow < 0, c.RebalanceRate < 0,
-		c.RebalanceSpread < 0, c.HistorySize < 0, c.HistoryTTL < 0, c.MaxPending < 0, c.MaxConnsPerClient < 0:
+		c.RebalanceSpread < 0, c.HistorySize < 0, c.HistoryTTL < 0, c.MaxPending < 0, c.MaxConnsPerClient < 0,
+		c.MoveFloor < 0, c.SweepAge < 0, c.OwnerProbeTimeout < 0, c.FenceAfter < 0, c.CloseGrace < 0:
 		return errors.New("node: sizes and durations must not be negative")
 	}
 	if c.Log == nil {
@@ -234,7 +276,7 @@ func New(cfg Config) (*Server, error) {
 			SendQueue: cfg.SendQueue, SendQueueBytes: cfg.SendQueueBytes,
 			WriteTimeout: cfg.WriteTimeout, RequestTimeout: cfg.RequestTimeout,
 			RequestRate: cfg.RequestRate, MaxUnfinished: cfg.MaxUnfinished, AssemblyTimeout: cfg.AssemblyTimeout,
-			MaxConnsPerClient: cfg.MaxConnsPerClient,
+			MaxConnsPerClient: cfg.MaxConnsPerClient, CloseGrace: cfg.CloseGrace,
 		}, session.Deps{
 			Hub: s.hub, WG: &s.wg, Log: cfg.Log, Registry: s.reg, Auth: s.auth,
 			RingEpoch: func() uint64 { return s.cluster.View().Epoch },
@@ -286,7 +328,12 @@ func (s *Server) Run(ctx context.Context) error {
 	g.Go(func() error { return httpapi.Serve(s.http, s.ln) })
 	wctx, stopWatch := context.WithCancel(context.Background())
 	g.Go(func() error { s.watch(wctx); return nil })
-	g.Go(func() error { s.fence(wctx); return nil })
+	g.Go(func() error {
+		t := time.NewTicker(fenceTick)
+		defer t.Stop()
+		s.fence(wctx, t.C, s.fenceAfter)
+		return nil
+	})
 	s.log.Info("node up", zap.String("id", s.cfg.ID), zap.String("addr", s.Addr()),
 		zap.String("gossip", s.GossipAddr()), zap.String("bridge", s.cfg.Bridge))
 
@@ -314,6 +361,18 @@ func (s *Server) Run(ctx context.Context) error {
 	}
 	s.log.Info("node stopped")
 	return err
+}
+
+// fenceTick is how often the fence looks at the clock: a pause is noticed
+// this much after it ended, at the latest.
+const fenceTick = 100 * time.Millisecond
+
+// fenceAfter is the pause that fences this node's sessions.
+func (s *Server) fenceAfter() time.Duration {
+	if s.cfg.FenceAfter > 0 {
+		return s.cfg.FenceAfter
+	}
+	return s.cluster.Detection().Earliest
 }
 
 // track starts c unless the node began draining since Admit let it in.

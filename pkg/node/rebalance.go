@@ -20,7 +20,7 @@ func (s *Server) watch(ctx context.Context) {
 	var epoch uint64
 	prev := s.cluster.View()
 	var peers map[string]string
-	sweep := time.NewTicker(sweepAge)
+	sweep := time.NewTicker(s.cfg.SweepAge)
 	defer sweep.Stop()
 	for {
 		changes := s.cluster.Changes()
@@ -46,19 +46,12 @@ func (s *Server) watch(ctx context.Context) {
 		case <-sweep.C:
 			// Clients that landed here while a balancer's view lagged
 			// behind ours get no ring change to move them: sweep.
-			if !s.rebalance(ctx, v, changes, sweepAge) {
+			if !s.rebalance(ctx, v, changes, s.cfg.SweepAge) {
 				continue
 			}
 		}
 	}
 }
-
-// moveFloor is the least after_ms of a reconnect request.
-const moveFloor = 300 * time.Millisecond
-
-// sweepAge is how long a client must have sat on a node that does not own it
-// before a periodic sweep asks it to move.
-const sweepAge = 3 * time.Second
 
 // rebalance asks every local client connected for at least minAge whose
 // owner is now another, reachable node to reconnect, paced at RebalanceRate
@@ -78,7 +71,7 @@ func (s *Server) rebalance(ctx context.Context, v *cluster.View, changes <-chan 
 		ok, seen := reachable[owner]
 		if !seen {
 			m, _ := v.Node(owner) // a crashed node not yet declared dead must not attract clients
-			ok = httpapi.Healthy(ctx, s.probe, m.Addr, 500*time.Millisecond)
+			ok = httpapi.Healthy(ctx, s.probe, m.Addr, s.cfg.OwnerProbeTimeout)
 			reachable[owner] = ok
 		}
 		if ok {
@@ -89,11 +82,23 @@ func (s *Server) rebalance(ctx context.Context, v *cluster.View, changes <-chan 
 		return true
 	}
 	s.log.Info("rebalancing", zap.Uint64("ring_epoch", v.Epoch), zap.Int("clients", len(movers)))
-	const tick = 50 * time.Millisecond
-	perTick := max(1, s.cfg.RebalanceRate*int(tick)/int(time.Second))
-	t := time.NewTicker(tick)
+	return pace(ctx, movers, s.cfg.RebalanceRate, changes, func(c *session.Conn) {
+		s.askMove(c, wire.ReasonRebalance, wire.CloseMoved, s.cfg.RebalanceSpread)
+	})
+}
+
+// paceTick is how often pace hands out a batch.
+const paceTick = 50 * time.Millisecond
+
+// pace calls move for each item, rate per second in batches every
+// paceTick, the first batch at once. It returns false when changes fired
+// first (the caller has a newer view to act on), true when it finished or
+// ctx ended.
+func pace[T any](ctx context.Context, items []T, rate int, changes <-chan struct{}, move func(T)) bool {
+	perTick := max(1, rate*int(paceTick)/int(time.Second))
+	t := time.NewTicker(paceTick)
 	defer t.Stop()
-	for i, c := range movers {
+	for i, it := range items {
 		if i > 0 && i%perTick == 0 {
 			select {
 			case <-ctx.Done():
@@ -103,20 +108,24 @@ func (s *Server) rebalance(ctx context.Context, v *cluster.View, changes <-chan 
 			case <-t.C:
 			}
 		}
-		s.askMove(c, wire.ReasonRebalance, wire.CloseMoved, s.cfg.RebalanceSpread)
+		move(it)
 	}
 	return true
 }
 
+// mover is a session that can be asked to move (a *session.Conn).
+type mover interface {
+	Move(reason string, code int, after time.Duration) bool
+}
+
 // askMove sends c a reconnect frame with after_ms jittered over spread and
 // closes it with code if it is still here well after that.
-func (s *Server) askMove(c *session.Conn, reason string, code int, spread time.Duration) {
+func (s *Server) askMove(c mover, reason string, code int, spread time.Duration) {
 	after := time.Duration(rand.Int64N(int64(spread) + 1))
 	if reason == wire.ReasonRebalance {
-		// The floor gives every balancer time to see the ring change this
-		// node saw, so the client is routed to its new owner, not back
-		// here. (A drain starts after the node has left gossip.)
-		after += moveFloor
+		// The floor (Config.MoveFloor) gives every balancer time to see
+		// the ring change. (A drain starts after the node has left gossip.)
+		after += s.cfg.MoveFloor
 	}
 	if c.Move(reason, code, after) {
 		s.met.moved.Inc()
@@ -148,26 +157,20 @@ func (s *Server) drain(window time.Duration) {
 }
 
 // fence watches for this process having been paused (SIGSTOP, a VM freeze)
-// for longer than failure detection takes. Meanwhile gossip may have
-// declared this node dead and its clients been re-homed; memberlist refutes
-// within milliseconds of waking, so nothing else tells. Every session is
-// closed with 1012: each client reconnects through a balancer to its current
-// owner and recovers from its last offset.
-func (s *Server) fence(ctx context.Context) {
-	const tick = 100 * time.Millisecond
-	limit := time.Second // the fast profile declares a node dead in about 1 s
-	if s.cfg.Detect != "fast" {
-		limit = 4 * time.Second
-	}
-	t := time.NewTicker(tick)
-	defer t.Stop()
+// for longer than Config.FenceAfter, by default the earliest a peer may
+// declare it dead (limit). Meanwhile gossip may have declared this node dead
+// and its clients been re-homed; memberlist refutes within milliseconds of
+// waking, so nothing else tells. Every session is closed with 1012: each
+// client reconnects through a balancer to its current owner and recovers
+// from its last offset.
+func (s *Server) fence(ctx context.Context, ticks <-chan time.Time, limit func() time.Duration) {
 	last := time.Now()
 	for {
 		select {
 		case <-ctx.Done():
 			return
-		case now := <-t.C:
-			if gap := now.Sub(last); gap > limit {
+		case now := <-ticks:
+			if gap := now.Sub(last); gap > limit() {
 				conns := s.snapshot()
 				s.log.Warn("process was paused past failure detection, closing its sessions",
 					zap.Duration("paused", gap), zap.Int("clients", len(conns)))

@@ -218,7 +218,7 @@ func (c *Conn) wait() bool {
 	if at, closing := c.closingSince(); closing {
 		// A close frame is queued: handle nothing more, and give the peer
 		// a bounded time to read it and answer.
-		c.nc.SetReadDeadline(at.Add(closeGrace))
+		c.nc.SetReadDeadline(at.Add(c.u.cfg.CloseGrace))
 		c.discard()
 		return false
 	}
@@ -383,10 +383,6 @@ func (c *Conn) discard() {
 		}
 	}
 }
-
-// closeGrace bounds how long a connection lives after its close frame was
-// queued: time for the writer to flush it and the peer to answer.
-const closeGrace = 2 * time.Second
 
 // closingSince reports whether a close frame is queued, and since when.
 func (c *Conn) closingSince() (time.Time, bool) {

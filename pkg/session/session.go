@@ -52,6 +52,11 @@ type Config struct {
 	// connection that replaces its own session does not count). Default 16:
 	// plenty of tabs, while one leaked token cannot pin thousands of sockets.
 	MaxConnsPerClient int
+	// CloseGrace bounds how long a connection lives after its close frame
+	// was queued: time for the writer to flush it and the peer to answer.
+	// Default 2s: a client on a slow link still reads the close code
+	// (1012, 4009: why to reconnect); shorter frees the socket sooner.
+	CloseGrace time.Duration
 }
 
 // DefaultConfig returns the defaults documented on Config.
@@ -68,6 +73,7 @@ func DefaultConfig() Config {
 		MaxUnfinished:     16 << 20,
 		RequestRate:       100,
 		MaxConnsPerClient: 16,
+		CloseGrace:        2 * time.Second,
 	}
 }
 
@@ -79,7 +85,7 @@ func (c *Config) validate() error {
 	for _, v := range []struct{ p, def *time.Duration }{
 		{&c.Heartbeat, &d.Heartbeat}, {&c.WriteTimeout, &d.WriteTimeout},
 		{&c.RequestTimeout, &d.RequestTimeout}, {&c.HandshakeTimeout, &d.HandshakeTimeout},
-		{&c.AssemblyTimeout, &d.AssemblyTimeout},
+		{&c.AssemblyTimeout, &d.AssemblyTimeout}, {&c.CloseGrace, &d.CloseGrace},
 	} {
 		if *v.p < 0 {
 			return fmt.Errorf("session: duration %v < 0", *v.p)

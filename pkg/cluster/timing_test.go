@@ -1,0 +1,46 @@
+package cluster
+
+import (
+	"testing"
+	"time"
+
+	"github.com/ringcast/ringcast/pkg/testkit"
+)
+
+func TestDetection(t *testing.T) {
+	for _, tc := range []struct {
+		detect           string
+		n                int
+		earliest, latest time.Duration
+	}{
+		// fast: 200 ms probes, suspicion 2 × 200 ms, no confirmations awaited.
+		{DetectFast, 4, 600 * time.Millisecond, 4*200*time.Millisecond + 400*time.Millisecond},
+		// lan: 1 s probes, suspicion 4 s once 2 peers confirm, 6 × 4 s without.
+		{DetectLAN, 4, 5 * time.Second, 4*time.Second + 24*time.Second},
+		// Two processes: nobody can confirm, the shortest suspicion applies.
+		{DetectLAN, 2, 5 * time.Second, 2*time.Second + 4*time.Second},
+		// 100 processes: suspicion scales with log10 n.
+		{DetectFast, 100, 200*time.Millisecond + 800*time.Millisecond, 100*200*time.Millisecond + 800*time.Millisecond},
+	} {
+		cfg := DefaultConfig()
+		cfg.ID, cfg.Detect, cfg.Bind = "x", tc.detect, "127.0.0.1:0"
+		mc, err := cfg.withDefaults().memberlistConfig()
+		if err != nil {
+			t.Fatal(err)
+		}
+		d := timingOf(mc).detection(tc.n)
+		if d.Earliest != tc.earliest || d.Latest != tc.latest {
+			t.Errorf("%s, %d members: earliest %v latest %v, want %v and %v", tc.detect, tc.n, d.Earliest, d.Latest, tc.earliest, tc.latest)
+		}
+	}
+}
+
+// TestDetectionOfRunningCluster checks that Cluster.Detection counts the
+// members this process sees.
+func TestDetectionOfRunningCluster(t *testing.T) {
+	cs := startNodes(t, 3)
+	testkit.Eventually(t, 10*time.Second, func() bool { return cs[0].Detection().Members == 3 }, "members: %+v", cs[0].Detection())
+	if d := cs[0].Detection(); d.Earliest != 600*time.Millisecond {
+		t.Errorf("Detection() = %+v, want earliest 600ms", d)
+	}
+}
