@@ -14,6 +14,7 @@ import (
 	"github.com/ringcast/ringcast/pkg/bridge"
 	"github.com/ringcast/ringcast/pkg/bridge/mesh"
 	"github.com/ringcast/ringcast/pkg/bridge/redis"
+	"github.com/ringcast/ringcast/pkg/bridge/redis/topology"
 )
 
 // Mesh is the spec of the built-in mesh bridge.
@@ -39,7 +40,7 @@ func DefaultConfig() Config {
 }
 
 // IsRedis reports whether spec names the Redis adapter.
-func IsRedis(spec string) bool { return redis.IsURL(spec) }
+func IsRedis(spec string) bool { return topology.IsURL(spec) }
 
 // Check reports a spec no adapter serves, or history asked of the mesh.
 func Check(spec string, historySize int) error {

@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"hash/crc32"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -19,6 +18,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/ringcast/ringcast/pkg/bridge"
+	"github.com/ringcast/ringcast/pkg/bridge/redis/topology"
 )
 
 // Bridge implements bridge.Bridge over one Redis server, a Sentinel-managed
@@ -69,14 +69,14 @@ func New(cfg Config, recv bridge.Receiver) (*Bridge, error) {
 	}
 	n := 1
 	switch {
-	case srv.single != nil:
-		b.client = goredis.NewClient(srv.single)
-	case srv.sentinel != nil:
-		b.client = goredis.NewFailoverClient(srv.sentinel)
+	case srv.Single != nil:
+		b.client = goredis.NewClient(srv.Single)
+	case srv.Sentinel != nil:
+		b.client = goredis.NewFailoverClient(srv.Sentinel)
 	default:
-		b.cluster = goredis.NewClusterClient(srv.cluster)
-		b.client, b.parts, n = b.cluster, srv.partitions, srv.partitions
-		b.tags = partitionTags(b.parts)
+		b.cluster = goredis.NewClusterClient(srv.Cluster)
+		b.client, b.parts, n = b.cluster, srv.Partitions, srv.Partitions
+		b.tags = topology.PartitionTags(b.parts)
 	}
 	for i := range n {
 		b.conns = append(b.conns, b.newSubConn(i))
@@ -107,41 +107,6 @@ func (b *Bridge) tag(p int) string {
 		return ""
 	}
 	return b.tags[p]
-}
-
-// partitionTags returns n hash tags whose slots spread evenly over the
-// 16384 slots: partition i's slot lies in [i×16384/n, (i+1)×16384/n), so a
-// cluster whose shards hold equal slot ranges gets equal partition counts.
-// Every node computes the same tags.
-func partitionTags(n int) []string {
-	tags := make([]string, n)
-	left := n
-	for k := 0; left > 0; k++ {
-		t := strconv.FormatInt(int64(k), 36)
-		i := int(slot(t)) * n / 16384
-		if tags[i] == "" {
-			tags[i] = "{" + t + "}"
-			left--
-		}
-	}
-	return tags
-}
-
-// slot is Redis Cluster's hash slot of a key without a hash tag: CRC-16
-// (XMODEM) mod 16384.
-func slot(key string) uint16 {
-	var crc uint16
-	for i := 0; i < len(key); i++ {
-		crc ^= uint16(key[i]) << 8
-		for range 8 {
-			if crc&0x8000 != 0 {
-				crc = crc<<1 ^ 0x1021
-			} else {
-				crc <<= 1
-			}
-		}
-	}
-	return crc % 16384
 }
 
 func (b *Bridge) channelTopic(channel string) string {
