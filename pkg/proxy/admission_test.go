@@ -104,14 +104,14 @@ func TestAdmissionLimits(t *testing.T) {
 	for i := range held {
 		held[i] = connect(t, addr, "c"+strconv.Itoa(i), "n1")
 	}
-	accepted := b.accepted.Load()
+	accepted := b.Accepted()
 
 	c := dialRaw(t, addr, upgradeRequest("c9"))
 	if c.resp.StatusCode != http.StatusTooManyRequests || c.resp.Header.Get("Retry-After") == "" {
 		t.Fatalf("4th connection: status %d Retry-After %q, want 429 with Retry-After", c.resp.StatusCode, c.resp.Header.Get("Retry-After"))
 	}
 	c.expectClosed(t)
-	if got := b.accepted.Load(); got != accepted {
+	if got := b.Accepted(); got != accepted {
 		t.Errorf("node accepted %d connections for a refused upgrade", got-accepted)
 	}
 	if v, _ := testkit.Metric(t, reg, "ringcast_balancer_connections_refused_total", "per_ip_conns"); v != 1 {

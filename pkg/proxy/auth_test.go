@@ -47,7 +47,7 @@ func TestAuthBeforeDial(t *testing.T) {
 			}
 		})
 	}
-	if n := b.accepted.Load(); n != 0 {
+	if n := b.Accepted(); n != 0 {
 		t.Errorf("backend accepted %d connections before a valid token, want 0", n)
 	}
 	if ids := pick.picked(); len(ids) != 0 {

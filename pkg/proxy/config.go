@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/ringcast/ringcast/pkg/auth"
+	"github.com/ringcast/ringcast/pkg/relay"
 )
 
 // Config tunes a Proxy. A zero field means its default.
@@ -30,17 +31,15 @@ type Config struct {
 	// enough for gossip to confirm a death, short enough that a restarted node
 	// gets its clients back soon.
 	DownFor time.Duration
-	// BufferSize is the relay buffer in bytes. Each poller shard reads into
-	// one; a connection holds one per direction only while its receiver lags
-	// (or all along, when a side has no file descriptor, as with TLS).
-	// Default 16 KiB: larger moves big messages in fewer syscalls, smaller
-	// costs less under many concurrently lagging receivers.
+	// BufferSize is the relay buffer in bytes: relay.Config.BufferSize, with
+	// its default (16 KiB) and trade-off.
 	BufferSize int
 	// IdleTimeout closes a relayed connection that moved no bytes in either
-	// direction for this long (checked every 100 ms). Default 0 = never: the
-	// node enforces the WebSocket heartbeat.
+	// direction for this long (relay.Config.IdleTimeout). Default 0 = never:
+	// the node enforces the WebSocket heartbeat.
 	IdleTimeout time.Duration
-	// WriteTimeout bounds every write to the client or the node. Default 10s:
+	// WriteTimeout bounds every write to the client or the node, the
+	// handshake's and the relay's (relay.Config.WriteTimeout). Default 10s:
 	// a peer that takes longer to accept one buffer is treated as dead.
 	WriteTimeout time.Duration
 	// MaxConnsPerIP bounds the relayed connections of one source address
@@ -68,14 +67,15 @@ type Config struct {
 
 // DefaultConfig returns the defaults documented on Config.
 func DefaultConfig() Config {
+	r := relay.DefaultConfig()
 	return Config{
 		DialTimeout:      time.Second,
 		HandshakeTimeout: 5 * time.Second,
 		MaxAttempts:      3,
 		DownFor:          3 * time.Second,
-		BufferSize:       16 << 10,
-		IdleTimeout:      0,
-		WriteTimeout:     10 * time.Second,
+		BufferSize:       r.BufferSize,
+		IdleTimeout:      r.IdleTimeout,
+		WriteTimeout:     r.WriteTimeout,
 		MaxConnsPerIP:    2048,
 		ConnRatePerIP:    200,
 	}

@@ -13,12 +13,13 @@ import (
 	"slices"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/goleak"
+
+	"github.com/ringcast/ringcast/pkg/testkit"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -30,75 +31,41 @@ const ioTimeout = 5 * time.Second
 // sends its name and a newline right behind the 101 in the same write, then
 // echoes bytes.
 type backend struct {
-	name     string
-	ln       net.Listener
-	status   int           // answer with this status instead of 101
-	hang     bool          // never answer
-	stall    bool          // send the first bytes of the answer, then nothing
-	delay    time.Duration // wait this long before answering
-	hold     bool          // after the 101, keep the connection without a goroutine and record nothing
-	accepted atomic.Int32
+	*testkit.Server
+	name   string
+	status int           // answer with this status instead of 101
+	hang   bool          // never answer
+	stall  bool          // send the first bytes of the answer, then nothing
+	delay  time.Duration // wait this long before answering
 
 	mu      sync.Mutex
-	conns   map[net.Conn]struct{}
 	headers []http.Header
 	uris    []string
-	wg      sync.WaitGroup
 }
 
 func startBackend(tb testing.TB, name string, opt func(*backend)) *backend {
 	tb.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		tb.Fatal(err)
-	}
-	b := &backend{name: name, ln: ln, conns: make(map[net.Conn]struct{})}
+	b := &backend{name: name}
 	if opt != nil {
 		opt(b)
 	}
-	b.wg.Add(1)
-	go b.accept()
-	tb.Cleanup(b.close)
+	b.Server = testkit.Serve(tb, b.serve)
 	return b
 }
 
-func (b *backend) addr() string { return b.ln.Addr().String() }
-
-func (b *backend) accept() {
-	defer b.wg.Done()
-	for {
-		c, err := b.ln.Accept()
-		if err != nil {
-			return
-		}
-		b.accepted.Add(1)
-		b.mu.Lock()
-		b.conns[c] = struct{}{}
-		b.mu.Unlock()
-		b.wg.Add(1)
-		go b.serve(c)
-	}
-}
+func (b *backend) addr() string { return b.Addr() }
 
 func (b *backend) serve(c net.Conn) {
-	defer b.wg.Done()
-	keep := false
-	defer func() {
-		if !keep {
-			b.drop(c)
-		}
-	}()
+	defer c.Close()
 	br := bufio.NewReader(c)
 	req, err := http.ReadRequest(br)
 	if err != nil {
 		return
 	}
-	if !b.hold {
-		b.mu.Lock()
-		b.headers = append(b.headers, req.Header)
-		b.uris = append(b.uris, req.Host+" "+req.RequestURI)
-		b.mu.Unlock()
-	}
+	b.mu.Lock()
+	b.headers = append(b.headers, req.Header)
+	b.uris = append(b.uris, req.Host+" "+req.RequestURI)
+	b.mu.Unlock()
 	time.Sleep(b.delay) // a slow node, not an assertion
 	switch {
 	case b.hang, b.stall:
@@ -116,40 +83,9 @@ func (b *backend) serve(c net.Conn) {
 	h := sha1.Sum([]byte(req.Header.Get("Sec-WebSocket-Key") + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"))
 	_, err = c.Write([]byte("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n" +
 		"Sec-WebSocket-Accept: " + base64.StdEncoding.EncodeToString(h[:]) + "\r\n\r\n" + b.name + "\n"))
-	if err != nil || b.hold {
-		keep = err == nil
-		return
+	if err == nil {
+		testkit.Echo(c, br)
 	}
-	// A plain loop: io.Copy between TCP sockets would splice and add pipe fds.
-	buf := make([]byte, 32<<10)
-	for {
-		n, err := br.Read(buf)
-		if n > 0 {
-			if _, werr := c.Write(buf[:n]); werr != nil {
-				return
-			}
-		}
-		if err != nil {
-			return
-		}
-	}
-}
-
-func (b *backend) drop(c net.Conn) {
-	c.Close()
-	b.mu.Lock()
-	delete(b.conns, c)
-	b.mu.Unlock()
-}
-
-func (b *backend) close() {
-	b.ln.Close()
-	b.mu.Lock()
-	for c := range b.conns {
-		c.Close()
-	}
-	b.mu.Unlock()
-	b.wg.Wait()
 }
 
 // lastRequest returns the headers and the "host uri" of the last upgrade.
@@ -300,24 +236,8 @@ func (c *rawConn) greeting(tb testing.TB) string {
 	return strings.TrimSuffix(line, "\n")
 }
 
-// echo writes msg and checks it comes back. It returns an error instead of
-// failing so that it can run outside the test goroutine.
-func (c *rawConn) echo(msg []byte) error {
-	if err := c.SetDeadline(time.Now().Add(ioTimeout)); err != nil {
-		return err
-	}
-	if _, err := c.Write(msg); err != nil {
-		return fmt.Errorf("write: %w", err)
-	}
-	got := make([]byte, len(msg))
-	if _, err := io.ReadFull(c.r, got); err != nil {
-		return fmt.Errorf("read: %w", err)
-	}
-	if string(got) != string(msg) {
-		return fmt.Errorf("echo of %d bytes differs", len(msg))
-	}
-	return nil
-}
+// echo writes msg and checks it comes back (testkit.EchoOnce).
+func (c *rawConn) echo(msg []byte) error { return testkit.EchoOnce(c, c.r, msg) }
 
 // expectClosed checks that the answer said Connection: close and that the
 // proxy then closed the connection.

@@ -21,6 +21,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/ringcast/ringcast/pkg/auth"
+	"github.com/ringcast/ringcast/pkg/relay"
 	"github.com/ringcast/ringcast/pkg/wire"
 )
 
@@ -36,32 +37,29 @@ type Picker interface {
 // the upgrade response head, or a refusal and its body.
 const maxNodeResponse = 64 << 10
 
+var errClosed = errors.New("proxy closed")
+
 // Proxy is the balancer's /ws handler. It is safe for concurrent use. Relayed
 // connections are owned by the Proxy until either side ends, CloseNode or
-// Close; Close waits for them. They share a few poller goroutines (Linux), or
-// run a goroutine per direction when a side has no file descriptor (TLS).
+// Close; Close waits for them. pkg/relay moves their bytes.
 type Proxy struct {
 	cfg     Config
 	pick    Picker
 	log     *zap.Logger
 	dialer  net.Dialer
-	bufs    sync.Pool // *[]byte of cfg.BufferSize, held only while bytes move
 	readers sync.Pool // *bufio.Reader for node handshakes
+	relay   *relay.Relay
 
 	admission   *admission
 	connections *prometheus.GaugeVec
 	refused     *prometheus.CounterVec
 	fallbacks   prometheus.Counter
 	handshake   prometheus.Histogram
-	toNode      prometheus.Counter
-	toClient    prometheus.Counter
 
 	mu     sync.Mutex
 	closed bool
-	links  map[string]map[relay]netip.Addr // node id → live relays → the source they are counted against
-	down   map[string]time.Time            // node id → skipped until
-	poller *poller                         // started with the first polled relay
-	wg     sync.WaitGroup                  // live relays and their goroutines
+	links  map[string]map[relay.Link]netip.Addr // node id → live links → the source they are counted against
+	down   map[string]time.Time                 // node id → skipped until
 }
 
 // New returns a Proxy that routes with pick. reg may be nil, log may be nil.
@@ -104,12 +102,14 @@ func New(cfg Config, pick Picker, log *zap.Logger, reg prometheus.Registerer) (*
 			// 0.5 ms … 8 s
 			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 15),
 		}),
-		toNode:   bytesTotal.WithLabelValues("to_node"),
-		toClient: bytesTotal.WithLabelValues("to_client"),
-		links:    make(map[string]map[relay]netip.Addr),
-		down:     make(map[string]time.Time),
+		links: make(map[string]map[relay.Link]netip.Addr),
+		down:  make(map[string]time.Time),
 	}
-	p.bufs.New = func() any { b := make([]byte, cfg.BufferSize); return &b }
+	rcfg := relay.Config{BufferSize: cfg.BufferSize, IdleTimeout: cfg.IdleTimeout, WriteTimeout: cfg.WriteTimeout}
+	p.relay, err = relay.New(rcfg, p.log, bytesTotal.WithLabelValues("to_node"), bytesTotal.WithLabelValues("to_client"))
+	if err != nil {
+		return nil, err
+	}
 	if reg != nil {
 		for _, c := range []prometheus.Collector{p.connections, p.refused, p.fallbacks, p.handshake, bytesTotal} {
 			if err := reg.Register(c); err != nil {
@@ -329,11 +329,28 @@ func (p *Proxy) upgrade(w http.ResponseWriter, r *http.Request, src netip.Addr, 
 		client.Close()
 		return err
 	}
-	if err := p.startRelay(src, clientID, nodeID, client, node); err != nil {
-		client.Close()
-		return err
+	// The id is cut from the request line: a copy lets that be collected.
+	return p.relay.Start(client, node, &route{p: p, src: src, clientID: strings.Clone(clientID), node: nodeID})
+}
+
+// route is one relayed connection as the Proxy tracks it: the node it goes
+// to and the source address whose admission slot it holds until it ends.
+type route struct {
+	p              *Proxy
+	src            netip.Addr
+	clientID, node string
+}
+
+// Track registers l, relayed to the route's node; it returns false once
+// Close was called.
+func (rt *route) Track(l relay.Link) bool { return rt.p.track(rt.node, l, rt.src) }
+
+// Untrack forgets l and frees its admission slot.
+func (rt *route) Untrack(l relay.Link, err error) {
+	rt.p.untrack(rt.node, l)
+	if ce := rt.p.log.Check(zap.DebugLevel, "relay ended"); ce != nil {
+		ce.Write(zap.String("client_id", rt.clientID), zap.String("node", rt.node), zap.Error(err))
 	}
-	return nil
 }
 
 // readAnswer reads the rest of the node's answer within HandshakeTimeout. A
@@ -519,9 +536,9 @@ func (p *Proxy) isClosed() bool {
 	return p.closed
 }
 
-// track registers r, relayed to nodeID, and adds one to p.wg for it; it
-// returns false once Close was called.
-func (p *Proxy) track(nodeID string, r relay, src netip.Addr) bool {
+// track registers r, relayed to nodeID; it returns false once Close was
+// called.
+func (p *Proxy) track(nodeID string, r relay.Link, src netip.Addr) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.closed {
@@ -529,16 +546,15 @@ func (p *Proxy) track(nodeID string, r relay, src netip.Addr) bool {
 	}
 	set := p.links[nodeID]
 	if set == nil {
-		set = make(map[relay]netip.Addr)
+		set = make(map[relay.Link]netip.Addr)
 		p.links[nodeID] = set
 	}
 	set[r] = src
 	p.connections.WithLabelValues(nodeID).Inc()
-	p.wg.Add(1)
 	return true
 }
 
-func (p *Proxy) untrack(nodeID string, r relay) {
+func (p *Proxy) untrack(nodeID string, r relay.Link) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	set := p.links[nodeID]
@@ -560,7 +576,7 @@ func (p *Proxy) CloseNode(nodeID string) int {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	for r := range p.links[nodeID] {
-		r.close()
+		r.Close()
 	}
 	return len(p.links[nodeID])
 }
@@ -583,16 +599,9 @@ func (p *Proxy) Close() {
 	p.closed = true
 	for _, set := range p.links {
 		for r := range set {
-			r.close()
+			r.Close()
 		}
 	}
 	p.mu.Unlock()
-	p.wg.Wait()
-	p.mu.Lock()
-	pl := p.poller
-	p.poller = nil
-	p.mu.Unlock()
-	if pl != nil {
-		pl.stop()
-	}
+	p.relay.Close()
 }

@@ -88,7 +88,7 @@ func TestRejectsBeforeDial(t *testing.T) {
 			c.expectClosed(t)
 		})
 	}
-	if n := b.accepted.Load(); n != 0 {
+	if n := b.Accepted(); n != 0 {
 		t.Errorf("backend accepted %d connections, want 0", n)
 	}
 	if calls := pick.pickCalls(); len(calls) != 0 {
@@ -196,13 +196,13 @@ func TestStalledNodeFallsBack(t *testing.T) {
 		v, _ := testkit.Metric(t, reg, "ringcast_balancer_handshake_seconds")
 		return v == 1
 	}, "handshakes timed, want 1")
-	if n := stalled.accepted.Load(); n != 1 {
+	if n := stalled.Accepted(); n != 1 {
 		t.Errorf("stalled node got %d connections, want 1", n)
 	}
 	// The next client does not pay for n1 again.
 	start = time.Now()
 	connect(t, addr, "bob", "n2")
-	if n := stalled.accepted.Load(); n != 1 {
+	if n := stalled.Accepted(); n != 1 {
 		t.Errorf("stalled node got %d connections after bob, want 1 (it is marked down)", n)
 	}
 	t.Logf("first client welcomed after %v (dial timeout %v), second after %v", took.Round(time.Millisecond), dial, time.Since(start).Round(time.Millisecond))
@@ -273,7 +273,7 @@ func TestNodeRefusalRelayed(t *testing.T) {
 			if got := p.Down("n1"); got != tt.wantDown {
 				t.Errorf("Down(n1) = %v, want %v", got, tt.wantDown)
 			}
-			if n := b.accepted.Load(); n != 1 {
+			if n := b.Accepted(); n != 1 {
 				t.Errorf("node got %d connections, want 1 (a request that reached a node is never re-sent)", n)
 			}
 			if got := p.Connections(); len(got) != 0 {
@@ -486,7 +486,7 @@ func TestNodeCrash(t *testing.T) {
 	p, addr, _ := startProxy(t, Config{}, &fakePicker{nodes: []testNode{{"n1", b.addr()}}})
 
 	c := connect(t, addr, "alice", "n1")
-	b.close()
+	b.Close()
 	if _, err := c.r.ReadByte(); !errors.Is(err, io.EOF) {
 		t.Errorf("client read error %v after the node went away, want EOF", err)
 	}

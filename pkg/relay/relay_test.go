@@ -1,12 +1,8 @@
-package proxy
+package relay
 
 import (
-	"bufio"
 	"errors"
-	"fmt"
-	"io"
 	"net"
-	"net/http"
 	"os"
 	"runtime"
 	"sync/atomic"
@@ -26,20 +22,20 @@ func countFDs(tb testing.TB) int {
 }
 
 func TestFDsPerConnection(t *testing.T) {
-	b := startBackend(t, "n1", nil)
-	p, addr, _ := startProxy(t, Config{}, &fakePicker{nodes: []testNode{{"n1", b.addr()}}})
-	warm := connect(t, addr, "warm", "n1")
+	b := startBackend(t, false)
+	f := startFront(t, Config{}, b.Addr())
+	warm := mustDial(t, f.addr())
 	if err := warm.echo([]byte("x")); err != nil {
 		t.Fatal(err)
 	}
 
 	const n = 200
 	before := countFDs(t)
-	conns := make([]*rawConn, n)
+	conns := make([]*conn, n)
 	for i := range conns {
-		conns[i] = connect(t, addr, fmt.Sprintf("c%d", i), "n1")
+		conns[i] = mustDial(t, f.addr())
 	}
-	testkit.Eventually(t, ioTimeout, func() bool { return p.Connections()["n1"] == n+1 }, "all relayed")
+	testkit.Eventually(t, ioTimeout, func() bool { return f.count() == n+1 }, "all relayed")
 	// Move bytes both ways: a splicing copy would hold a pipe pair by now.
 	for i, c := range conns {
 		if err := c.echo([]byte("ping")); err != nil {
@@ -50,9 +46,9 @@ func TestFDsPerConnection(t *testing.T) {
 	// Each connection also costs this process the test client's socket and
 	// the backend's accepted socket.
 	perConn := float64(after-before-2*n) / n
-	t.Logf("fds: before %d, after %d, proxy's per connection %.2f", before, after, perConn)
+	t.Logf("fds: before %d, after %d, relay's per connection %.2f", before, after, perConn)
 	if perConn > 2.05 {
-		t.Errorf("proxy uses %.2f fds per connection, want at most 2", perConn)
+		t.Errorf("relay uses %.2f fds per connection, want at most 2", perConn)
 	}
 }
 
@@ -76,9 +72,9 @@ func fill(c net.Conn, total int, written *atomic.Int64) error {
 // the relay holds what a side did not take and reads on once it did,
 // without losing or reordering bytes.
 func TestSlowReader(t *testing.T) {
-	b := startBackend(t, "n1", nil)
-	_, addr, _ := startProxy(t, Config{BufferSize: 4096}, &fakePicker{nodes: []testNode{{"n1", b.addr()}}})
-	c := connect(t, addr, "alice", "n1")
+	b := startBackend(t, false)
+	f := startFront(t, Config{BufferSize: 4096}, b.Addr())
+	c := mustDial(t, f.addr())
 	if err := c.SetDeadline(time.Now().Add(ioTimeout)); err != nil {
 		t.Fatal(err)
 	}
@@ -107,7 +103,7 @@ func TestSlowReader(t *testing.T) {
 }
 
 // TestStalledClient covers a client that stops reading: the relay closes
-// it after WriteTimeout without progress, or at once on CloseNode.
+// it after WriteTimeout without progress, or at once on Link.Close.
 func TestStalledClient(t *testing.T) {
 	for _, tc := range []struct {
 		name      string
@@ -115,12 +111,12 @@ func TestStalledClient(t *testing.T) {
 		closeNode bool
 	}{
 		{"write timeout", 200 * time.Millisecond, false},
-		{"close node", 0, true},
+		{"close link", 0, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			b := startBackend(t, "n1", nil)
-			p, addr, _ := startProxy(t, Config{WriteTimeout: tc.timeout}, &fakePicker{nodes: []testNode{{"n1", b.addr()}}})
-			c := connect(t, addr, "alice", "n1")
+			b := startBackend(t, false)
+			f := startFront(t, Config{WriteTimeout: tc.timeout}, b.Addr())
+			c := mustDial(t, f.addr())
 			if err := c.SetDeadline(time.Now().Add(ioTimeout)); err != nil {
 				t.Fatal(err)
 			}
@@ -129,14 +125,14 @@ func TestStalledClient(t *testing.T) {
 			go func() { errc <- fill(c, 1<<30, &written) }()
 			if tc.closeNode {
 				testkit.Eventually(t, ioTimeout, func() bool { return written.Load() >= 4<<20 }, "4 MiB written")
-				if got := p.CloseNode("n1"); got != 1 {
-					t.Errorf("CloseNode(n1) = %d, want 1", got)
+				if got := f.closeAll(); got != 1 {
+					t.Errorf("closed %d links, want 1", got)
 				}
 			}
 			if err := <-errc; err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
-				t.Errorf("client write error %v after %d bytes, want the proxy to close the connection", err, written.Load())
+				t.Errorf("client write error %v after %d bytes, want the relay to close the connection", err, written.Load())
 			}
-			testkit.Eventually(t, ioTimeout, func() bool { return len(p.Connections()) == 0 }, "no connections")
+			testkit.Eventually(t, ioTimeout, func() bool { return f.count() == 0 }, "no connections")
 		})
 	}
 }
@@ -152,20 +148,20 @@ func memInUse() uint64 {
 
 // TestIdleMemory measures heap plus stack bytes per idle relayed connection:
 // the same clients and backend are measured once direct and once through the
-// proxy, and the difference is the proxy's share.
+// relay, and the difference is the relay's share.
 func TestIdleMemory(t *testing.T) {
 	if os.Getenv("RINGCAST_MEM") != "1" {
 		t.Skip("set RINGCAST_MEM=1 to measure idle memory per relayed connection")
 	}
 	const n = 2000
-	b := startBackend(t, "n1", func(b *backend) { b.hold = true })
-	p, addr, _ := startProxy(t, Config{}, &fakePicker{nodes: []testNode{{"n1", b.addr()}}})
+	b := startBackend(t, true)
+	f := startFront(t, Config{}, b.Addr())
 
 	measure := func(target string, settled func() bool) float64 {
 		base := memInUse()
 		conns := make([]net.Conn, n)
 		for i := range conns {
-			c, err := openWS(target, fmt.Sprintf("c%d", i))
+			c, err := dial(target)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -178,52 +174,23 @@ func TestIdleMemory(t *testing.T) {
 		}
 		return used
 	}
-	direct := measure(b.addr(), func() bool { return int(b.accepted.Load()) == n })
-	proxied := measure(addr, func() bool { return p.Connections()["n1"] == n })
-	t.Logf("heap+stack per idle connection (N=%d): direct %.0f B, through the proxy %.0f B, proxy's share %.0f B",
-		n, direct, proxied, proxied-direct)
-}
-
-// openWS upgrades to addr and reads the node's greeting. It returns errors
-// rather than failing so that it can run in benchmark goroutines.
-func openWS(addr, clientID string) (*rawConn, error) {
-	c, err := net.DialTimeout("tcp", addr, ioTimeout)
-	if err != nil {
-		return nil, err
-	}
-	rc := &rawConn{Conn: c, r: bufio.NewReader(c)}
-	err = c.SetDeadline(time.Now().Add(ioTimeout))
-	if err == nil {
-		_, err = io.WriteString(c, upgradeRequest(clientID))
-	}
-	if err == nil {
-		rc.resp, err = http.ReadResponse(rc.r, nil)
-	}
-	if err == nil && rc.resp.StatusCode != http.StatusSwitchingProtocols {
-		err = fmt.Errorf("upgrade %s: status %s", clientID, rc.resp.Status)
-	}
-	if err == nil {
-		_, err = rc.r.ReadString('\n')
-	}
-	if err != nil {
-		c.Close()
-		return nil, err
-	}
-	return rc, nil
+	direct := measure(b.Addr(), func() bool { return b.Accepted() == n })
+	relayed := measure(f.addr(), func() bool { return f.count() == n })
+	t.Logf("heap+stack per idle connection (N=%d): direct %.0f B, relayed %.0f B, relay's share %.0f B",
+		n, direct, relayed, relayed-direct)
 }
 
 // BenchmarkRelayEcho measures 64-byte echo round trips over 100 parallel
-// connections, straight to the backend and through the proxy.
+// connections, straight to the backend and through the relay.
 func BenchmarkRelayEcho(b *testing.B) {
-	be := startBackend(b, "n1", nil)
-	_, addr, _ := startProxy(b, Config{}, &fakePicker{nodes: []testNode{{"n1", be.addr()}}})
-	for _, bc := range []struct{ name, addr string }{{"direct", be.addr()}, {"proxy", addr}} {
+	be := startBackend(b, false)
+	f := startFront(b, Config{}, be.Addr())
+	for _, bc := range []struct{ name, addr string }{{"direct", be.Addr()}, {"relay", f.addr()}} {
 		b.Run(bc.name, func(b *testing.B) {
 			b.SetParallelism(100 / runtime.GOMAXPROCS(0))
 			b.SetBytes(64)
-			var ids atomic.Int64
 			b.RunParallel(func(pb *testing.PB) {
-				c, err := openWS(bc.addr, fmt.Sprintf("bench-%d", ids.Add(1)))
+				c, err := dial(bc.addr)
 				if err != nil {
 					b.Error(err)
 					return

@@ -1,11 +1,10 @@
-package proxy
+package relay
 
 import (
 	"errors"
 	"fmt"
 	"io"
 	"net"
-	"net/netip"
 	"os"
 	"runtime"
 	"sync"
@@ -37,17 +36,17 @@ const (
 var errWriteTimeout = fmt.Errorf("write: %w", os.ErrDeadlineExceeded)
 
 // poller is the set of shards. It starts with the first polled link and is
-// stopped by Proxy.Close once no link is left.
+// stopped by Relay.Close once no link is left.
 type poller struct {
 	shards []*shard
-	next   int // shard for the next link; guarded by Proxy.mu
+	next   int // shard for the next link; guarded by Relay.mu
 	wg     sync.WaitGroup
 }
 
-func newPoller(p *Proxy) (*poller, error) {
+func newPoller(r *Relay) (*poller, error) {
 	pl := &poller{}
 	for range runtime.GOMAXPROCS(0) {
-		s, err := newShard(p)
+		s, err := newShard(r)
 		if err != nil {
 			pl.stop()
 			return nil, err
@@ -62,7 +61,7 @@ func newPoller(p *Proxy) (*poller, error) {
 }
 
 // stop ends the shards' goroutines, waits for them and closes their epoll
-// instances. No link is left by then (Proxy.Close waited for them).
+// instances. No link is left by then (Relay.Close waited for them).
 func (pl *poller) stop() {
 	for _, s := range pl.shards {
 		s.mu.Lock()
@@ -78,52 +77,53 @@ func (pl *poller) stop() {
 }
 
 // shard returns the shard for the next polled link, starting the poller if
-// needed; nil once the Proxy is closed or when epoll is unavailable.
-func (p *Proxy) shard() *shard {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.closed {
+// needed; nil once the Relay is closed or when epoll is unavailable.
+func (r *Relay) shard() *shard {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.closed {
 		return nil
 	}
-	if p.poller == nil {
-		pl, err := newPoller(p)
+	if r.poller == nil {
+		pl, err := newPoller(r)
 		if err != nil {
-			p.log.Warn("relaying with goroutines: no epoll", zap.Error(err))
+			r.log.Warn("relaying with goroutines: no epoll", zap.Error(err))
 			return nil
 		}
-		p.poller = pl
+		r.poller = pl
 	}
-	s := p.poller.shards[p.poller.next%len(p.poller.shards)]
-	p.poller.next++
+	s := r.poller.shards[r.poller.next%len(r.poller.shards)]
+	r.poller.next++
 	return s
 }
 
-// startPolled relays client and node on a shard; it reports false, with
-// both conns untouched, when they cannot be polled.
-func (p *Proxy) startPolled(src netip.Addr, clientID, nodeID string, client, node net.Conn) (bool, error) {
-	s := p.shard()
+// startPolled relays a and b on a shard; it reports false, with both conns
+// untouched, when they cannot be polled.
+func (r *Relay) startPolled(a, b net.Conn, o Owner) (bool, error) {
+	s := r.shard()
 	if s == nil {
 		return false, nil
 	}
-	fds, err := detach(client, node)
+	fds, err := detach(a, b)
 	if err != nil {
 		return false, nil
 	}
-	l := &link{s: s, clientID: clientID, node: nodeID, fd: fds, active: s.now()}
-	if !p.track(nodeID, l, src) {
+	l := &link{s: s, o: o, fd: fds, active: s.now()}
+	if !o.Track(l) {
 		closeFDs(fds)
-		return true, errClosed
+		r.wg.Done()
+		return true, ErrClosed
 	}
 	s.add(l)
 	return true, nil
 }
 
-// detach takes the sockets of client and node over from the runtime: it
-// duplicates their descriptors and closes the conns. On error it leaves
-// both conns as they were.
-func detach(client, node net.Conn) ([2]int, error) {
+// detach takes the sockets of a and b over from the runtime: it duplicates
+// their descriptors and closes the conns. On error it leaves both conns as
+// they were.
+func detach(a, b net.Conn) ([2]int, error) {
 	var fds [2]int
-	for i, c := range []net.Conn{client, node} {
+	for i, c := range []net.Conn{a, b} {
 		fd, err := dupFD(c)
 		if err != nil {
 			if i == 1 {
@@ -133,8 +133,8 @@ func detach(client, node net.Conn) ([2]int, error) {
 		}
 		fds[i] = fd
 	}
-	client.Close()
-	node.Close()
+	a.Close()
+	b.Close()
 	return fds, nil
 }
 
@@ -169,16 +169,15 @@ func closeFDs(fds [2]int) {
 // link is a relayed connection on a shard. Once added, everything below
 // aborted belongs to the shard's goroutine.
 type link struct {
-	s        *shard
-	clientID string
-	node     string
-	fd       [2]int      // client, node; closed by finish
-	aborted  atomic.Bool // close was called
-	slot     int32       // index in s.links
-	done     bool        // finished
-	active   int64       // shard time of the last transfer
-	drainBy  int64       // shard time when a half-closed link is closed; 0 if not half-closed
-	dir      [2]flow     // dir[i] reads fd[i] and writes fd[1-i]
+	s       *shard
+	o       Owner
+	fd      [2]int      // a, b; closed by finish
+	aborted atomic.Bool // Close was called
+	slot    int32       // index in s.links
+	done    bool        // finished
+	active  int64       // shard time of the last transfer
+	drainBy int64       // shard time when a half-closed link is closed; 0 if not half-closed
+	dir     [2]flow     // dir[i] reads fd[i] and writes fd[1-i]
 }
 
 // flow is one direction of a link.
@@ -190,9 +189,9 @@ type flow struct {
 	hup     bool    // src reported its peer's end or an error: read it to the end
 }
 
-// close shuts both sockets down; the shard then sees them end and finishes
+// Close shuts both sockets down; the shard then sees them end and finishes
 // the link. It is only called while l is tracked, so its sockets are open.
-func (l *link) close() {
+func (l *link) Close() {
 	l.aborted.Store(true)
 	syscall.Shutdown(l.fd[0], syscall.SHUT_RDWR)
 	syscall.Shutdown(l.fd[1], syscall.SHUT_RDWR)
@@ -200,7 +199,7 @@ func (l *link) close() {
 
 // shard relays the links registered with its epoll instance.
 type shard struct {
-	p     *Proxy
+	r     *Relay
 	start time.Time // shard time is monotonic nanoseconds since start
 	epfd  int
 	wake  int // eventfd: links were queued, or stop
@@ -217,8 +216,7 @@ type shard struct {
 	expired  []*link            // scratch for the idle check
 	tickAt   int64              // shard time of the next deadline check; 0 if none is armed
 	buf      *[]byte            // read buffer
-	toNode   float64            // bytes relayed since the counters were last updated
-	toClient float64
+	toB, toA float64            // bytes relayed since the counters were last updated
 	events   [maxEvents]syscall.EpollEvent
 }
 
@@ -227,7 +225,7 @@ type visit struct {
 	d int
 }
 
-func newShard(p *Proxy) (*shard, error) {
+func newShard(r *Relay) (*shard, error) {
 	fd, err := syscall.EpollCreate1(syscall.EPOLL_CLOEXEC)
 	if err != nil {
 		return nil, os.NewSyscallError("epoll_create1", err)
@@ -243,8 +241,8 @@ func newShard(p *Proxy) (*shard, error) {
 		syscall.Close(fd)
 		return nil, os.NewSyscallError("epoll_ctl", err)
 	}
-	s := &shard{p: p, start: time.Now(), epfd: fd, wake: int(wake), timed: make(map[*link]struct{})}
-	s.buf = p.bufs.Get().(*[]byte)
+	s := &shard{r: r, start: time.Now(), epfd: fd, wake: int(wake), timed: make(map[*link]struct{})}
+	s.buf = r.bufs.Get().(*[]byte)
 	return s, nil
 }
 
@@ -301,10 +299,10 @@ func (s *shard) register() bool {
 // run relays on a locked OS thread until the poller stops.
 func (s *shard) run(wg *sync.WaitGroup) {
 	defer wg.Done()
-	defer s.p.bufs.Put(s.buf)
+	defer s.r.bufs.Put(s.buf)
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
-	if s.p.cfg.IdleTimeout > 0 {
+	if s.r.cfg.IdleTimeout > 0 {
 		s.arm(s.now())
 	}
 	for {
@@ -320,7 +318,7 @@ func (s *shard) run(wg *sync.WaitGroup) {
 			continue
 		}
 		if err != nil {
-			s.p.log.Error("epoll wait", zap.Error(err))
+			s.r.log.Error("epoll wait", zap.Error(err))
 			return
 		}
 		now := s.now()
@@ -348,16 +346,16 @@ func (s *shard) run(wg *sync.WaitGroup) {
 	}
 }
 
-// count adds the bytes relayed since the last call to the Proxy's counters:
-// one update per wake instead of one per read.
+// count adds the bytes relayed since the last call to the Relay's
+// counters: one update per wake instead of one per read.
 func (s *shard) count() {
-	if s.toNode > 0 {
-		s.p.toNode.Add(s.toNode)
-		s.toNode = 0
+	if s.toB > 0 {
+		s.r.toB.Add(s.toB)
+		s.toB = 0
 	}
-	if s.toClient > 0 {
-		s.p.toClient.Add(s.toClient)
-		s.toClient = 0
+	if s.toA > 0 {
+		s.r.toA.Add(s.toA)
+		s.toA = 0
 	}
 }
 
@@ -409,9 +407,9 @@ func (s *shard) visit(l *link, d int, now int64) {
 		}
 		l.active = now
 		if d == 0 {
-			s.toNode += float64(n)
+			s.toB += float64(n)
 		} else {
-			s.toClient += float64(n)
+			s.toA += float64(n)
 		}
 		if !s.send(l, d, b[:n], now) {
 			return
@@ -438,9 +436,9 @@ func (s *shard) send(l *link, d int, b []byte, now int64) bool {
 		return true
 	}
 	h := &l.dir[d]
-	h.buf, s.buf = s.buf, s.p.bufs.Get().(*[]byte)
+	h.buf, s.buf = s.buf, s.r.bufs.Get().(*[]byte)
 	h.pending = rest
-	h.wdl = now + int64(s.p.cfg.WriteTimeout)
+	h.wdl = now + int64(s.r.cfg.WriteTimeout)
 	s.watch(l, now)
 	return false
 }
@@ -455,12 +453,12 @@ func (s *shard) flush(l *link, d int, now int64) bool {
 	}
 	if len(rest) > 0 {
 		if len(rest) < len(h.pending) {
-			h.wdl = now + int64(s.p.cfg.WriteTimeout)
+			h.wdl = now + int64(s.r.cfg.WriteTimeout)
 		}
 		h.pending = rest
 		return false
 	}
-	s.p.bufs.Put(h.buf)
+	s.r.bufs.Put(h.buf)
 	h.buf, h.pending = nil, nil
 	s.unwatch(l)
 	return true
@@ -534,7 +532,7 @@ func (s *shard) check(now int64) {
 			s.finish(l, errWriteTimeout)
 		}
 	}
-	idle := int64(s.p.cfg.IdleTimeout)
+	idle := int64(s.r.cfg.IdleTimeout)
 	if idle > 0 {
 		for _, l := range s.links {
 			if l != nil && now-l.active >= idle {
@@ -542,7 +540,7 @@ func (s *shard) check(now int64) {
 			}
 		}
 		for _, l := range s.expired {
-			s.finish(l, errIdle)
+			s.finish(l, ErrIdle)
 		}
 		clear(s.expired)
 		s.expired = s.expired[:0]
@@ -563,16 +561,15 @@ func (s *shard) finish(l *link, err error) {
 	delete(s.timed, l)
 	for i := range l.dir {
 		if h := &l.dir[i]; h.buf != nil {
-			s.p.bufs.Put(h.buf)
+			s.r.bufs.Put(h.buf)
 			h.buf, h.pending = nil, nil
 		}
 	}
-	// Untracked first: close shuts sockets down only while they are tracked.
-	s.p.untrack(l.node, l)
+	// Untracked first: Close shuts sockets down only while they are tracked.
+	l.o.Untrack(l, err)
 	for _, fd := range l.fd {
 		syscall.EpollCtl(s.epfd, syscall.EPOLL_CTL_DEL, fd, nil)
 		syscall.Close(fd)
 	}
-	logEnd(s.p.log, l.clientID, l.node, err)
-	s.p.wg.Done()
+	s.r.wg.Done()
 }
