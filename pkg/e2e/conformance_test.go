@@ -1,10 +1,6 @@
 package e2e
 
 import (
-	"bufio"
-	"io"
-	"net"
-	"net/http"
 	"strconv"
 	"strings"
 	"testing"
@@ -120,10 +116,7 @@ func TestConformance(t *testing.T) {
 	}
 
 	key := "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-	upgrade := func(extra string) string {
-		return "GET /ws?client_id=conf HTTP/1.1\r\nHost: ringcast.test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n" +
-			"Sec-WebSocket-Version: 13\r\n" + key + extra + "\r\n"
-	}
+	upgrade := func(extra string) string { return wstest.UpgradeRequest("conf", extra) }
 	handshakes := []struct {
 		name   string
 		req    string
@@ -142,40 +135,16 @@ func TestConformance(t *testing.T) {
 		for _, tt := range handshakes {
 			t.Run(target+"/handshake "+tt.name, func(t *testing.T) {
 				t.Parallel()
-				resp, closed := handshake(t, addr, tt.req)
-				if resp.StatusCode != tt.status {
-					t.Fatalf("status %d, want %d", resp.StatusCode, tt.status)
+				c := wstest.DialRaw(t, addr, tt.req)
+				if c.Resp.StatusCode != tt.status {
+					t.Fatalf("status %d, want %d", c.Resp.StatusCode, tt.status)
 				}
-				if tt.status != 101 && (!resp.Close || !closed) {
-					t.Errorf("refusal %d: Connection: close = %v, socket closed = %v, want both", resp.StatusCode, resp.Close, closed)
+				if tt.status != 101 {
+					c.ExpectClosed(t)
 				}
 			})
 		}
 	}
-}
-
-// handshake sends req on a fresh connection and reads the answer; for a
-// refusal it reports whether the server then closed the connection.
-func handshake(t *testing.T, addr, req string) (*http.Response, bool) {
-	t.Helper()
-	nc, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	nc.SetDeadline(time.Now().Add(wstest.Timeout))
-	go io.WriteString(nc, req) // a 431 may come before the server read it all
-	br := bufio.NewReader(nc)
-	resp, err := http.ReadResponse(br, nil)
-	if err != nil {
-		t.Fatalf("read answer: %v", err)
-	}
-	if resp.StatusCode == http.StatusSwitchingProtocols {
-		return resp, false
-	}
-	io.Copy(io.Discard, resp.Body)
-	_, err = br.ReadByte()
-	return resp, err == io.EOF
 }
 
 func pick[T any](cond bool, a, b T) T {

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/ringcast/ringcast/pkg/testkit"
+	"github.com/ringcast/ringcast/pkg/wstest"
 )
 
 func TestSourceOf(t *testing.T) {
@@ -100,17 +101,17 @@ func TestAdmit(t *testing.T) {
 func TestAdmissionLimits(t *testing.T) {
 	b := startBackend(t, "n1", nil)
 	_, addr, reg := startProxy(t, Config{MaxConnsPerIP: 3, ConnRatePerIP: -1}, &fakePicker{nodes: []testNode{{"n1", b.addr()}}})
-	held := make([]*rawConn, 3)
+	held := make([]*wstest.Raw, 3)
 	for i := range held {
 		held[i] = connect(t, addr, "c"+strconv.Itoa(i), "n1")
 	}
 	accepted := b.Accepted()
 
-	c := dialRaw(t, addr, upgradeRequest("c9"))
-	if c.resp.StatusCode != http.StatusTooManyRequests || c.resp.Header.Get("Retry-After") == "" {
-		t.Fatalf("4th connection: status %d Retry-After %q, want 429 with Retry-After", c.resp.StatusCode, c.resp.Header.Get("Retry-After"))
+	c := wstest.DialRaw(t, addr, wstest.UpgradeRequest("c9"))
+	if c.Resp.StatusCode != http.StatusTooManyRequests || c.Resp.Header.Get("Retry-After") == "" {
+		t.Fatalf("4th connection: status %d Retry-After %q, want 429 with Retry-After", c.Resp.StatusCode, c.Resp.Header.Get("Retry-After"))
 	}
-	c.expectClosed(t)
+	c.ExpectClosed(t)
 	if got := b.Accepted(); got != accepted {
 		t.Errorf("node accepted %d connections for a refused upgrade", got-accepted)
 	}
@@ -122,11 +123,11 @@ func TestAdmissionLimits(t *testing.T) {
 	if err != nil {
 		t.Skipf("cannot dial from 127.0.0.2: %v", err)
 	}
-	if c := handshakeRaw(t, other, upgradeRequest("d1")); c.resp.StatusCode != http.StatusSwitchingProtocols {
-		t.Errorf("from 127.0.0.2: status %d %q, want 101", c.resp.StatusCode, c.body)
+	if c := wstest.HandshakeRaw(t, other, wstest.UpgradeRequest("d1")); c.Resp.StatusCode != http.StatusSwitchingProtocols {
+		t.Errorf("from 127.0.0.2: status %d %q, want 101", c.Resp.StatusCode, c.Body)
 	}
 	for i, h := range held {
-		if err := h.echo([]byte("still here")); err != nil {
+		if err := echo(h, []byte("still here")); err != nil {
 			t.Errorf("held connection %d: %v", i, err)
 		}
 	}
@@ -138,7 +139,7 @@ func TestAdmissionLimits(t *testing.T) {
 		if err != nil {
 			return false
 		}
-		return handshakeRaw(t, c, upgradeRequest("c0")).resp.StatusCode == http.StatusSwitchingProtocols
+		return wstest.HandshakeRaw(t, c, wstest.UpgradeRequest("c0")).Resp.StatusCode == http.StatusSwitchingProtocols
 	}, "a freed slot")
 }
 
@@ -147,7 +148,7 @@ func TestAdmissionRate(t *testing.T) {
 	_, addr, _ := startProxy(t, Config{ConnRatePerIP: 1}, &fakePicker{nodes: []testNode{{"n1", b.addr()}}}) // burst 2
 	codes := make([]int, 3)
 	for i := range codes {
-		codes[i] = dialRaw(t, addr, upgradeRequest("r"+strconv.Itoa(i))).resp.StatusCode
+		codes[i] = wstest.DialRaw(t, addr, wstest.UpgradeRequest("r"+strconv.Itoa(i))).Resp.StatusCode
 	}
 	if codes[0] != 101 || codes[1] != 101 || codes[2] != http.StatusTooManyRequests {
 		t.Errorf("three connections at once with rate 1/s: %v, want [101 101 429]", codes)

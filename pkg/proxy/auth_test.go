@@ -12,6 +12,7 @@ import (
 	"github.com/golang-jwt/jwt/v5"
 
 	"github.com/ringcast/ringcast/pkg/auth"
+	"github.com/ringcast/ringcast/pkg/wstest"
 )
 
 func TestAuthBeforeDial(t *testing.T) {
@@ -34,16 +35,16 @@ func TestAuthBeforeDial(t *testing.T) {
 	for _, tt := range []struct {
 		name, req string
 	}{
-		{"no token", upgradeRequest("alice")},
-		{"expired", upgradeRequest("alice&token=" + token("alice", -time.Hour))},
-		{"another user's id", upgradeRequest("alice&token=" + token("mallory", time.Hour))},
-		{"garbage", upgradeRequest("alice&token=x.y.z")},
+		{"no token", wstest.UpgradeRequest("alice")},
+		{"expired", wstest.UpgradeRequest("alice&token=" + token("alice", -time.Hour))},
+		{"another user's id", wstest.UpgradeRequest("alice&token=" + token("mallory", time.Hour))},
+		{"garbage", wstest.UpgradeRequest("alice&token=x.y.z")},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			c := dialRaw(t, addr, tt.req)
+			c := wstest.DialRaw(t, addr, tt.req)
 			var body struct{ Code string }
-			if c.resp.StatusCode != http.StatusUnauthorized || json.Unmarshal([]byte(c.body), &body) != nil || body.Code != "unauthorized" {
-				t.Errorf("status %d body %q, want 401 with code unauthorized", c.resp.StatusCode, c.body)
+			if c.Resp.StatusCode != http.StatusUnauthorized || json.Unmarshal([]byte(c.Body), &body) != nil || body.Code != "unauthorized" {
+				t.Errorf("status %d body %q, want 401 with code unauthorized", c.Resp.StatusCode, c.Body)
 			}
 		})
 	}
@@ -55,11 +56,11 @@ func TestAuthBeforeDial(t *testing.T) {
 	}
 
 	// A valid token in the header, without client_id: routed by its sub.
-	req := strings.Replace(upgradeRequest("x"), "?client_id=x", "", 1)
+	req := strings.Replace(wstest.UpgradeRequest("x"), "?client_id=x", "", 1)
 	req = strings.Replace(req, "\r\n\r\n", "\r\nAuthorization: Bearer "+token("bob", time.Hour)+"\r\n\r\n", 1)
-	c := dialRaw(t, addr, req)
-	if c.resp.StatusCode != http.StatusSwitchingProtocols {
-		t.Fatalf("valid token: status %d, want 101", c.resp.StatusCode)
+	c := wstest.DialRaw(t, addr, req)
+	if c.Resp.StatusCode != http.StatusSwitchingProtocols {
+		t.Fatalf("valid token: status %d, want 101", c.Resp.StatusCode)
 	}
 	if ids := pick.picked(); !slices.Equal(ids, []string{"bob"}) {
 		t.Fatalf("Pick called for %q, want one call for bob", ids)

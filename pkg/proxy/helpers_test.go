@@ -6,7 +6,6 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -20,6 +19,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/ringcast/ringcast/pkg/testkit"
+	"github.com/ringcast/ringcast/pkg/wstest"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -160,96 +160,29 @@ func startProxy(tb testing.TB, cfg Config, pick Picker) (*Proxy, string, *promet
 	return p, srv.Listener.Addr().String(), reg
 }
 
-// upgradeRequest is a well-formed upgrade for clientID; extra lines go
-// before the blank line.
-func upgradeRequest(clientID string, extra ...string) string {
-	return "GET /ws?client_id=" + clientID + " HTTP/1.1\r\nHost: ringcast.test\r\n" +
-		"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n" +
-		"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n" + strings.Join(extra, "") + "\r\n"
-}
-
-// rawConn is a client connection whose handshake has been read.
-type rawConn struct {
-	net.Conn
-	r    *bufio.Reader
-	resp *http.Response
-	body string
-}
-
-// dialRaw sends raw (a request head, plus any bytes behind it) to addr and
-// reads the response; for a non-101 answer it also reads the body.
-func dialRaw(tb testing.TB, addr, raw string) *rawConn {
-	tb.Helper()
-	c, err := net.Dial("tcp", addr)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	return handshakeRaw(tb, c, raw)
-}
-
-// handshakeRaw is dialRaw over an established connection.
-func handshakeRaw(tb testing.TB, c net.Conn, raw string) *rawConn {
-	tb.Helper()
-	tb.Cleanup(func() { c.Close() })
-	var err error
-	if err := c.SetDeadline(time.Now().Add(ioTimeout)); err != nil {
-		tb.Fatal(err)
-	}
-	if _, err := io.WriteString(c, raw); err != nil {
-		tb.Fatal(err)
-	}
-	rc := &rawConn{Conn: c, r: bufio.NewReader(c)}
-	rc.resp, err = http.ReadResponse(rc.r, nil)
-	if err != nil {
-		tb.Fatalf("read response: %v", err)
-	}
-	if rc.resp.StatusCode != http.StatusSwitchingProtocols {
-		b, err := io.ReadAll(rc.resp.Body)
-		if err != nil {
-			tb.Fatalf("read response body: %v", err)
-		}
-		rc.body = string(b)
-	}
-	return rc
-}
-
 // connect upgrades through the proxy and returns the connection after the
 // node's greeting, checking it came from wantNode.
-func connect(tb testing.TB, addr, clientID, wantNode string) *rawConn {
+func connect(tb testing.TB, addr, clientID, wantNode string) *wstest.Raw {
 	tb.Helper()
-	c := dialRaw(tb, addr, upgradeRequest(clientID))
-	if c.resp.StatusCode != http.StatusSwitchingProtocols {
-		tb.Fatalf("upgrade %s: status %d %q, want 101", clientID, c.resp.StatusCode, c.body)
+	c := wstest.DialRaw(tb, addr, wstest.UpgradeRequest(clientID))
+	if c.Resp.StatusCode != http.StatusSwitchingProtocols {
+		tb.Fatalf("upgrade %s: status %d %q, want 101", clientID, c.Resp.StatusCode, c.Body)
 	}
-	if got := c.greeting(tb); got != wantNode {
+	if got := greeting(tb, c); got != wantNode {
 		tb.Fatalf("client %s landed on %q, want %q", clientID, got, wantNode)
 	}
 	return c
 }
 
-func (c *rawConn) greeting(tb testing.TB) string {
+// greeting reads the fake node's name, sent right behind its 101.
+func greeting(tb testing.TB, c *wstest.Raw) string {
 	tb.Helper()
-	line, err := c.r.ReadString('\n')
+	line, err := c.R.ReadString('\n')
 	if err != nil {
 		tb.Fatalf("read greeting: %v", err)
 	}
 	return strings.TrimSuffix(line, "\n")
 }
 
-// echo writes msg and checks it comes back (testkit.EchoOnce).
-func (c *rawConn) echo(msg []byte) error { return testkit.EchoOnce(c, c.r, msg) }
-
-// expectClosed checks that the answer said Connection: close and that the
-// proxy then closed the connection.
-func (c *rawConn) expectClosed(tb testing.TB) {
-	tb.Helper()
-	if !c.resp.Close {
-		tb.Errorf("answer %d has no Connection: close", c.resp.StatusCode)
-	}
-	if err := c.SetReadDeadline(time.Now().Add(ioTimeout)); err != nil {
-		tb.Fatal(err)
-	}
-	if n, err := c.r.Read(make([]byte, 1)); !errors.Is(err, io.EOF) {
-		tb.Errorf("after answer %d: read = %d, %v, want EOF", c.resp.StatusCode, n, err)
-	}
-}
+// echo writes msg and checks the fake node sent it back (testkit.EchoOnce).
+func echo(c *wstest.Raw, msg []byte) error { return testkit.EchoOnce(c, c.R, msg) }

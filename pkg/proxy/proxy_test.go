@@ -24,6 +24,7 @@ import (
 
 	"github.com/ringcast/ringcast/pkg/testkit"
 	"github.com/ringcast/ringcast/pkg/wire"
+	"github.com/ringcast/ringcast/pkg/wstest"
 )
 
 func TestConfigDefaults(t *testing.T) {
@@ -67,25 +68,25 @@ func TestRejectsBeforeDial(t *testing.T) {
 	tests := []struct {
 		name, req, wantBody string
 	}{
-		{"missing client id", strings.Replace(upgradeRequest("x"), "?client_id=x", "", 1), "client_id is empty"},
-		{"empty client id", upgradeRequest(""), "client_id is empty"},
-		{"bad byte", upgradeRequest("a%2Fb"), "byte 0x2f"},
-		{"too long", upgradeRequest(strings.Repeat("a", 129)), "129 bytes"},
+		{"missing client id", strings.Replace(wstest.UpgradeRequest("x"), "?client_id=x", "", 1), "client_id is empty"},
+		{"empty client id", wstest.UpgradeRequest(""), "client_id is empty"},
+		{"bad byte", wstest.UpgradeRequest("a%2Fb"), "byte 0x2f"},
+		{"too long", wstest.UpgradeRequest(strings.Repeat("a", 129)), "129 bytes"},
 		{"plain get", "GET /ws?client_id=alice HTTP/1.1\r\nHost: x\r\n\r\n", "missing Connection: upgrade"},
 		{"no upgrade header", "GET /ws?client_id=alice HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\n\r\n", "missing Upgrade: websocket"},
-		{"post", strings.Replace(upgradeRequest("alice"), "GET", "POST", 1), "needs GET"},
-		{"http/1.0", strings.Replace(upgradeRequest("alice"), "HTTP/1.1", "HTTP/1.0", 1), "needs HTTP/1.1"},
-		{"two keys", upgradeRequest("alice", "Sec-WebSocket-Key: AAAAAAAAAAAAAAAAAAAAAA==\r\n"), "exactly one Sec-WebSocket-Key"},
-		{"no key", strings.Replace(upgradeRequest("alice"), "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n", "", 1), "exactly one Sec-WebSocket-Key"},
-		{"two versions", upgradeRequest("alice", "Sec-WebSocket-Version: 8\r\n"), "exactly one Sec-WebSocket-Version"},
+		{"post", strings.Replace(wstest.UpgradeRequest("alice"), "GET", "POST", 1), "needs GET"},
+		{"http/1.0", strings.Replace(wstest.UpgradeRequest("alice"), "HTTP/1.1", "HTTP/1.0", 1), "needs HTTP/1.1"},
+		{"two keys", wstest.UpgradeRequest("alice", "Sec-WebSocket-Key: AAAAAAAAAAAAAAAAAAAAAA==\r\n"), "exactly one Sec-WebSocket-Key"},
+		{"no key", strings.Replace(wstest.UpgradeRequest("alice"), "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n", "", 1), "exactly one Sec-WebSocket-Key"},
+		{"two versions", wstest.UpgradeRequest("alice", "Sec-WebSocket-Version: 8\r\n"), "exactly one Sec-WebSocket-Version"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			c := dialRaw(t, addr, tt.req)
-			if c.resp.StatusCode != http.StatusBadRequest || !strings.Contains(c.body, tt.wantBody) {
-				t.Errorf("status %d body %q, want 400 containing %q", c.resp.StatusCode, c.body, tt.wantBody)
+			c := wstest.DialRaw(t, addr, tt.req)
+			if c.Resp.StatusCode != http.StatusBadRequest || !strings.Contains(c.Body, tt.wantBody) {
+				t.Errorf("status %d body %q, want 400 containing %q", c.Resp.StatusCode, c.Body, tt.wantBody)
 			}
-			c.expectClosed(t)
+			c.ExpectClosed(t)
 		})
 	}
 	if n := b.Accepted(); n != 0 {
@@ -100,7 +101,7 @@ func TestForwardingHeaders(t *testing.T) {
 	b := startBackend(t, "n1", nil)
 	_, addr, _ := startProxy(t, Config{}, &fakePicker{nodes: []testNode{{"n1", b.addr()}}})
 
-	c := dialRaw(t, addr, strings.Replace(upgradeRequest("alice",
+	c := wstest.DialRaw(t, addr, strings.Replace(wstest.UpgradeRequest("alice",
 		"X-Forwarded-For: 6.6.6.6\r\n",
 		"X-Forwarded-Proto: https\r\n",
 		"X-Forwarded-Host: evil.test\r\n",
@@ -111,8 +112,8 @@ func TestForwardingHeaders(t *testing.T) {
 		"Origin: http://app.test\r\n",
 		"Sec-WebSocket-Protocol: ringcast.v1\r\n",
 	), "Connection: Upgrade", "Connection: keep-alive, Upgrade, X-Secret, Origin, Host, Sec-WebSocket-Protocol", 1))
-	if c.resp.StatusCode != http.StatusSwitchingProtocols {
-		t.Fatalf("status %d %q, want 101", c.resp.StatusCode, c.body)
+	if c.Resp.StatusCode != http.StatusSwitchingProtocols {
+		t.Fatalf("status %d %q, want 101", c.Resp.StatusCode, c.Body)
 	}
 	h, uri := b.lastRequest()
 	for _, tt := range []struct{ key, want string }{
@@ -137,7 +138,7 @@ func TestForwardingHeaders(t *testing.T) {
 	if want := "ringcast.test /ws?client_id=alice"; uri != want {
 		t.Errorf("node saw host and uri %q, want %q", uri, want)
 	}
-	if got := c.resp.Header.Get("Sec-WebSocket-Accept"); got != "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=" {
+	if got := c.Resp.Header.Get("Sec-WebSocket-Accept"); got != "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=" {
 		t.Errorf("client got Sec-WebSocket-Accept %q, want the node's", got)
 	}
 }
@@ -233,9 +234,9 @@ func TestNoNodeAnswers(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			pick := &fakePicker{nodes: tt.nodes}
 			p, addr, _ := startProxy(t, Config{}, pick)
-			c := dialRaw(t, addr, upgradeRequest("alice"))
-			if c.resp.StatusCode != http.StatusServiceUnavailable || !strings.Contains(c.body, tt.wantBody) {
-				t.Errorf("status %d body %q, want 503 containing %q", c.resp.StatusCode, c.body, tt.wantBody)
+			c := wstest.DialRaw(t, addr, wstest.UpgradeRequest("alice"))
+			if c.Resp.StatusCode != http.StatusServiceUnavailable || !strings.Contains(c.Body, tt.wantBody) {
+				t.Errorf("status %d body %q, want 503 containing %q", c.Resp.StatusCode, c.Body, tt.wantBody)
 			}
 			for _, id := range tt.wantDown {
 				if !p.Down(id) {
@@ -266,9 +267,9 @@ func TestNodeRefusalRelayed(t *testing.T) {
 			b := startBackend(t, "n1", tt.opt)
 			p, addr, _ := startProxy(t, Config{HandshakeTimeout: 100 * time.Millisecond},
 				&fakePicker{nodes: []testNode{{"n1", b.addr()}, {"n2", closedAddr(t)}}})
-			c := dialRaw(t, addr, upgradeRequest("alice"))
-			if c.resp.StatusCode != tt.wantStatus || !strings.Contains(c.body, tt.wantBody) {
-				t.Errorf("status %d body %q, want %d containing %q", c.resp.StatusCode, c.body, tt.wantStatus, tt.wantBody)
+			c := wstest.DialRaw(t, addr, wstest.UpgradeRequest("alice"))
+			if c.Resp.StatusCode != tt.wantStatus || !strings.Contains(c.Body, tt.wantBody) {
+				t.Errorf("status %d body %q, want %d containing %q", c.Resp.StatusCode, c.Body, tt.wantStatus, tt.wantBody)
 			}
 			if got := p.Down("n1"); got != tt.wantDown {
 				t.Errorf("Down(n1) = %v, want %v", got, tt.wantDown)
@@ -284,8 +285,8 @@ func TestNodeRefusalRelayed(t *testing.T) {
 	t.Run("node headers kept", func(t *testing.T) {
 		b := startBackend(t, "n1", func(b *backend) { b.status = http.StatusForbidden })
 		_, addr, _ := startProxy(t, Config{}, &fakePicker{nodes: []testNode{{"n1", b.addr()}}})
-		c := dialRaw(t, addr, upgradeRequest("alice"))
-		if got := c.resp.Header.Get("X-Node"); got != "n1" {
+		c := wstest.DialRaw(t, addr, wstest.UpgradeRequest("alice"))
+		if got := c.Resp.Header.Get("X-Node"); got != "n1" {
 			t.Errorf("X-Node = %q, want n1", got)
 		}
 	})
@@ -296,7 +297,7 @@ func TestEchoRoundTrips(t *testing.T) {
 	p, addr, reg := startProxy(t, Config{BufferSize: 4096}, &fakePicker{nodes: []testNode{{"n1", b.addr()}}})
 
 	const clients, rounds = 8, 200
-	conns := make([]*rawConn, clients)
+	conns := make([]*wstest.Raw, clients)
 	for i := range conns {
 		conns[i] = connect(t, addr, fmt.Sprintf("c%d", i), "n1")
 	}
@@ -321,7 +322,7 @@ func TestEchoRoundTrips(t *testing.T) {
 		wg.Go(func() {
 			for j, n := range sizes {
 				msg := bytes.Repeat([]byte{byte('a' + (i+j)%26)}, n)
-				if err := c.echo(msg); err != nil {
+				if err := echo(c, msg); err != nil {
 					errs <- fmt.Errorf("client %d round %d: %w", i, j, err)
 					return
 				}
@@ -371,12 +372,12 @@ func TestPipelinedClientBytes(t *testing.T) {
 	_, addr, _ := startProxy(t, Config{}, &fakePicker{nodes: []testNode{{"n1", b.addr()}}})
 
 	// Bytes sent right behind the request may sit in the server's read buffer.
-	c := dialRaw(t, addr, upgradeRequest("alice")+"early")
-	if got := c.greeting(t); got != "n1" {
+	c := wstest.DialRaw(t, addr, wstest.UpgradeRequest("alice")+"early")
+	if got := greeting(t, c); got != "n1" {
 		t.Fatalf("greeting %q, want n1", got)
 	}
 	got := make([]byte, 5)
-	if _, err := io.ReadFull(c.r, got); err != nil || string(got) != "early" {
+	if _, err := io.ReadFull(c.R, got); err != nil || string(got) != "early" {
 		t.Errorf("echo of pipelined bytes = %q, %v, want %q", got, err, "early")
 	}
 }
@@ -393,7 +394,7 @@ func TestHalfClose(t *testing.T) {
 		t.Fatal(err)
 	}
 	// The node echoes what it got before the FIN, then closes.
-	rest, err := io.ReadAll(c.r)
+	rest, err := io.ReadAll(c.R)
 	if err != nil || string(rest) != "last words" {
 		t.Errorf("after half-close read %q, %v, want %q then EOF", rest, err, "last words")
 	}
@@ -405,7 +406,7 @@ func TestCloseNode(t *testing.T) {
 	b2 := startBackend(t, "n2", nil)
 	p, addr, reg := startProxy(t, Config{}, &fakePicker{nodes: []testNode{{"n1", b1.addr()}, {"n2", b2.addr()}}})
 
-	var on1, on2 []*rawConn
+	var on1, on2 []*wstest.Raw
 	for i := range 3 {
 		on1 = append(on1, connect(t, addr, fmt.Sprintf("n1-%d", i), "n1"))
 	}
@@ -419,12 +420,12 @@ func TestCloseNode(t *testing.T) {
 		t.Errorf("CloseNode(n1) = %d, want 3", got)
 	}
 	for i, c := range on1 {
-		if _, err := c.r.ReadByte(); !errors.Is(err, io.EOF) {
+		if _, err := c.R.ReadByte(); !errors.Is(err, io.EOF) {
 			t.Errorf("n1 client %d read error %v, want EOF", i, err)
 		}
 	}
 	for i, c := range on2 {
-		if err := c.echo([]byte("still here")); err != nil {
+		if err := echo(c, []byte("still here")); err != nil {
 			t.Errorf("n2 client %d: %v", i, err)
 		}
 	}
@@ -443,19 +444,19 @@ func TestCloseAll(t *testing.T) {
 	b2 := startBackend(t, "n2", nil)
 	p, addr, _ := startProxy(t, Config{}, &fakePicker{nodes: []testNode{{"n1", b1.addr()}, {"n2", b2.addr()}}})
 
-	conns := []*rawConn{connect(t, addr, "n1-a", "n1"), connect(t, addr, "n2-a", "n2")}
+	conns := []*wstest.Raw{connect(t, addr, "n1-a", "n1"), connect(t, addr, "n2-a", "n2")}
 	p.Close()
 	for i, c := range conns {
-		if _, err := c.r.ReadByte(); !errors.Is(err, io.EOF) {
+		if _, err := c.R.ReadByte(); !errors.Is(err, io.EOF) {
 			t.Errorf("client %d read error %v, want EOF", i, err)
 		}
 	}
 	if got := p.Connections(); len(got) != 0 {
 		t.Errorf("Connections() after Close = %v, want none", got)
 	}
-	c := dialRaw(t, addr, upgradeRequest("alice"))
-	if c.resp.StatusCode != http.StatusServiceUnavailable {
-		t.Errorf("status after Close %d, want 503", c.resp.StatusCode)
+	c := wstest.DialRaw(t, addr, wstest.UpgradeRequest("alice"))
+	if c.Resp.StatusCode != http.StatusServiceUnavailable {
+		t.Errorf("status after Close %d, want 503", c.Resp.StatusCode)
 	}
 }
 
@@ -468,14 +469,14 @@ func TestIdleTimeout(t *testing.T) {
 	busy := connect(t, addr, "busy", "n1")
 	// The busy client talks well within the idle timeout for several timeouts.
 	for start := time.Now(); time.Since(start) < 4*idle; time.Sleep(idle / 6) {
-		if err := busy.echo([]byte("ping")); err != nil {
+		if err := echo(busy, []byte("ping")); err != nil {
 			t.Fatalf("busy client: %v", err)
 		}
 	}
-	if _, err := quiet.r.ReadByte(); !errors.Is(err, io.EOF) {
+	if _, err := quiet.R.ReadByte(); !errors.Is(err, io.EOF) {
 		t.Errorf("quiet client read error %v, want EOF", err)
 	}
-	if err := busy.echo([]byte("ping")); err != nil {
+	if err := echo(busy, []byte("ping")); err != nil {
 		t.Errorf("busy client after quiet one closed: %v", err)
 	}
 	testkit.Eventually(t, ioTimeout, func() bool { return p.Connections()["n1"] == 1 }, "one connection on n1")
@@ -487,7 +488,7 @@ func TestNodeCrash(t *testing.T) {
 
 	c := connect(t, addr, "alice", "n1")
 	b.Close()
-	if _, err := c.r.ReadByte(); !errors.Is(err, io.EOF) {
+	if _, err := c.R.ReadByte(); !errors.Is(err, io.EOF) {
 		t.Errorf("client read error %v after the node went away, want EOF", err)
 	}
 	// The client keeps its side open: the relay ends after drainTimeout.
@@ -511,15 +512,15 @@ func TestTLSClient(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := handshakeRaw(t, tc, upgradeRequest("alice"))
-	if c.resp.StatusCode != http.StatusSwitchingProtocols {
-		t.Fatalf("status %d %q, want 101", c.resp.StatusCode, c.body)
+	c := wstest.HandshakeRaw(t, tc, wstest.UpgradeRequest("alice"))
+	if c.Resp.StatusCode != http.StatusSwitchingProtocols {
+		t.Fatalf("status %d %q, want 101", c.Resp.StatusCode, c.Body)
 	}
-	if got := c.greeting(t); got != "n1" {
+	if got := greeting(t, c); got != "n1" {
 		t.Fatalf("greeting %q, want n1", got)
 	}
 	for i := range 50 {
-		if err := c.echo(bytes.Repeat([]byte("t"), 1+i*100)); err != nil {
+		if err := echo(c, bytes.Repeat([]byte("t"), 1+i*100)); err != nil {
 			t.Fatalf("round %d: %v", i, err)
 		}
 	}
@@ -529,7 +530,7 @@ func TestTLSClient(t *testing.T) {
 	if got := p.CloseNode("n1"); got != 1 {
 		t.Errorf("CloseNode(n1) = %d, want 1", got)
 	}
-	if _, err := c.r.ReadByte(); err == nil {
+	if _, err := c.R.ReadByte(); err == nil {
 		t.Error("read after CloseNode succeeded, want an error")
 	}
 }
@@ -538,8 +539,8 @@ func TestTLSClient(t *testing.T) {
 // forwarded to the node parses, keeps the client id and carries only the
 // forwarding headers the proxy set.
 func FuzzRequestHead(f *testing.F) {
-	f.Add(upgradeRequest("alice", "X-Forwarded-For: 6.6.6.6\r\n", "Forwarded: for=x\r\n"))
-	f.Add(strings.Replace(upgradeRequest("bob", "X-Real-IP: 1.1.1.1\r\n"), "Connection: Upgrade",
+	f.Add(wstest.UpgradeRequest("alice", "X-Forwarded-For: 6.6.6.6\r\n", "Forwarded: for=x\r\n"))
+	f.Add(strings.Replace(wstest.UpgradeRequest("bob", "X-Real-IP: 1.1.1.1\r\n"), "Connection: Upgrade",
 		"Connection: keep-alive, Upgrade, X-Forwarded-For, Sec-WebSocket-Key", 1))
 	f.Fuzz(func(t *testing.T, raw string) {
 		r, err := http.ReadRequest(bufio.NewReader(strings.NewReader(raw)))
