@@ -67,6 +67,7 @@ var statuses = map[string]int{
 	wire.CodeUnauthorized:      http.StatusUnauthorized,
 	wire.CodeForbidden:         http.StatusForbidden,
 	wire.CodeTooManyConns:      http.StatusTooManyRequests,
+	wire.CodeOverloaded:        http.StatusServiceUnavailable,
 }
 
 // Serve serves srv on ln until srv is shut down (then nil).

@@ -44,11 +44,14 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 // reconnects (a node just died) is served at the rate attaches complete;
 // the rest are told to retry and back off.
 func (s *Server) admitConn(w http.ResponseWriter) bool {
-	s.mu.Lock()
-	draining := s.draining
-	s.mu.Unlock()
-	if draining {
+	if s.draining.Load() {
 		http.Error(w, "node draining", http.StatusServiceUnavailable)
+		return false
+	}
+	if s.sess.Overloaded() {
+		s.met.refused.Inc()
+		w.Header().Set("Retry-After", "1")
+		http.Error(w, "node overloaded: over its outbound budget, retry", http.StatusServiceUnavailable)
 		return false
 	}
 	select {
@@ -85,6 +88,9 @@ func (s *Server) servePublish(w http.ResponseWriter, r *http.Request) {
 		httpapi.WriteError(w, wire.CodeBadRequest, "publish needs data")
 		return
 	}
+	if s.overloaded(w) {
+		return
+	}
 	ctx, cancel := s.requestCtx(r)
 	defer cancel()
 	m, err := s.hub.Publish(ctx, bridge.Message{Channel: req.Channel, Data: req.Data})
@@ -112,6 +118,9 @@ func (s *Server) serveSend(w http.ResponseWriter, r *http.Request) {
 		httpapi.WriteError(w, wire.CodeBadRequest, "send needs data")
 		return
 	}
+	if s.overloaded(w) {
+		return
+	}
 	ctx, cancel := s.requestCtx(r)
 	defer cancel()
 	ok, err := s.hub.Send(ctx, bridge.Direct{To: req.ClientID, Data: req.Data})
@@ -120,6 +129,16 @@ func (s *Server) serveSend(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	httpapi.WriteJSON(w, http.StatusOK, map[string]any{"ok": true, "delivered": ok})
+}
+
+// overloaded answers 503 with Retry-After while the node sheds load.
+func (s *Server) overloaded(w http.ResponseWriter) bool {
+	if !s.sess.Overloaded() {
+		return false
+	}
+	w.Header().Set("Retry-After", "1")
+	httpapi.WriteWireError(w, wire.ErrOverloaded)
+	return true
 }
 
 func (s *Server) serveReady(w http.ResponseWriter, _ *http.Request) {
@@ -131,10 +150,7 @@ func (s *Server) serveReady(w http.ResponseWriter, _ *http.Request) {
 }
 
 func (s *Server) ready() error {
-	s.mu.Lock()
-	draining := s.draining
-	s.mu.Unlock()
-	if draining {
+	if s.draining.Load() {
 		return errors.New("draining")
 	}
 	if !s.cluster.Joined() {

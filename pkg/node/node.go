@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -54,6 +55,9 @@ type Config struct {
 	RequestRate       float64       // messages + control frames per second per connection (burst 2×), more closes 1008; 0 = session default (100)
 	MaxUnfinished     int64         // bytes held node-wide in client messages being read, more closes 1013; 0 = session default (16 MiB)
 	AssemblyTimeout   time.Duration // one client message must arrive whole within this, else 1008; 0 = session default (10s)
+	MaxOutbound       int64         // bytes queued for clients node-wide; past it the slowest are closed 4008 and new work gets 503; 0 = session.DefaultMaxOutbound
+	MaxLag            time.Duration // a connection whose oldest unwritten frame is older is closed 4008; 0 = session default (5s)
+	SendBuffer        int           // SO_SNDBUF of client connections, bytes; 0 = session default (64 KiB), negative = kernel autotuning
 	WriteTimeout      time.Duration // a write to a client that takes longer closes it; default 10s
 	RequestTimeout    time.Duration // bridge work per request (subscribe, publish); default 5s
 	DrainWindow       time.Duration // on shutdown clients are asked to reconnect spread over this; default 5s
@@ -218,7 +222,7 @@ type Server struct {
 	wg       sync.WaitGroup // connection goroutines
 	mu       sync.Mutex
 	conns    map[*session.Conn]struct{}
-	draining bool
+	draining atomic.Bool   // set under mu (track checks it there); /readyz reads it without
 	admit    chan struct{} // admission control: one token per connection being set up
 }
 
@@ -277,6 +281,7 @@ func New(cfg Config) (*Server, error) {
 			WriteTimeout: cfg.WriteTimeout, RequestTimeout: cfg.RequestTimeout,
 			RequestRate: cfg.RequestRate, MaxUnfinished: cfg.MaxUnfinished, AssemblyTimeout: cfg.AssemblyTimeout,
 			MaxConnsPerClient: cfg.MaxConnsPerClient, CloseGrace: cfg.CloseGrace,
+			MaxOutbound: cfg.MaxOutbound, MaxLag: cfg.MaxLag, SendBuffer: cfg.SendBuffer,
 		}, session.Deps{
 			Hub: s.hub, WG: &s.wg, Log: cfg.Log, Registry: s.reg, Auth: s.auth,
 			RingEpoch: func() uint64 { return s.cluster.View().Epoch },
@@ -335,7 +340,8 @@ func (s *Server) Run(ctx context.Context) error {
 		return nil
 	})
 	s.log.Info("node up", zap.String("id", s.cfg.ID), zap.String("addr", s.Addr()),
-		zap.String("gossip", s.GossipAddr()), zap.String("bridge", s.cfg.Bridge))
+		zap.String("gossip", s.GossipAddr()), zap.String("bridge", s.cfg.Bridge),
+		zap.Int64("max_outbound", s.sess.MaxOutbound()))
 
 	err := proc.Wait(ctx, gctx, s.log, "node")
 	s.log.Info("node draining", zap.Duration("window", s.cfg.DrainWindow))
@@ -343,7 +349,7 @@ func (s *Server) Run(ctx context.Context) error {
 		s.log.Warn("leave gossip", zap.Error(lerr))
 	}
 	s.mu.Lock()
-	s.draining = true
+	s.draining.Store(true)
 	s.mu.Unlock()
 	shctx, cancel := context.WithTimeout(context.Background(), time.Second)
 	s.http.Shutdown(shctx)
@@ -379,7 +385,7 @@ func (s *Server) fenceAfter() time.Duration {
 func (s *Server) track(c *session.Conn) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.draining {
+	if s.draining.Load() {
 		return false
 	}
 	s.conns[c] = struct{}{}

@@ -39,6 +39,7 @@ type Conn struct {
 	mu        sync.Mutex
 	queue     []outFrame
 	queued    int         // bytes in queue
+	out       outState    // bytes in flight, for the node-wide budget (budget.go)
 	writing   bool        // the connection is with a writer: queued for one, or being written
 	closing   bool        // a close frame is queued: nothing more is accepted
 	closedAt  time.Time   // when closing was set
@@ -58,6 +59,7 @@ type Conn struct {
 type outFrame struct {
 	op ws.OpCode
 	b  []byte
+	at int64 // clock() when queued
 }
 
 var _ hub.Sink = (*Conn)(nil)
@@ -91,25 +93,6 @@ func (c *Conn) Move(reason string, code int, after time.Duration) bool {
 // Send implements hub.Sink.
 func (c *Conn) Send(b []byte) bool { return c.enqueue(ws.OpText, b) }
 
-func (c *Conn) enqueue(op ws.OpCode, b []byte) bool {
-	c.mu.Lock()
-	if c.closing {
-		c.mu.Unlock()
-		return false
-	}
-	if len(c.queue) >= c.u.cfg.SendQueue || c.queued+len(b) > c.u.cfg.SendQueueBytes {
-		c.mu.Unlock()
-		c.u.met.slow.Inc()
-		c.Close(wire.CloseSlowConsumer, "slow consumer")
-		return false
-	}
-	c.queue = append(c.queue, outFrame{op, b})
-	c.queued += len(b)
-	c.startWriter()
-	c.mu.Unlock()
-	return true
-}
-
 // Close queues a close frame; the socket is shut once it is written (or the
 // write times out). Idempotent, does not block, safe for concurrent use.
 func (c *Conn) Close(code int, reason string) {
@@ -118,9 +101,7 @@ func (c *Conn) Close(code int, reason string) {
 	if c.closing {
 		return
 	}
-	c.closing, c.closedAt = true, time.Now()
-	c.queue = append(c.queue, outFrame{ws.OpClose, ws.NewCloseFrameBody(ws.StatusCode(code), reason)})
-	c.startWriter()
+	c.queueClose(code, reason)
 }
 
 // readFunc adapts the connection's read method to io.Reader for the frame
@@ -430,6 +411,10 @@ func (c *Conn) handle(ctx context.Context, b []byte) {
 	f, err := wire.Decode(b)
 	if err != nil {
 		c.Send(wire.ErrorFrame(f.ID, err))
+		return
+	}
+	if (f.Op == wire.OpPublish || f.Op == wire.OpSend) && c.u.Overloaded() {
+		c.Send(wire.ErrorFrame(f.ID, wire.ErrOverloaded))
 		return
 	}
 	rctx, cancel := context.WithTimeout(ctx, c.u.cfg.RequestTimeout)

@@ -5,6 +5,7 @@ package session
 import (
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
 	"slices"
 	"sync"
@@ -57,6 +58,20 @@ type Config struct {
 	// Default 2s: a client on a slow link still reads the close code
 	// (1012, 4009: why to reconnect); shorter frees the socket sooner.
 	CloseGrace time.Duration
+	// MaxOutbound bounds the bytes queued for clients node-wide (budget.go):
+	// past it the slowest consumers are closed 4008 and new work is refused
+	// until the total is back under 3/4 of it. Default DefaultMaxOutbound.
+	MaxOutbound int64
+	// MaxLag closes a connection 4008 whose oldest unwritten frame is older
+	// than this. Default 5s: a client that far behind is better off
+	// reconnecting and recovering from history.
+	MaxLag time.Duration
+	// SendBuffer is the kernel send buffer (SO_SNDBUF) of every connection,
+	// bytes, so that a slow link's backlog stays in the queue where MaxLag
+	// sees it instead of seconds of it in the kernel. Default 64 KiB: 1 s
+	// at 512 kbit/s, 5 MB/s at 100 ms round trip. Negative = the kernel's
+	// autotuning (up to 4 MiB).
+	SendBuffer int
 }
 
 // DefaultConfig returns the defaults documented on Config.
@@ -74,8 +89,14 @@ func DefaultConfig() Config {
 		RequestRate:       100,
 		MaxConnsPerClient: 16,
 		CloseGrace:        2 * time.Second,
+		MaxOutbound:       maxOutbound,
+		MaxLag:            5 * time.Second,
+		SendBuffer:        64 << 10,
 	}
 }
+
+// maxOutbound is DefaultMaxOutbound, read once.
+var maxOutbound, _ = DefaultMaxOutbound()
 
 func (c *Config) validate() error {
 	if c.Node == "" {
@@ -85,7 +106,7 @@ func (c *Config) validate() error {
 	for _, v := range []struct{ p, def *time.Duration }{
 		{&c.Heartbeat, &d.Heartbeat}, {&c.WriteTimeout, &d.WriteTimeout},
 		{&c.RequestTimeout, &d.RequestTimeout}, {&c.HandshakeTimeout, &d.HandshakeTimeout},
-		{&c.AssemblyTimeout, &d.AssemblyTimeout}, {&c.CloseGrace, &d.CloseGrace},
+		{&c.AssemblyTimeout, &d.AssemblyTimeout}, {&c.CloseGrace, &d.CloseGrace}, {&c.MaxLag, &d.MaxLag},
 	} {
 		if *v.p < 0 {
 			return fmt.Errorf("session: duration %v < 0", *v.p)
@@ -105,8 +126,14 @@ func (c *Config) validate() error {
 			*v.p = *v.def
 		}
 	}
-	if c.MaxUnfinished < 0 || c.RequestRate < 0 {
-		return errors.New("session: MaxUnfinished and RequestRate must not be negative")
+	if c.MaxUnfinished < 0 || c.RequestRate < 0 || c.MaxOutbound < 0 {
+		return errors.New("session: MaxUnfinished, RequestRate and MaxOutbound must not be negative")
+	}
+	if c.MaxOutbound == 0 {
+		c.MaxOutbound = d.MaxOutbound
+	}
+	if c.SendBuffer == 0 {
+		c.SendBuffer = d.SendBuffer
 	}
 	if c.MaxUnfinished == 0 {
 		c.MaxUnfinished = d.MaxUnfinished
@@ -151,6 +178,7 @@ type Upgrader struct {
 	log  *zap.Logger
 	met  *metrics
 	w    *writers
+	out  *outbound
 }
 
 // New checks cfg and deps and registers the session metrics.
@@ -171,6 +199,10 @@ func New(cfg Config, deps Deps) (*Upgrader, error) {
 	}, func() float64 { return float64(u.unfinished.Load()) })
 	if err := deps.Registry.Register(unfinished); err != nil {
 		return nil, fmt.Errorf("session: register metrics: %w", err)
+	}
+	var err error
+	if u.out, err = newOutbound(u, deps.Registry); err != nil {
+		return nil, err
 	}
 	return u, nil
 }
@@ -236,6 +268,9 @@ func (u *Upgrader) Upgrade(w http.ResponseWriter, r *http.Request) *Conn {
 	if sc, ok := nc.(syscall.Conn); ok {
 		c.raw, _ = sc.SyscallConn()
 	}
+	if tc, ok := nc.(*net.TCPConn); ok && u.cfg.SendBuffer > 0 {
+		tc.SetWriteBuffer(u.cfg.SendBuffer)
+	}
 	return c
 }
 
@@ -267,7 +302,7 @@ func (u *Upgrader) release() {
 
 type metrics struct {
 	in   prometheus.Counter
-	slow prometheus.Counter
+	slow *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -275,9 +310,13 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		in: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "ringcast_node_frames_in_total", Help: "Client messages read.",
 		}),
-		slow: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "ringcast_node_slow_consumers_total", Help: "Connections closed 4008 because their send queue overflowed.",
-		}),
+		slow: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "ringcast_node_slow_consumers_total",
+			Help: "Connections closed 4008 as slow consumers, by reason: queue (send queue full), lag (oldest unwritten frame older than -max-lag), budget (node over -max-outbound).",
+		}, []string{"reason"}),
+	}
+	for _, r := range []string{reasonQueue, reasonLag, reasonBudget} {
+		m.slow.WithLabelValues(r)
 	}
 	reg.MustRegister(m.in, m.slow)
 	return m

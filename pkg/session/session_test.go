@@ -41,6 +41,8 @@ type testConfig struct {
 type testServer struct {
 	srv *httptest.Server
 	reg *prometheus.Registry
+	u   *Upgrader
+	hub *hub.Hub
 	wg  sync.WaitGroup
 
 	mu    sync.Mutex
@@ -77,6 +79,7 @@ func start(t *testing.T, edit func(*testConfig)) *testServer {
 	if err != nil {
 		t.Fatal(err)
 	}
+	n.u, n.hub = u, h
 	n.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		c := u.Upgrade(w, r)
 		if c == nil {

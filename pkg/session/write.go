@@ -91,6 +91,10 @@ type scratch struct {
 	bufs net.Buffers
 }
 
+// release drops the scratch's references to frame payloads once they are
+// written, so a parked writer pins no client's memory.
+func (sc *scratch) release() { clear(sc.bufs[:cap(sc.bufs)]) }
+
 // startWriter hands c to a writer if none has it. Called with c.mu held.
 func (c *Conn) startWriter() {
 	if c.writing {
@@ -99,14 +103,14 @@ func (c *Conn) startWriter() {
 	c.writing = true
 	if c.raw == nil {
 		c.u.deps.WG.Add(1)
-		go c.writeLoop(nil)
+		go c.writeLoop(nil, false)
 		return
 	}
 	c.u.w.push(c)
 }
 
-// flush writes everything c has queued without blocking. It reports
-// whether more was queued meanwhile (c goes back to the ready queue, behind
+// flush writes what c has queued, up to maxTake bytes, without blocking.
+// It reports whether more is queued (c goes back to the ready queue, behind
 // the others); otherwise c has left the writers.
 func (c *Conn) flush(sc *scratch) bool {
 	batch := c.take()
@@ -115,42 +119,86 @@ func (c *Conn) flush(sc *scratch) bool {
 	}
 	closed := sc.build(batch)
 	n, err := c.writev(sc)
+	left := sc.after(n)
+	sc.release()
+	clear(batch)
 	if err != nil {
 		c.nc.Close() // the reader sees it and cleans up
 		c.markWriterDone()
 		return false
 	}
-	if left := sc.after(n); len(left) > 0 {
+	if len(left) > 0 {
 		// The socket is full: this connection's writes may now block.
+		c.wrote(size(left))
 		c.u.deps.WG.Add(1)
-		go c.writeLoop(left)
+		go c.writeLoop(left, closed)
 		return false
 	}
 	if closed {
+		c.wrote(0)
 		c.closeWrite()
 		return false
 	}
+	return c.wrote(0)
+}
+
+// maxTake bounds the bytes a writer takes from one connection's queue at a
+// time (at least one frame): what a slow reader has in flight beyond its
+// queue, and so how long a close frame waits behind data already taken.
+const maxTake = 64 << 10
+
+// take moves the oldest queued frames, up to maxTake bytes, into flight;
+// it returns nil (and c leaves the writers) when none are queued.
+func (c *Conn) take() []outFrame {
 	c.mu.Lock()
+	defer c.mu.Unlock()
+	k, n := 0, 0
+	for k < len(c.queue) && (k == 0 || n+len(c.queue[k].b) <= maxTake) {
+		n += len(c.queue[k].b)
+		k++
+	}
+	if k == 0 {
+		c.writing = false
+		return nil
+	}
+	batch := c.queue[:k:k]
+	if k == len(c.queue) {
+		c.queue = nil
+	} else {
+		c.queue = c.queue[k:]
+	}
+	c.queued -= n
+	c.out.inflight, c.out.inflightAt = n, batch[0].at
+	return batch
+}
+
+// wrote records that the frames in flight were written but for left bytes
+// (still in flight), giving the rest back to the node-wide budget. With
+// nothing left it reports whether more is queued, and c leaves the writers
+// when not.
+func (c *Conn) wrote(left int) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	left = min(left, c.out.inflight)
+	c.u.out.release(c.out.inflight - left)
+	c.out.inflight = left
+	if left > 0 {
+		return false
+	}
+	c.out.inflightAt = 0
 	more := len(c.queue) > 0
 	if !more {
 		c.writing = false
 	}
-	c.mu.Unlock()
 	return more
 }
 
-// take returns the queued frames, or nil (and c leaves the writers) when
-// none are.
-func (c *Conn) take() []outFrame {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	batch := c.queue
-	c.queue, c.queued = nil, 0
-	if len(batch) == 0 {
-		c.writing = false
-		return nil
+func size(bufs net.Buffers) int {
+	n := 0
+	for _, b := range bufs {
+		n += len(b)
 	}
-	return batch
+	return n
 }
 
 // build lays out batch as header and payload buffers and reports whether
@@ -234,24 +282,32 @@ func (c *Conn) writev(sc *scratch) (int, error) {
 
 // writeLoop writes c's frames with blocking writes under the write
 // deadline, starting with left, until c's queue is empty: the path of a
-// connection whose socket filled up (or that has no raw socket).
-func (c *Conn) writeLoop(left net.Buffers) {
+// connection whose socket filled up (or that has no raw socket). Meanwhile
+// the connection is a candidate for shedding (budget.go).
+func (c *Conn) writeLoop(left net.Buffers, closed bool) {
 	defer c.u.deps.WG.Done()
+	c.u.out.setBlocked(c, true)
+	defer c.u.out.setBlocked(c, false)
 	var sc scratch
-	closed := false
 	for {
 		if len(left) > 0 {
-			c.nc.SetWriteDeadline(time.Now().Add(c.u.cfg.WriteTimeout))
-			if _, err := left.WriteTo(c.nc); err != nil {
+			c.setWriteDeadline()
+			_, err := left.WriteTo(c.nc)
+			sc.release()
+			if err != nil {
 				c.nc.Close() // the reader sees it and cleans up
 				c.markWriterDone()
 				return
 			}
 			// The shared writers' raw writes would fail once it passed.
-			c.nc.SetWriteDeadline(time.Time{})
+			c.clearWriteDeadline()
 		}
+		more := c.wrote(0)
 		if closed {
 			c.closeWrite()
+			return
+		}
+		if !more {
 			return
 		}
 		batch := c.take()
@@ -260,6 +316,29 @@ func (c *Conn) writeLoop(left net.Buffers) {
 		}
 		closed = sc.build(batch)
 		left = sc.bufs
+		clear(batch)
+	}
+}
+
+// setWriteDeadline bounds a blocking write by WriteTimeout, or sooner by
+// the cut a shed connection got.
+func (c *Conn) setWriteDeadline() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	dl := time.Now().Add(c.u.cfg.WriteTimeout)
+	if !c.out.cut.IsZero() && c.out.cut.Before(dl) {
+		dl = c.out.cut
+	}
+	c.nc.SetWriteDeadline(dl)
+}
+
+// clearWriteDeadline lifts the deadline after a blocking write, unless the
+// connection was shed: its cut stays.
+func (c *Conn) clearWriteDeadline() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.out.cut.IsZero() {
+		c.nc.SetWriteDeadline(time.Time{})
 	}
 }
 
@@ -274,11 +353,14 @@ func (c *Conn) closeWrite() {
 	c.markWriterDone()
 }
 
-// markWriterDone stops accepting frames after the socket is finished with.
+// markWriterDone stops accepting frames after the socket is finished with,
+// and gives what was queued or in flight back to the budget.
 func (c *Conn) markWriterDone() {
 	c.mu.Lock()
 	c.closing = true
+	c.u.out.release(c.queued + c.out.inflight)
 	c.queue, c.queued = nil, 0
+	c.out.inflight, c.out.inflightAt = 0, 0
 	c.writing = false
 	c.mu.Unlock()
 }

@@ -57,7 +57,12 @@ const (
 	CodeUnauthorized      = "unauthorized"         // missing or bad token, refused refresh, missing API key
 	CodeForbidden         = "forbidden"            // the token does not allow this subscribe, publish or send
 	CodeTooManyConns      = "too_many_connections" // HTTP only: -max-conns-per-client reached
+	CodeOverloaded        = "overloaded"           // publish or send refused while the node sheds load (over -max-outbound)
 )
+
+// ErrOverloaded refuses a publish or send while the node is over its
+// outbound budget: retry after a second.
+var ErrOverloaded = &Error{Code: CodeOverloaded, Message: "node overloaded: over its outbound budget, retry later"}
 
 // Position is a point in a channel's history.
 type Position struct {

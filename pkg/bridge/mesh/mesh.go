@@ -9,6 +9,7 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
@@ -103,6 +104,10 @@ type Mesh struct {
 	recv bridge.Receiver
 	log  *zap.Logger
 
+	// len(peers) and len(links), stored under mu and read without it:
+	// Ready (/readyz, every publish) never waits behind the lock.
+	npeers, nlinks atomic.Int64
+
 	mu       sync.Mutex
 	peers    map[string]string   // id → addr, from membership
 	links    map[string]*link    // id → live link
@@ -151,6 +156,7 @@ func (m *Mesh) SetPeers(peers map[string]string) {
 			m.peers[id] = addr
 		}
 	}
+	m.npeers.Store(int64(len(m.peers)))
 	// Membership changed: a peer that failed to answer may be back (a
 	// restart, a resumed process), so the next dial goes out at once.
 	clear(m.retry)
@@ -172,11 +178,7 @@ func (m *Mesh) SetPeers(peers map[string]string) {
 }
 
 // Links returns the number of live links.
-func (m *Mesh) Links() int {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	return len(m.links)
-}
+func (m *Mesh) Links() int { return int(m.nlinks.Load()) }
 
 // Run dials the peers this node is responsible for (those with a greater id)
 // and keeps the links up until ctx is done.
@@ -323,6 +325,7 @@ func (m *Mesh) start(l *link) {
 		old.close()
 	}
 	m.links[l.peer] = l
+	m.nlinks.Store(int64(len(m.links)))
 	m.linked[l.peer] = true
 	keys := make([]string, 0, len(m.interest))
 	for k := range m.interest {
@@ -343,6 +346,7 @@ func (m *Mesh) drop(l *link) {
 	m.mu.Lock()
 	if m.links[l.peer] == l {
 		delete(m.links, l.peer)
+		m.nlinks.Store(int64(len(m.links)))
 		m.log.Info("link down", zap.String("peer", l.peer))
 	}
 	m.mu.Unlock()
@@ -499,10 +503,8 @@ func (m *Mesh) History(context.Context, string, *wire.Position) ([]bridge.Messag
 
 // Ready implements bridge.Bridge: a node with peers needs at least one link.
 func (m *Mesh) Ready() error {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if len(m.peers) > 0 && len(m.links) == 0 {
-		return fmt.Errorf("%w: no mesh link to any of %d peers", bridge.ErrUnavailable, len(m.peers))
+	if peers := m.npeers.Load(); peers > 0 && m.nlinks.Load() == 0 {
+		return fmt.Errorf("%w: no mesh link to any of %d peers", bridge.ErrUnavailable, peers)
 	}
 	return nil
 }
