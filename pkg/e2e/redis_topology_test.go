@@ -11,6 +11,7 @@ import (
 	"github.com/ringcast/ringcast/pkg/bridge/redis/redistest"
 	"github.com/ringcast/ringcast/pkg/clustertest"
 	"github.com/ringcast/ringcast/pkg/testkit"
+	"github.com/ringcast/ringcast/pkg/wire"
 )
 
 // Nodes on a 3-shard Redis Cluster: the primary of slot 0 is killed while
@@ -83,6 +84,18 @@ func primaryKilled(t *testing.T, url string, channels []string, kill, promoted f
 		return errors.New("no publish answered 503")
 	}); err != nil {
 		t.Error(err)
+	}
+	// So does one over a client's socket: an error frame bridge_unavailable.
+	if len(refused) > 0 {
+		n++
+		r := attempt{refused[0].channel, "refused-" + strconv.Itoa(n)}
+		var we *wire.Error
+		switch err := f.Clients[0].Client.Publish(ctx, r.channel, r.data); {
+		case errors.As(err, &we) && we.Code == wire.CodeBridgeUnavailable:
+			refused = append(refused, r)
+		default:
+			t.Errorf("socket publish to %s while its primary is down: %v, want error %s", r.channel, err, wire.CodeBridgeUnavailable)
+		}
 	}
 
 	promoted()

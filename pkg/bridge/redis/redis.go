@@ -155,17 +155,35 @@ func (b *Bridge) Ready() error {
 		return err
 	}
 	for _, c := range b.conns {
-		if !c.up.Load() {
-			return fmt.Errorf("%w: redis subscriber connection %d of %d down", bridge.ErrUnavailable, c.idx+1, len(b.conns))
+		if err := c.down(); err != nil {
+			return err
 		}
 	}
 	return nil
 }
 
+// refused returns why a publish or send to the pub/sub channel of key
+// (a channel name or client id) is refused at once, or nil. On one server
+// or a Sentinel primary it is refused exactly while Ready reports an
+// error; on a cluster, while the subscriber connection of key's partition,
+// which is on the primary of its slot, is down. A publish held until a
+// replica takes over would otherwise succeed while /readyz says not ready.
+func (b *Bridge) refused(key string) error {
+	if b.cluster == nil {
+		return b.Ready()
+	}
+	return b.conns[b.partition(key)].down()
+}
+
+// downPingEvery is the health check interval while Redis is unreachable
+// (at most PingEvery): publishes are refused until a ping succeeds.
+const downPingEvery = 100 * time.Millisecond
+
 func (b *Bridge) healthLoop(ctx context.Context) {
-	t := time.NewTicker(b.cfg.PingEvery)
+	t := time.NewTimer(b.cfg.PingEvery)
 	defer t.Stop()
 	for {
+		began := time.Now()
 		pctx, cancel := context.WithTimeout(ctx, b.cfg.OpTimeout)
 		err := b.ping(pctx)
 		cancel()
@@ -182,6 +200,11 @@ func (b *Bridge) healthLoop(ctx context.Context) {
 				b.log.Info("redis reachable")
 			}
 		}
+		every := b.cfg.PingEvery
+		if err != nil {
+			every = min(every, downPingEvery)
+		}
+		t.Reset(max(every-time.Since(began), 0))
 		select {
 		case <-ctx.Done():
 			return
@@ -211,7 +234,12 @@ func (b *Bridge) ping(ctx context.Context) error {
 // Publish implements bridge.Bridge. The message goes through Redis even when
 // this node is the only subscriber, so local and remote fan-out share one
 // path. With history on, it is appended to the channel's stream first.
+// While Redis is known to be unreachable (see refused), it fails at once
+// with an error wrapping bridge.ErrUnavailable.
 func (b *Bridge) Publish(ctx context.Context, m bridge.Message) (bridge.Message, error) {
+	if err := b.refused(m.Channel); err != nil {
+		return m, fmt.Errorf("publish to %s: %w", m.Channel, err)
+	}
 	body, err := json.Marshal(bridge.Message{Channel: m.Channel, Data: m.Data, From: m.From})
 	if err != nil {
 		return m, fmt.Errorf("encode message: %w", err)
@@ -233,6 +261,9 @@ func (b *Bridge) Publish(ctx context.Context, m bridge.Message) (bridge.Message,
 func (b *Bridge) Send(ctx context.Context, d bridge.Direct) (bool, error) {
 	if b.recv.DeliverDirect(d) {
 		return true, nil
+	}
+	if err := b.refused(d.To); err != nil {
+		return false, fmt.Errorf("send to %s: %w", d.To, err)
 	}
 	body, err := json.Marshal(d)
 	if err != nil {

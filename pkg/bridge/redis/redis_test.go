@@ -492,6 +492,7 @@ func TestNewEpochAfterRedisRestart(t *testing.T) {
 	if top.Epoch == last.Epoch || top.Offset != 0 {
 		t.Errorf("top after restart = %+v, want a new epoch at offset 0 (old %q)", top, last.Epoch)
 	}
+	waitReady(t, a) // publishes are refused until then
 	m, err := a.Publish(ctx, msg("h", "new"))
 	if err != nil || m.Epoch != top.Epoch || m.Offset != 1 {
 		t.Errorf("Publish after restart = %+v, %v; want offset 1 in epoch %q", m, err, top.Epoch)

@@ -60,6 +60,15 @@ func (b *Bridge) newSubConn(idx int) *subConn {
 	return c
 }
 
+// down returns an error wrapping bridge.ErrUnavailable while the
+// connection is not up.
+func (c *subConn) down() error {
+	if c.up.Load() {
+		return nil
+	}
+	return fmt.Errorf("%w: redis subscriber connection %d of %d down", bridge.ErrUnavailable, c.idx+1, len(c.b.conns))
+}
+
 // open makes the first connection; Run calls it.
 func (c *subConn) open() {
 	c.mu.Lock()

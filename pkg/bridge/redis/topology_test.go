@@ -47,8 +47,11 @@ type publisher struct {
 	mu     sync.Mutex
 	acked  []bridge.Message
 	failed []error
-	stop   chan struct{}
-	done   chan struct{}
+	// ackedNotReady counts the acknowledged publishes during which n's
+	// Ready reported an error throughout (when it did before and after).
+	ackedNotReady int
+	stop          chan struct{}
+	done          chan struct{}
 }
 
 func startPublisher(n *node, channel string) *publisher {
@@ -61,12 +64,17 @@ func startPublisher(n *node, channel string) *publisher {
 				return
 			default:
 			}
+			notReady := n.Ready() != nil
 			m, err := n.Publish(context.Background(), msg(channel, i))
+			notReady = notReady && n.Ready() != nil
 			p.mu.Lock()
 			if err != nil {
 				p.failed = append(p.failed, err)
 			} else {
 				p.acked = append(p.acked, m)
+				if notReady {
+					p.ackedNotReady++
+				}
 			}
 			p.mu.Unlock()
 			if err != nil {
@@ -264,7 +272,8 @@ func TestSentinel(t *testing.T) {
 }
 
 // failover publishes on ch from a to b, runs kill (a primary dies), checks
-// that both nodes report not ready and publishes fail with ErrUnavailable,
+// that both nodes report not ready and publishes fail with ErrUnavailable
+// (on one primary: every publish made while a was not ready),
 // waits for the replica to take over, and checks that publishing resumes in
 // a new epoch, history since the old one is not recovered, and b's stream
 // has no silent gap.
@@ -296,6 +305,9 @@ func failover(t *testing.T, a, b *node, ch string, kill, promoted func()) {
 		if !errors.Is(err, bridge.ErrUnavailable) {
 			t.Errorf("publish during the failover failed with %v, want ErrUnavailable", err)
 		}
+	}
+	if a.cluster == nil && p.ackedNotReady > 0 {
+		t.Errorf("%d publishes acknowledged while Ready reported an error throughout, want them refused", p.ackedNotReady)
 	}
 	before, after := p.acked[0], p.acked[len(p.acked)-1]
 	if after.Epoch == before.Epoch {
