@@ -41,7 +41,8 @@ type nodeInfo struct {
 	ID          string `json:"id"`
 	Addr        string `json:"addr"`
 	State       string `json:"state"`
-	Warming     bool   `json:"warming,omitempty"` // alive, back after a departure, not on the ring yet
+	Warming     bool   `json:"warming,omitempty"`     // alive, back after a departure, not on the ring yet
+	Unreachable bool   `json:"unreachable,omitempty"` // this balancer's probes fail: routed around
 	Connections int    `json:"connections"`
 }
 
@@ -51,7 +52,7 @@ func (s *Server) serveCluster(w http.ResponseWriter, _ *http.Request) {
 	nodes := []nodeInfo{}
 	for _, m := range v.Members {
 		if m.Role == cluster.RoleNode {
-			nodes = append(nodes, nodeInfo{ID: m.ID, Addr: m.Addr, State: string(m.State), Warming: m.Warming(), Connections: conns[m.ID]})
+			nodes = append(nodes, nodeInfo{ID: m.ID, Addr: m.Addr, State: string(m.State), Warming: m.Warming(), Unreachable: s.reach.isDown(m.ID), Connections: conns[m.ID]})
 		}
 	}
 	sort.Slice(nodes, func(i, j int) bool { return nodes[i].ID < nodes[j].ID })

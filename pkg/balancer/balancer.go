@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"slices"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -37,7 +38,26 @@ type Config struct {
 	Warmup     time.Duration // a node that comes back is off the ring this long (doubling per flap); 0 = cluster default 2s, negative = off; same on every process
 	Proxy      proxy.Config  // WebSocket relay settings; zero fields take proxy defaults
 	APITimeout time.Duration // admin API calls forwarded to nodes; default 5s
-	Auth       auth.Config   // client tokens and the API key; the same on every balancer and node
+	// ProbeInterval is how often the balancer checks, on its own path,
+	// each node it may relay to: GET /healthz on the node's HTTP address
+	// (a kept-alive connection, redialled after a failure). Gossip cannot
+	// tell a node cut off from this balancer only. Default 250ms: four
+	// small requests a second per node; longer notices a cut later.
+	ProbeInterval time.Duration
+	// ProbeTimeout bounds one check. Default 300ms: a node answers in a
+	// millisecond on a LAN; shorter misses more under load.
+	ProbeTimeout time.Duration
+	// ProbeMisses is how many checks in a row must fail before the node is
+	// unreachable: the balancer closes the relays it holds to it (their
+	// clients reconnect at once), routes new clients around it, and
+	// publishes it in its gossip metadata so that no node's sweep sends
+	// clients back to it; one check that succeeds makes it reachable
+	// again. Default 3 (a cut is acted on within about 1.2 s); fewer
+	// reacts sooner but a loaded machine's slow answers close healthy
+	// relays. A gossip death alone never closes relays: it only makes the
+	// next check start at once.
+	ProbeMisses int
+	Auth        auth.Config // client tokens and the API key; the same on every balancer and node
 	// TLSCert and TLSKey (PEM files) serve HTTPS and wss:// on Addr. The
 	// pair is re-read when either file changes (checked at most once a
 	// second, on a handshake); connections already up are not touched.
@@ -56,6 +76,10 @@ func DefaultConfig() Config {
 		Detect:     "lan",
 		Proxy:      proxy.DefaultConfig(),
 		APITimeout: 5 * time.Second,
+
+		ProbeInterval: 250 * time.Millisecond,
+		ProbeTimeout:  300 * time.Millisecond,
+		ProbeMisses:   3,
 	}
 }
 
@@ -76,11 +100,26 @@ func (c *Config) validate() error {
 	if c.Gossip == "" {
 		c.Gossip = d.Gossip
 	}
-	if c.APITimeout < 0 {
-		return fmt.Errorf("balancer: APITimeout %v < 0", c.APITimeout)
+	for _, f := range []struct {
+		name   string
+		v, def *time.Duration
+	}{
+		{"APITimeout", &c.APITimeout, &d.APITimeout},
+		{"ProbeInterval", &c.ProbeInterval, &d.ProbeInterval},
+		{"ProbeTimeout", &c.ProbeTimeout, &d.ProbeTimeout},
+	} {
+		if *f.v < 0 {
+			return fmt.Errorf("balancer: %s %v < 0", f.name, *f.v)
+		}
+		if *f.v == 0 {
+			*f.v = *f.def
+		}
 	}
-	if c.APITimeout == 0 {
-		c.APITimeout = d.APITimeout
+	if c.ProbeMisses < 0 {
+		return fmt.Errorf("balancer: ProbeMisses %d < 0", c.ProbeMisses)
+	}
+	if c.ProbeMisses == 0 {
+		c.ProbeMisses = d.ProbeMisses
 	}
 	if c.Log == nil {
 		c.Log = zap.NewNop()
@@ -98,6 +137,7 @@ type Server struct {
 	reg     *prometheus.Registry
 	http    *http.Server
 	api     *http.Client
+	reach   *reach
 	met     *metrics
 	auth    *auth.Verifier
 }
@@ -165,8 +205,39 @@ func New(cfg Config) (*Server, error) {
 			IdleConnTimeout:     30 * time.Second,
 		},
 	}
+	s.reach = s.newReach()
 	s.http = httpapi.NewServer(s.routes(), cfg.Log.Named("http"))
 	return s, nil
+}
+
+// newReach wires the reachability probes: an unreachable node's relays
+// are closed, and the set is published in gossip.
+func (s *Server) newReach() *reach {
+	probes := &http.Client{Transport: &http.Transport{
+		DialContext:         (&net.Dialer{Timeout: s.cfg.ProbeTimeout}).DialContext,
+		MaxIdleConnsPerHost: 1,
+		IdleConnTimeout:     time.Minute,
+	}}
+	return &reach{
+		interval: s.cfg.ProbeInterval, timeout: s.cfg.ProbeTimeout, misses: s.cfg.ProbeMisses,
+		log: s.log.Named("reach"),
+		probe: func(ctx context.Context, addr string) error {
+			return httpapi.Probe(ctx, probes, "http://"+addr+"/healthz", s.cfg.ProbeTimeout)
+		},
+		changed: func(id string, down bool, set []string) {
+			if down {
+				if n := s.proxy.CloseNode(id); n > 0 {
+					s.log.Info("closed connections of unreachable node", zap.String("node", id), zap.Int("connections", n))
+				}
+			} else {
+				s.proxy.Up(id)
+			}
+			s.cluster.SetUnreachable(set)
+		},
+		relays:  func(id string) bool { return s.proxy.Connections()[id] > 0 },
+		targets: map[string]*target{},
+		down:    map[string]bool{},
+	}
 }
 
 // Addr is the address the balancer serves on.
@@ -187,6 +258,7 @@ func (s *Server) Run(ctx context.Context) error {
 	g.Go(func() error { return s.cluster.Run(cctx) })
 	g.Go(func() error { return httpapi.Serve(s.http, s.ln) })
 	g.Go(func() error { s.watch(wctx); return nil })
+	g.Go(func() error { s.reach.run(wctx); return nil })
 	s.log.Info("balancer up", zap.String("id", s.cfg.ID), zap.String("addr", s.Addr()), zap.String("gossip", s.GossipAddr()), zap.Bool("tls", s.cfg.TLSCert != ""))
 
 	err := proc.Wait(ctx, gctx, s.log, "balancer")
@@ -207,19 +279,11 @@ func (s *Server) Run(ctx context.Context) error {
 	return err
 }
 
-// watch follows membership: it closes the relayed connections of nodes gossip
-// declares dead, so their clients reconnect at once instead of waiting for a
-// heartbeat, and forgets local down marks of nodes that (re)joined.
-//
-// A death is acted on only after deadGrace, and only if the node does not
-// answer its health check: gossip can report a draining node dead just
-// before its leave arrives, and a loaded machine makes -detect fast flap.
+// watch follows membership: it hands every view to the reachability
+// probes (which close the relays of nodes this balancer cannot reach), and
+// forgets local down marks of nodes that (re)joined.
 func (s *Server) watch(ctx context.Context) {
 	var prev *ring.Ring
-	dead := map[string]time.Time{} // node → when first seen dead, until acted on
-	acted := map[string]bool{}     // dead nodes whose connections were handled
-	timer := time.NewTimer(time.Hour)
-	defer timer.Stop()
 	for {
 		changes := s.cluster.Changes()
 		v := s.cluster.View()
@@ -239,48 +303,14 @@ func (s *Server) watch(ctx context.Context) {
 				}
 			}
 		}
-		now := time.Now()
-		for _, m := range v.Members {
-			switch {
-			case m.Role != cluster.RoleNode:
-			case m.State != cluster.StateDead:
-				delete(dead, m.ID)
-				delete(acted, m.ID)
-			case !acted[m.ID]:
-				if _, ok := dead[m.ID]; !ok {
-					dead[m.ID] = now
-				}
-			}
-		}
-		next := time.Hour
-		for id, since := range dead {
-			if wait := deadGrace - now.Sub(since); wait > 0 {
-				next = min(next, wait)
-				continue
-			}
-			delete(dead, id)
-			acted[id] = true
-			if m, ok := v.Node(id); ok && httpapi.Healthy(ctx, s.api, m.Addr, 300*time.Millisecond) {
-				s.log.Warn("gossip says dead but the node answers, keeping its connections", zap.String("node", id))
-				continue
-			}
-			if n := s.proxy.CloseNode(id); n > 0 {
-				s.log.Info("closed connections of dead node", zap.String("node", id), zap.Int("connections", n))
-			}
-		}
-		timer.Reset(next)
+		s.reach.sync(v.Members)
 		select {
 		case <-ctx.Done():
 			return
 		case <-changes:
-		case <-timer.C:
 		}
 	}
 }
-
-// deadGrace is how long a node must stay dead in gossip before the balancer
-// closes the connections it relays to it.
-const deadGrace = 500 * time.Millisecond
 
 // picker routes a client id to its ring owner.
 type picker struct{ s *Server }
@@ -290,7 +320,8 @@ func (p picker) Pick(clientID string, excluded []string) (string, string, error)
 	if v.Ring == nil {
 		return "", "", ring.ErrNoNodes
 	}
-	id, err := v.Ring.OwnerExcluding(clientID, excluded...)
+	// Route around the nodes this balancer cannot reach.
+	id, err := v.Ring.OwnerExcluding(clientID, slices.Concat(excluded, p.s.reach.unreachable())...)
 	if err != nil {
 		return "", "", err
 	}

@@ -4,17 +4,20 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"go.uber.org/goleak"
 
 	"github.com/ringcast/ringcast/pkg/cluster"
+	"github.com/ringcast/ringcast/pkg/httpapi"
 	"github.com/ringcast/ringcast/pkg/testkit"
 )
 
@@ -51,11 +54,26 @@ func startBalancer(t *testing.T) *testBalancer {
 	return b
 }
 
-// fakeNode is a gossip member with role node whose HTTP API is h: the
-// balancer routes to it like to a real node.
+// fakeNode is a gossip member with role node whose HTTP API is h (and a
+// /healthz that answers): the balancer routes to it like to a real node.
 func fakeNode(t *testing.T, b *testBalancer, id string, h http.Handler) *httptest.Server {
 	t.Helper()
-	srv := httptest.NewServer(h)
+	return fakeNodeHealth(t, b, id, nil, h)
+}
+
+// fakeNodeHealth is fakeNode whose /healthz answers 503 while down is set.
+func fakeNodeHealth(t *testing.T, b *testBalancer, id string, down *atomic.Bool, h http.Handler) *httptest.Server {
+	t.Helper()
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { // the balancer's probes
+		if down != nil && down.Load() {
+			http.Error(w, "down", http.StatusServiceUnavailable)
+			return
+		}
+		httpapi.ServeHealthz(w, r)
+	})
+	mux.Handle("/", h)
+	srv := httptest.NewServer(mux)
 	t.Cleanup(srv.Close)
 	cfg := cluster.DefaultConfig()
 	cfg.ID, cfg.Role, cfg.Bind, cfg.Detect = id, cluster.RoleNode, "127.0.0.1:0", cluster.DetectFast
@@ -195,5 +213,57 @@ func TestRunReturnsTheFailedPart(t *testing.T) {
 		}
 	case <-time.After(10 * time.Second):
 		t.Fatal("Run did not return within 10s of its HTTP server failing")
+	}
+}
+
+// TestUnreachableNode checks the balancer's own probes: a node whose
+// health check fails on the balancer's path (gossip still says alive) is
+// reported unreachable in /v1/cluster and routed around, and is used again
+// once it answers.
+func TestUnreachableNode(t *testing.T) {
+	b := startBalancer(t)
+	var down atomic.Bool
+	from := func(id string) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			httpapi.WriteJSON(w, http.StatusOK, map[string]any{"from": id})
+		})
+	}
+	fakeNodeHealth(t, b, "n1", &down, from("n1"))
+	fakeNode(t, b, "n2", from("n2"))
+	var channel string
+	for i := range 1000 {
+		if c := fmt.Sprintf("room%d", i); b.Cluster().View().Ring.Owner("ch:"+c) == "n1" {
+			channel = c
+			break
+		}
+	}
+	publish := func() any {
+		return call(t, b, "POST", "/v1/publish", `{"channel":"`+channel+`","data":1}`).body["from"]
+	}
+	if got := publish(); got != "n1" {
+		t.Fatalf("publish to a channel of n1 answered by %v", got)
+	}
+	unreachable := func() bool {
+		for _, n := range call(t, b, "GET", "/v1/cluster", "").body["nodes"].([]any) {
+			if n := n.(map[string]any); n["id"] == "n1" {
+				return n["unreachable"] == true
+			}
+		}
+		return false
+	}
+	down.Store(true)
+	start := time.Now()
+	testkit.Eventually(t, 10*time.Second, unreachable, "n1 never reported unreachable")
+	t.Logf("n1 unreachable %v after its health check began to fail", time.Since(start))
+	if m, _ := b.Cluster().View().Node("n1"); m.State != cluster.StateAlive {
+		t.Fatalf("n1 is %s in gossip, want alive (only its health check fails)", m.State)
+	}
+	if got := publish(); got != "n2" {
+		t.Errorf("publish with n1 unreachable answered by %v, want n2", got)
+	}
+	down.Store(false)
+	testkit.Eventually(t, 10*time.Second, func() bool { return !unreachable() }, "n1 never reachable again")
+	if got := publish(); got != "n1" {
+		t.Errorf("publish after n1 answers again: by %v, want n1", got)
 	}
 }

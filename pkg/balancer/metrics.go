@@ -14,6 +14,8 @@ func newMetrics(s *Server, reg prometheus.Registerer) *metrics {
 	}
 	reg.MustRegister(m.epoch, prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "ringcast_balancer_ring_warming", Help: "Nodes alive again after a departure, held off the ring while they warm up.",
-	}, func() float64 { return float64(len(s.cluster.View().Warming())) }))
+	}, func() float64 { return float64(len(s.cluster.View().Warming())) }), prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "ringcast_balancer_unreachable_nodes", Help: "Nodes this balancer's own probes cannot reach: their relays were closed and new clients are routed around them.",
+	}, func() float64 { return float64(len(s.reach.unreachable())) }))
 	return m
 }

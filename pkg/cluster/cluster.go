@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -27,8 +28,12 @@ type Cluster struct {
 	log    *zap.Logger
 	ml     *memberlist.Memberlist
 	gossip string
-	meta   [2][]byte // encoded metadata: [0] normally, [1] once leaving
-	timing timing    // memberlist's failure detection settings
+	meta   atomic.Pointer[[2][]byte] // encoded metadata: [0] normally, [1] once leaving
+	boot   string                    // random per process, in the metadata
+	timing timing                    // memberlist's failure detection settings
+
+	metaMu    sync.Mutex    // serialises SetUnreachable
+	metaDirty chan struct{} // 1-buffered: the metadata changed, gossip it
 
 	running atomic.Bool
 	joined  atomic.Bool // a join reached a peer
@@ -53,18 +58,15 @@ func New(cfg Config) (*Cluster, error) {
 		return nil, err
 	}
 	c := &Cluster{
-		cfg:     cfg,
-		log:     cfg.Log.Named("cluster"),
-		records: make(map[string]record),
-		dirty:   make(chan struct{}, 1),
+		cfg:       cfg,
+		log:       cfg.Log.Named("cluster"),
+		records:   make(map[string]record),
+		dirty:     make(chan struct{}, 1),
+		metaDirty: make(chan struct{}, 1),
+		boot:      strconv.FormatUint(rand.Uint64(), 36),
 	}
-	boot := strconv.FormatUint(rand.Uint64(), 36)
-	for i, leaving := range []bool{false, true} {
-		b, _ := json.Marshal(meta{Role: cfg.Role, WSAddr: cfg.WSAddr, Leaving: leaving, Boot: boot}) // strings and a bool: cannot fail
-		if len(b) > memberlist.MetaMaxSize {
-			return nil, fmt.Errorf("metadata is %d bytes, over %d: shorten the websocket address", len(b), memberlist.MetaMaxSize)
-		}
-		c.meta[i] = b
+	if _, err := c.encodeMeta(nil); err != nil {
+		return nil, err
 	}
 	c.snap.Store(&snapshot{view: &View{}, changed: make(chan struct{})})
 
@@ -96,12 +98,65 @@ func (c *Cluster) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
 	wg.Go(func() { c.coalesceLoop(ctx) })
 	wg.Go(func() { c.joinLoop(ctx) })
+	wg.Go(func() { c.metaLoop(ctx) })
 	wg.Wait()
 	if err := c.Leave(leaveTimeout); err != nil {
 		c.log.Warn("leave cluster", zap.Error(err))
 	}
 	c.shutdown()
 	return nil
+}
+
+// encodeMeta sets the metadata this process advertises, with unreachable
+// (sorted node ids) cut to what fits memberlist's limit, and returns how
+// many ids it holds.
+func (c *Cluster) encodeMeta(unreachable []string) (int, error) {
+	for n := len(unreachable); ; n-- {
+		var enc [2][]byte
+		for i, leaving := range []bool{false, true} {
+			// strings and a bool: Marshal cannot fail
+			enc[i], _ = json.Marshal(meta{Role: c.cfg.Role, WSAddr: c.cfg.WSAddr, Leaving: leaving, Boot: c.boot, Unreachable: unreachable[:n]})
+		}
+		if len(enc[1]) <= memberlist.MetaMaxSize {
+			c.meta.Store(&enc)
+			return n, nil
+		}
+		if n == 0 {
+			return 0, fmt.Errorf("metadata is %d bytes, over %d: shorten the websocket address", len(enc[1]), memberlist.MetaMaxSize)
+		}
+	}
+}
+
+// SetUnreachable publishes in this process's gossip metadata the nodes it
+// cannot reach on its own path (a balancer's probes of the nodes it relays
+// to); every process reads it with View.Unreachable. A list longer than the
+// metadata holds (512 bytes) is cut, and a warning logged. It returns at
+// once: the update spreads in the background, like any gossip.
+func (c *Cluster) SetUnreachable(ids []string) {
+	c.metaMu.Lock()
+	defer c.metaMu.Unlock()
+	ids = slices.Sorted(slices.Values(ids))
+	if n, err := c.encodeMeta(ids); err == nil && n < len(ids) {
+		c.log.Warn("unreachable nodes do not all fit the gossip metadata", zap.Int("listed", n), zap.Strings("nodes", ids))
+	}
+	select {
+	case c.metaDirty <- struct{}{}:
+	default:
+	}
+}
+
+// metaLoop gossips this process's metadata after each change.
+func (c *Cluster) metaLoop(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-c.metaDirty:
+		}
+		if err := c.ml.UpdateNode(time.Second); err != nil {
+			c.log.Debug("gossip metadata update", zap.Error(err))
+		}
+	}
 }
 
 // View returns the current view, never nil.

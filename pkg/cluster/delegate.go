@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"encoding/json"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/hashicorp/memberlist"
@@ -26,6 +27,9 @@ type meta struct {
 	WSAddr  string `json:"ws,omitempty"`
 	Leaving bool   `json:"leaving,omitempty"` // set just before a graceful leave
 	Boot    string `json:"boot,omitempty"`    // random per process: a new one means the process restarted
+	// Unreachable lists the nodes a balancer cannot reach on its own path
+	// (Cluster.SetUnreachable).
+	Unreachable []string `json:"unreach,omitempty"`
 }
 
 // record is what the event callbacks last heard about a member.
@@ -49,10 +53,11 @@ var (
 )
 
 func (d delegate) NodeMeta(limit int) []byte {
+	m := d.c.meta.Load()
 	if d.c.left.Load() {
-		return d.c.meta[1]
+		return m[1]
 	}
-	return d.c.meta[0]
+	return m[0]
 }
 
 func (d delegate) NotifyJoin(n *memberlist.Node)   { d.c.record(n, false) }
@@ -97,7 +102,7 @@ func (c *Cluster) record(n *memberlist.Node, dead bool) {
 func (r record) member(id string, now time.Time) Member {
 	var md meta
 	_ = json.Unmarshal(r.meta, &md) // unreadable metadata: no role, never on the ring
-	m := Member{ID: id, Role: md.Role, Addr: md.WSAddr, Gossip: r.gossip, State: StateAlive}
+	m := Member{ID: id, Role: md.Role, Addr: md.WSAddr, Gossip: r.gossip, State: StateAlive, unreachable: strings.Join(md.Unreachable, "\x00")}
 	if !r.dead && now.Before(r.warmTo) {
 		m.WarmUntil = r.warmTo
 	}

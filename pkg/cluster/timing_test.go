@@ -1,6 +1,10 @@
 package cluster
 
 import (
+	"encoding/json"
+	"fmt"
+	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -42,5 +46,46 @@ func TestDetectionOfRunningCluster(t *testing.T) {
 	testkit.Eventually(t, 10*time.Second, func() bool { return cs[0].Detection().Members == 3 }, "members: %+v", cs[0].Detection())
 	if d := cs[0].Detection(); d.Earliest != 600*time.Millisecond {
 		t.Errorf("Detection() = %+v, want earliest 600ms", d)
+	}
+}
+
+// TestUnreachableSpreads checks that the unreachable set a balancer
+// publishes reaches a node's view, and that clearing it does too.
+func TestUnreachableSpreads(t *testing.T) {
+	cs := startNodes(t, 2)
+	b := start(t, Config{ID: "b", Role: RoleBalancer, Join: []string{cs[0].GossipAddr()}})
+	testkit.Eventually(t, 10*time.Second, func() bool {
+		m, ok := cs[1].View().Node("b")
+		return ok && m.State == StateAlive
+	}, "node 2 never saw the balancer")
+	b.SetUnreachable([]string{"2", "1"})
+	testkit.Eventually(t, 10*time.Second, func() bool { return cs[1].View().Unreachable("2") && cs[1].View().Unreachable("1") },
+		"node 2 never learnt that the balancer cannot reach 1 and 2")
+	if m, _ := cs[1].View().Node("b"); !slices.Equal(m.Unreachable(), []string{"1", "2"}) {
+		t.Errorf("balancer reports %q, want [1 2]", m.Unreachable())
+	}
+	b.SetUnreachable(nil)
+	testkit.Eventually(t, 10*time.Second, func() bool { return !cs[1].View().Unreachable("2") }, "the cleared set never spread")
+}
+
+// TestUnreachableIsCut checks that a set too long for the metadata is cut
+// instead of failing.
+func TestUnreachableIsCut(t *testing.T) {
+	c := start(t, Config{ID: "b", Role: RoleBalancer})
+	var ids []string
+	for i := range 20 {
+		ids = append(ids, fmt.Sprintf("%03d-%s", i, strings.Repeat("x", 40)))
+	}
+	c.SetUnreachable(ids)
+	m := c.meta.Load()
+	if len(m[1]) > 512 {
+		t.Fatalf("metadata is %d bytes", len(m[1]))
+	}
+	var md meta
+	if err := json.Unmarshal(m[0], &md); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(md.Unreachable); n == 0 || n >= 20 || !slices.Equal(md.Unreachable, ids[:n]) {
+		t.Errorf("metadata lists %d of 20 ids: %q", n, md.Unreachable)
 	}
 }

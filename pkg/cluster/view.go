@@ -33,6 +33,17 @@ type Member struct {
 	// WarmUntil is set while a node that came back is warming up
 	// (Config.Warmup): alive, but off the ring until then.
 	WarmUntil time.Time
+
+	unreachable string // the nodes it cannot reach, "\x00"-separated (balancers)
+}
+
+// Unreachable returns the ids of the nodes m (a balancer) reports it cannot
+// reach on its own path, sorted.
+func (m Member) Unreachable() []string {
+	if m.unreachable == "" {
+		return nil
+	}
+	return strings.Split(m.unreachable, "\x00")
 }
 
 // Warming reports whether m is an alive node held off the ring.
@@ -76,6 +87,18 @@ func (v *View) Peers() map[string]string {
 		}
 	}
 	return out
+}
+
+// Unreachable reports whether an alive balancer reports node id
+// unreachable on its own path: clients must not be sent to it, for that
+// balancer would route them elsewhere again.
+func (v *View) Unreachable(id string) bool {
+	for _, m := range v.Members {
+		if m.Role == RoleBalancer && m.State == StateAlive && slices.Contains(m.Unreachable(), id) {
+			return true
+		}
+	}
+	return false
 }
 
 // Node returns the member with this id, whatever its role or state.

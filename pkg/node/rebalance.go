@@ -54,7 +54,8 @@ func (s *Server) watch(ctx context.Context) {
 }
 
 // rebalance asks every local client connected for at least minAge whose
-// owner is now another, reachable node to reconnect, paced at RebalanceRate
+// owner is now another node, reachable from here and from every balancer,
+// to reconnect, paced at RebalanceRate
 // per second with jittered after_ms. It returns false when a newer view
 // interrupted it.
 func (s *Server) rebalance(ctx context.Context, v *cluster.View, changes <-chan struct{}, minAge time.Duration) bool {
@@ -70,8 +71,13 @@ func (s *Server) rebalance(ctx context.Context, v *cluster.View, changes <-chan 
 		}
 		ok, seen := reachable[owner]
 		if !seen {
-			m, _ := v.Node(owner) // a crashed node not yet declared dead must not attract clients
-			ok = httpapi.Healthy(ctx, s.probe, m.Addr, s.cfg.OwnerProbeTimeout)
+			// A balancer that cannot reach the owner would route the
+			// client around it again, back here or elsewhere: wait until
+			// it can (its gossip metadata says so).
+			// A crashed node not yet declared dead must not attract
+			// clients either.
+			m, _ := v.Node(owner)
+			ok = !v.Unreachable(owner) && httpapi.Healthy(ctx, s.probe, m.Addr, s.cfg.OwnerProbeTimeout)
 			reachable[owner] = ok
 		}
 		if ok {
