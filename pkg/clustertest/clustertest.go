@@ -334,6 +334,7 @@ type ClusterInfo struct {
 		Addr        string `json:"addr"`
 		State       string `json:"state"`
 		Warming     bool   `json:"warming"`
+		Unreachable bool   `json:"unreachable"` // the balancer's own checks fail
 		Connections int    `json:"connections"`
 	} `json:"nodes"`
 }
