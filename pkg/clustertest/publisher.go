@@ -7,6 +7,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/ringcast/ringcast/pkg/proc"
 	"github.com/ringcast/ringcast/pkg/testkit"
 )
 
@@ -30,22 +31,15 @@ func StartPublisher(base, channel string, every time.Duration) *Publisher {
 
 func (p *Publisher) run(ctx context.Context, base, channel string, every time.Duration) {
 	defer close(p.done)
-	t := time.NewTicker(every)
-	defer t.Stop()
-	for seq := 1; ; seq++ {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
+	proc.Every(ctx, every, func(seq int64) {
 		var out struct{ OK bool }
 		code, err := PostJSON(ctx, base+"/v1/publish", map[string]any{"channel": channel, "data": seq}, &out)
 		if err == nil && code == 200 && out.OK {
 			p.mu.Lock()
-			p.acked = append(p.acked, seq)
+			p.acked = append(p.acked, int(seq))
 			p.mu.Unlock()
 		}
-	}
+	})
 }
 
 // Acked returns the acknowledged numbers so far, in order.

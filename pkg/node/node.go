@@ -3,6 +3,7 @@
 package node
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -147,44 +148,27 @@ func (c *Config) validate() error {
 	if c.ID == "" {
 		return errors.New("node: -id is required")
 	}
-	setDur := func(v *time.Duration, def time.Duration) {
-		if *v == 0 {
-			*v = def
-		}
-	}
-	setInt := func(v *int, def int) {
-		if *v == 0 {
-			*v = def
-		}
-	}
-	if c.Addr == "" {
-		c.Addr = d.Addr
-	}
-	if c.Gossip == "" {
-		c.Gossip = d.Gossip
-	}
-	if c.Bridge == "" {
-		c.Bridge = d.Bridge
-	}
-	if c.Detect == "" {
-		c.Detect = d.Detect
-	}
-	setDur(&c.Heartbeat, d.Heartbeat)
-	setInt(&c.MaxMessage, d.MaxMessage)
-	setInt(&c.MaxChannels, d.MaxChannels)
-	setInt(&c.SendQueue, d.SendQueue)
-	setInt(&c.SendQueueBytes, d.SendQueueBytes)
-	setDur(&c.WriteTimeout, d.WriteTimeout)
-	setDur(&c.RequestTimeout, d.RequestTimeout)
-	setDur(&c.DrainWindow, d.DrainWindow)
-	setInt(&c.RebalanceRate, d.RebalanceRate)
-	setDur(&c.RebalanceSpread, d.RebalanceSpread)
-	setInt(&c.MaxPending, d.MaxPending)
-	setInt(&c.MaxConnsPerClient, d.MaxConnsPerClient)
-	setDur(&c.MoveFloor, d.MoveFloor)
-	setDur(&c.SweepAge, d.SweepAge)
-	setDur(&c.OwnerProbeTimeout, d.OwnerProbeTimeout)
-	setDur(&c.CloseGrace, d.CloseGrace)
+	// Zero means default.
+	c.Addr = cmp.Or(c.Addr, d.Addr)
+	c.Gossip = cmp.Or(c.Gossip, d.Gossip)
+	c.Bridge = cmp.Or(c.Bridge, d.Bridge)
+	c.Detect = cmp.Or(c.Detect, d.Detect)
+	c.Heartbeat = cmp.Or(c.Heartbeat, d.Heartbeat)
+	c.MaxMessage = cmp.Or(c.MaxMessage, d.MaxMessage)
+	c.MaxChannels = cmp.Or(c.MaxChannels, d.MaxChannels)
+	c.SendQueue = cmp.Or(c.SendQueue, d.SendQueue)
+	c.SendQueueBytes = cmp.Or(c.SendQueueBytes, d.SendQueueBytes)
+	c.WriteTimeout = cmp.Or(c.WriteTimeout, d.WriteTimeout)
+	c.RequestTimeout = cmp.Or(c.RequestTimeout, d.RequestTimeout)
+	c.DrainWindow = cmp.Or(c.DrainWindow, d.DrainWindow)
+	c.RebalanceRate = cmp.Or(c.RebalanceRate, d.RebalanceRate)
+	c.RebalanceSpread = cmp.Or(c.RebalanceSpread, d.RebalanceSpread)
+	c.MaxPending = cmp.Or(c.MaxPending, d.MaxPending)
+	c.MaxConnsPerClient = cmp.Or(c.MaxConnsPerClient, d.MaxConnsPerClient)
+	c.MoveFloor = cmp.Or(c.MoveFloor, d.MoveFloor)
+	c.SweepAge = cmp.Or(c.SweepAge, d.SweepAge)
+	c.OwnerProbeTimeout = cmp.Or(c.OwnerProbeTimeout, d.OwnerProbeTimeout)
+	c.CloseGrace = cmp.Or(c.CloseGrace, d.CloseGrace)
 	if err := bridges.Check(c.Bridge, c.HistorySize); err != nil {
 		return fmt.Errorf("node: %w", err)
 	}

@@ -1,5 +1,5 @@
 // Package proc is what the balancer and node processes share at their edges:
-// main's signal handling and single exit, and Run's wait for a stop or a failed part.
+// main's signal handling and single exit, Run's wait for a stop or a failed part, stoppable Sleep and Every.
 package proc
 
 import (
@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
 	"go.uber.org/zap"
 )
@@ -38,5 +39,30 @@ func Wait(ctx, parts context.Context, log *zap.Logger, who string) error {
 		cause := context.Cause(parts)
 		log.Error("part failed, shutting down", zap.Error(cause))
 		return fmt.Errorf("%s stopped: %w", who, cause)
+	}
+}
+
+// Sleep waits for d or until ctx is done, whichever comes first.
+func Sleep(ctx context.Context, d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-ctx.Done():
+	}
+}
+
+// Every calls f with 1, 2, 3… once per tick of d until ctx is done. Ticks
+// missed while f runs are dropped, never caught up.
+func Every(ctx context.Context, d time.Duration, f func(seq int64)) {
+	t := time.NewTicker(d)
+	defer t.Stop()
+	for seq := int64(1); ; seq++ {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		f(seq)
 	}
 }

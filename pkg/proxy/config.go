@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"cmp"
 	"fmt"
 	"net/netip"
 	"time"
@@ -84,37 +85,18 @@ func DefaultConfig() Config {
 // withDefaults fills zero fields with their defaults and rejects negative ones.
 func (c Config) withDefaults() (Config, error) {
 	d := DefaultConfig()
-	durations := []struct {
-		name string
-		v    *time.Duration
-		def  time.Duration
-	}{
-		{"DialTimeout", &c.DialTimeout, d.DialTimeout},
-		{"HandshakeTimeout", &c.HandshakeTimeout, d.HandshakeTimeout},
-		{"DownFor", &c.DownFor, d.DownFor},
-		{"IdleTimeout", &c.IdleTimeout, d.IdleTimeout},
-		{"WriteTimeout", &c.WriteTimeout, d.WriteTimeout},
+	if c.DialTimeout < 0 || c.HandshakeTimeout < 0 || c.DownFor < 0 || c.IdleTimeout < 0 || c.WriteTimeout < 0 ||
+		c.MaxAttempts < 0 || c.BufferSize < 0 {
+		return c, fmt.Errorf("proxy config: DialTimeout %v, HandshakeTimeout %v, DownFor %v, IdleTimeout %v, WriteTimeout %v, MaxAttempts %d, BufferSize %d: none may be negative",
+			c.DialTimeout, c.HandshakeTimeout, c.DownFor, c.IdleTimeout, c.WriteTimeout, c.MaxAttempts, c.BufferSize)
 	}
-	for _, f := range durations {
-		if *f.v < 0 {
-			return c, fmt.Errorf("proxy config: %s is %v, must not be negative", f.name, *f.v)
-		}
-		if *f.v == 0 {
-			*f.v = f.def
-		}
-	}
-	if c.MaxAttempts < 0 {
-		return c, fmt.Errorf("proxy config: MaxAttempts is %d, must not be negative", c.MaxAttempts)
-	}
-	if c.MaxAttempts == 0 {
-		c.MaxAttempts = d.MaxAttempts
-	}
-	if c.BufferSize < 0 {
-		return c, fmt.Errorf("proxy config: BufferSize is %d, must not be negative", c.BufferSize)
-	}
-	if c.BufferSize == 0 {
-		c.BufferSize = d.BufferSize
-	}
+	c.DialTimeout = cmp.Or(c.DialTimeout, d.DialTimeout)
+	c.HandshakeTimeout = cmp.Or(c.HandshakeTimeout, d.HandshakeTimeout)
+	c.DownFor = cmp.Or(c.DownFor, d.DownFor)
+	c.IdleTimeout = cmp.Or(c.IdleTimeout, d.IdleTimeout)
+	c.WriteTimeout = cmp.Or(c.WriteTimeout, d.WriteTimeout)
+	c.MaxAttempts = cmp.Or(c.MaxAttempts, d.MaxAttempts)
+	c.BufferSize = cmp.Or(c.BufferSize, d.BufferSize)
 	switch {
 	case c.MaxConnsPerIP == 0:
 		c.MaxConnsPerIP = d.MaxConnsPerIP

@@ -3,6 +3,7 @@
 package relay
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"io"
@@ -57,12 +58,8 @@ func (c Config) withDefaults() (Config, error) {
 		return c, fmt.Errorf("relay config: BufferSize %d, IdleTimeout %v, WriteTimeout %v: none may be negative",
 			c.BufferSize, c.IdleTimeout, c.WriteTimeout)
 	}
-	if c.BufferSize == 0 {
-		c.BufferSize = d.BufferSize
-	}
-	if c.WriteTimeout == 0 {
-		c.WriteTimeout = d.WriteTimeout
-	}
+	c.BufferSize = cmp.Or(c.BufferSize, d.BufferSize)
+	c.WriteTimeout = cmp.Or(c.WriteTimeout, d.WriteTimeout)
 	return c, nil
 }
 

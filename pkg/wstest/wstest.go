@@ -42,20 +42,30 @@ func URL(addr, id string) string {
 // The connection is closed when the test ends.
 func Dial(t testing.TB, u, id string, hdr http.Header) (*Conn, error) {
 	t.Helper()
+	nc, r, err := Open(u, hdr)
+	if err != nil {
+		return nil, err
+	}
+	t.Cleanup(func() { nc.Close() })
+	return &Conn{T: t, ID: id, NC: nc, r: r}, nil
+}
+
+// Open dials the WebSocket u with extra handshake headers (may be nil)
+// within Timeout; r reads the socket, starting with whatever the server
+// sent right behind its 101. For programs as well as tests.
+func Open(u string, hdr http.Header) (nc net.Conn, r io.Reader, err error) {
 	d := ws.Dialer{Timeout: Timeout}
 	if hdr != nil {
 		d.Header = ws.HandshakeHeaderHTTP(hdr)
 	}
 	nc, br, _, err := d.Dial(context.Background(), u)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	c := &Conn{T: t, ID: id, NC: nc, r: nc}
 	if br != nil {
-		c.r = io.MultiReader(br, nc)
+		return nc, io.MultiReader(br, nc), nil
 	}
-	t.Cleanup(func() { nc.Close() })
-	return c, nil
+	return nc, nc, nil
 }
 
 // Connect dials /ws at addr as id and reads the welcome.
@@ -94,14 +104,19 @@ type Event struct {
 }
 
 // Read reads the next server frame within timeout.
-func (c *Conn) Read(timeout time.Duration) (Event, error) {
-	c.NC.SetReadDeadline(time.Now().Add(timeout))
-	h, err := ws.ReadHeader(c.r)
+func (c *Conn) Read(timeout time.Duration) (Event, error) { return ReadEvent(c.NC, c.r, timeout) }
+
+// ReadEvent reads the next server frame from r, which reads nc, within
+// timeout: a frame that is masked, fragmented, of another opcode or not
+// JSON is an error. For programs as well as tests.
+func ReadEvent(nc net.Conn, r io.Reader, timeout time.Duration) (Event, error) {
+	nc.SetReadDeadline(time.Now().Add(timeout))
+	h, err := ws.ReadHeader(r)
 	if err != nil {
 		return Event{}, err
 	}
 	p := make([]byte, h.Length)
-	if _, err := io.ReadFull(c.r, p); err != nil {
+	if _, err := io.ReadFull(r, p); err != nil {
 		return Event{}, err
 	}
 	if h.Masked {

@@ -18,6 +18,8 @@ import (
 	"time"
 
 	"github.com/gobwas/ws"
+
+	"github.com/ringcast/ringcast/pkg/proc"
 )
 
 // result is what the load generator reports on its last stdout line.
@@ -128,11 +130,11 @@ func runLoad(ctx context.Context, args []string) error {
 // window runs the warm-up, opens the measured window (printing
 // "measuring"), closes it and returns its length.
 func window(ctx context.Context, phase *atomic.Int32, warmup, duration time.Duration) time.Duration {
-	sleep(ctx, warmup)
+	proc.Sleep(ctx, warmup)
 	phase.Store(measuring)
 	start := time.Now()
 	fmt.Println("measuring")
-	sleep(ctx, duration)
+	proc.Sleep(ctx, duration)
 	phase.Store(stopping)
 	return time.Since(start)
 }
@@ -239,15 +241,6 @@ func connectOnce(ctx context.Context, d ws.Dialer, u string, frame, closeFrame, 
 	}
 	_, err = conn.Write(closeFrame)
 	return err
-}
-
-func sleep(ctx context.Context, d time.Duration) {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-	case <-ctx.Done():
-	}
 }
 
 // loop is one connection's closed loop.

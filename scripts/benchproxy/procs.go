@@ -158,17 +158,23 @@ http {
 	}
 	c := &child{name: "nginx", done: make(chan struct{}), clean: func() { os.RemoveAll(dir) },
 		cmd: exec.Command(bin, "-p", dir, "-c", confPath, "-e", "stderr", "-g", "daemon off;")}
-	c.cmd.Stderr = os.Stderr
-	c.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM} // the master stops its workers
-	if err := c.cmd.Start(); err != nil {
-		os.RemoveAll(dir)
-		return nil, "", "", fmt.Errorf("start nginx: %w", err)
-	}
-	go c.wait(nil)
-	if err := c.listening(ctx, addr); err != nil {
+	if err := c.startServer(ctx, addr); err != nil {
 		return nil, "", "", err
 	}
 	return c, addr, version, nil
+}
+
+// startServer starts c, a server whose stdout is not read, and waits until
+// it accepts connections on addr; c.clean runs when it does not start.
+func (c *child) startServer(ctx context.Context, addr string) error {
+	c.cmd.Stderr = os.Stderr
+	c.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM} // a master stops its workers
+	if err := c.cmd.Start(); err != nil {
+		c.clean()
+		return fmt.Errorf("start %s: %w", c.name, err)
+	}
+	go c.wait(nil)
+	return c.listening(ctx, addr)
 }
 
 // listening waits until c accepts connections on addr; on failure c is
@@ -246,14 +252,7 @@ backend nodes
 	f.Close()
 	c := &child{name: "haproxy", done: make(chan struct{}), clean: func() { os.Remove(path) },
 		cmd: exec.Command(bin, "-db", "-f", path)}
-	c.cmd.Stderr = os.Stderr
-	c.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM}
-	if err := c.cmd.Start(); err != nil {
-		os.Remove(path)
-		return nil, "", "", fmt.Errorf("start haproxy: %w", err)
-	}
-	go c.wait(nil)
-	if err := c.listening(ctx, addr); err != nil {
+	if err := c.startServer(ctx, addr); err != nil {
 		return nil, "", "", err
 	}
 	return c, addr, version, nil

@@ -9,6 +9,7 @@ import (
 
 	"github.com/ringcast/ringcast/pkg/client"
 	"github.com/ringcast/ringcast/pkg/clustertest"
+	"github.com/ringcast/ringcast/pkg/proc"
 )
 
 // opTimeout bounds one publish or send: past it the outcome is unknown.
@@ -63,34 +64,20 @@ func wsPublish(c *client.Client) publishFunc {
 // channels, until ctx is done. Ticks missed while a publish hangs are
 // dropped, never caught up.
 func publisher(ctx context.Context, clk clock, name string, every time.Duration, channels []string, pub publishFunc, log *oplog) {
-	t := time.NewTicker(every)
-	defer t.Stop()
-	for seq := int64(1); ; seq++ {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
+	proc.Every(ctx, every, func(seq int64) {
 		ch := channels[int(seq)%len(channels)]
 		octx, cancel := context.WithTimeout(context.Background(), opTimeout)
 		start := clk.now()
 		status := pub(octx, ch, tag{P: name, S: seq})
 		cancel()
 		log.add(op{Pub: name, Seq: seq, Channel: ch, Start: start, End: clk.now(), Status: status})
-	}
+	})
 }
 
 // sender sends direct messages over POST /v1/send to random members,
 // alternating between the balancers, one at a time.
 func sender(ctx context.Context, clk clock, name string, every time.Duration, bases, to []string, rng *rand.Rand, log *oplog) {
-	t := time.NewTicker(every)
-	defer t.Stop()
-	for seq := int64(1); ; seq++ {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
+	proc.Every(ctx, every, func(seq int64) {
 		id := to[rng.IntN(len(to))]
 		var out struct {
 			Delivered bool `json:"delivered"`
@@ -107,5 +94,5 @@ func sender(ctx context.Context, clk clock, name string, every time.Duration, ba
 			status = statusNobody
 		}
 		log.add(op{Pub: name, Seq: seq, To: id, Start: start, End: clk.now(), Status: status})
-	}
+	})
 }

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/ringcast/ringcast/pkg/clustertest"
+	"github.com/ringcast/ringcast/pkg/proc"
 )
 
 // Fault kinds.
@@ -311,24 +312,15 @@ func (n *nemesis) flap(ctx context.Context, pr *clustertest.Proc) {
 	for range flapTimes {
 		f := fault{Kind: faultFlap, Target: pr.Name, Start: n.clk.now()}
 		pr.Kill()
-		sleep(ctx, flapDown)
+		proc.Sleep(ctx, flapDown)
 		if err := pr.Start(); err != nil {
 			f.Note = "start: " + err.Error()
 		}
 		f.End = n.clk.now()
 		n.record(f)
-		sleep(ctx, flapUp)
+		proc.Sleep(ctx, flapUp)
 	}
 	fmt.Fprintf(n.out, "[%6.1fs] flapped %s %d times\n", n.clk.now().Seconds(), pr.Name, flapTimes)
-}
-
-func sleep(ctx context.Context, d time.Duration) {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-	case <-t.C:
-	}
 }
 
 func (n *nemesis) injected() []fault {

@@ -12,7 +12,6 @@ package main
 
 import (
 	"context"
-	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -31,6 +30,7 @@ import (
 	"github.com/ringcast/ringcast/pkg/client"
 	"github.com/ringcast/ringcast/pkg/clustertest"
 	"github.com/ringcast/ringcast/pkg/wire"
+	"github.com/ringcast/ringcast/pkg/wstest"
 )
 
 const (
@@ -284,19 +284,7 @@ func flood(url string, n int) string {
 	return fmt.Sprintf("%d welcomed", n)
 }
 
-func open(url string) (net.Conn, io.Reader, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	nc, br, _, err := ws.Dial(ctx, url)
-	if err != nil {
-		return nil, nil, err
-	}
-	var r io.Reader = nc
-	if br != nil {
-		r = io.MultiReader(br, nc)
-	}
-	return nc, r, nil
-}
+func open(url string) (net.Conn, io.Reader, error) { return wstest.Open(url, nil) }
 
 func describe(err error) string {
 	var se ws.StatusError
@@ -306,28 +294,18 @@ func describe(err error) string {
 	return "error " + err.Error()
 }
 
-// readFrame reads one text frame (a close frame is an error with its code).
+// readFrame reads one text frame, skipping pongs (a close frame is an
+// error with its code).
 func readFrame(nc net.Conn, r io.Reader) (wire.Frame, error) {
-	nc.SetReadDeadline(time.Now().Add(5 * time.Second))
 	for {
-		h, err := ws.ReadHeader(r)
-		if err != nil {
+		e, err := wstest.ReadEvent(nc, r, wstest.Timeout)
+		switch {
+		case err != nil:
 			return wire.Frame{}, err
-		}
-		p := make([]byte, h.Length)
-		if _, err := io.ReadFull(r, p); err != nil {
-			return wire.Frame{}, err
-		}
-		switch h.OpCode {
-		case ws.OpClose:
-			code := 1005
-			if len(p) >= 2 {
-				code = int(binary.BigEndian.Uint16(p))
-			}
-			return wire.Frame{}, fmt.Errorf("closed %d", code)
-		case ws.OpText:
-			var f wire.Frame
-			return f, json.Unmarshal(p, &f)
+		case e.Closed:
+			return wire.Frame{}, fmt.Errorf("closed %d", e.CloseCode)
+		case e.Pong == nil:
+			return e.Frame, nil
 		}
 	}
 }

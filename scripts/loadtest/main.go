@@ -173,14 +173,14 @@ func run(ctx context.Context, args []string) error {
 		pub.run(pctx)
 		close(pubDone)
 	}()
-	sleep(ctx, cfg.warmup)
+	proc.Sleep(ctx, cfg.warmup)
 	before := fl.sum()
 	cpu0 := cpuTimes(pids)
 	minHeld := before.Held
 	pub.window.Store(true)
 	start := time.Now()
 	for time.Since(start) < cfg.duration && ctx.Err() == nil {
-		sleep(ctx, min(reportEvery, cfg.duration-time.Since(start)))
+		proc.Sleep(ctx, min(reportEvery, cfg.duration-time.Since(start)))
 		minHeld = min(minHeld, fl.sum().Held)
 	}
 	pub.window.Store(false)
@@ -192,7 +192,7 @@ func run(ctx context.Context, args []string) error {
 	// Wait for the window's deliveries to stop arriving.
 	last, quiet := mid.Window, 0
 	for deadline := time.Now().Add(cfg.drain); time.Now().Before(deadline) && quiet < 2 && ctx.Err() == nil; {
-		sleep(ctx, reportEvery)
+		proc.Sleep(ctx, reportEvery)
 		if w := fl.sum().Window; w == last {
 			quiet++
 		} else {
@@ -263,15 +263,6 @@ func rnd(d time.Duration) time.Duration {
 		return d.Round(time.Microsecond)
 	}
 	return d
-}
-
-func sleep(ctx context.Context, d time.Duration) {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-	case <-ctx.Done():
-	}
 }
 
 // fleet is the client processes.
@@ -381,7 +372,7 @@ func (fl *fleet) waitHeld(ctx context.Context, n int, timeout time.Duration) err
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
-		sleep(ctx, 200*time.Millisecond)
+		proc.Sleep(ctx, 200*time.Millisecond)
 	}
 }
 
