@@ -64,6 +64,7 @@ func run(ctx context.Context, args []string, env func(string) string, stderr io.
 	fs.DurationVar(&cfg.OwnerProbeTimeout, "owner-probe-timeout", d.OwnerProbeTimeout, "health check of a new owner before clients are asked to move to it")
 	fs.DurationVar(&cfg.FenceAfter, "fence-after", 0, "a pause (SIGSTOP, VM freeze) longer than this closes every session 1012 (0 = the earliest gossip may declare this node dead: 600ms fast, 5s lan)")
 	fs.DurationVar(&cfg.CloseGrace, "close-grace", d.CloseGrace, "a connection lives this long after its close frame was queued")
+	fs.StringVar(&cfg.IdleWait, "idle-wait", sd.IdleWait, "how idle connections wait for bytes: epoll (a few pollers, no goroutine each; Linux) | goroutine (one each)")
 	cfg.Auth.RegisterFlags(fs)
 	newLog := logging.Flags(fs)
 	if err := flagenv.Parse(fs, args, env); err != nil {

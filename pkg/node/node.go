@@ -66,6 +66,7 @@ type Config struct {
 	RebalanceSpread   time.Duration // reconnect after_ms is jittered over this; default 1s
 	MaxPending        int           // connections being set up at once; more get HTTP 503 and retry; default 512
 	MaxConnsPerClient int           // connections one client id holds here (tabs, devices); one more gets HTTP 429; default 16
+	IdleWait          string        // how idle connections wait: session.IdleEpoll or session.IdleGoroutine; "" = session default
 	Auth              auth.Config   // client tokens and the API key; the same on every balancer and node
 
 	// Failover timings. Zero means the default; negative is refused.
@@ -264,7 +265,7 @@ func New(cfg Config) (*Server, error) {
 			SendQueue: cfg.SendQueue, SendQueueBytes: cfg.SendQueueBytes,
 			WriteTimeout: cfg.WriteTimeout, RequestTimeout: cfg.RequestTimeout,
 			RequestRate: cfg.RequestRate, MaxUnfinished: cfg.MaxUnfinished, AssemblyTimeout: cfg.AssemblyTimeout,
-			MaxConnsPerClient: cfg.MaxConnsPerClient, CloseGrace: cfg.CloseGrace,
+			MaxConnsPerClient: cfg.MaxConnsPerClient, CloseGrace: cfg.CloseGrace, IdleWait: cfg.IdleWait,
 			MaxOutbound: cfg.MaxOutbound, MaxLag: cfg.MaxLag, SendBuffer: cfg.SendBuffer,
 		}, session.Deps{
 			Hub: s.hub, WG: &s.wg, Log: cfg.Log, Registry: s.reg, Auth: s.auth,

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"os"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -20,10 +21,11 @@ import (
 	"github.com/ringcast/ringcast/pkg/wire"
 )
 
-// Conn is one client WebSocket. Its reader goroutine (serve) owns the socket
-// and closes it; its queued frames are written by the Upgrader's shared
-// writers (write.go), so an idle connection costs one parked goroutine and
-// no buffers.
+// Conn is one client WebSocket. Its reader (one goroutine at a time, or
+// none while it is parked on a poller) owns the socket and closes it; its
+// queued frames are written by the Upgrader's shared writers (write.go), so
+// an idle connection costs a poller slot (or one parked goroutine) and no
+// buffers.
 type Conn struct {
 	u       *Upgrader
 	id      string
@@ -32,9 +34,16 @@ type Conn struct {
 	since   time.Time // when the connection was accepted
 	nc      net.Conn
 	raw     syscall.RawConn
-	pending []byte    // bytes the upgrade read ahead
-	in      io.Reader // read as an io.Reader, for the frame parser
-	log     *zap.Logger
+	pending []byte // bytes the upgrade read ahead
+
+	// Waiting while idle (poll_linux.go): the poller c parks on (nil =
+	// goroutines), the context Start was given, and, guarded by pl.mu, the
+	// epoll instance c's socket is registered with and its last parking.
+	ctx  context.Context
+	pl   *poller
+	ep   *epoll
+	slot int32
+	gen  uint32
 
 	mu        sync.Mutex
 	queue     []outFrame
@@ -97,18 +106,31 @@ func (c *Conn) Send(b []byte) bool { return c.enqueue(ws.OpText, b) }
 // write times out). Idempotent, does not block, safe for concurrent use.
 func (c *Conn) Close(code int, reason string) {
 	c.mu.Lock()
-	defer c.mu.Unlock()
 	if c.closing {
+		c.mu.Unlock()
 		return
 	}
 	c.queueClose(code, reason)
+	c.mu.Unlock()
+	c.kick()
 }
 
-// readFunc adapts the connection's read method to io.Reader for the frame
-// parser, without exporting a Read that only the reader goroutine may call.
-type readFunc func([]byte) (int, error)
+// kick moves a parked reader back to a goroutine: the connection is
+// closing and its reader drains the peer under the close deadlines.
+func (c *Conn) kick() {
+	if c.pl != nil {
+		c.pl.kick(c)
+	}
+}
 
-func (f readFunc) Read(p []byte) (int, error) { return f(p) }
+// reader adapts the connection's read method to io.Reader for the frame
+// parser, without exporting a Read that only the reader may call.
+type reader Conn
+
+func (r *reader) Read(p []byte) (int, error) { return (*Conn)(r).read(p) }
+
+// in is the connection as an io.Reader.
+func (c *Conn) in() io.Reader { return (*reader)(c) }
 
 // read reads the upgrade's read-ahead first, then the socket.
 func (c *Conn) read(p []byte) (int, error) {
@@ -143,12 +165,13 @@ func peekReady(fd uintptr) bool {
 // Start serves the connection on its own goroutines, counted in Deps.WG,
 // and returns at once. Call it once, after Upgrade.
 func (c *Conn) Start(ctx context.Context) {
+	c.ctx = ctx
 	c.u.deps.WG.Add(1)
 	go c.serve(ctx)
 }
 
 // serve sets the connection up: welcome, then announce it to the hub. The
-// reading itself runs on park goroutines.
+// reading itself runs on park goroutines, woken by a poller or waiting.
 func (c *Conn) serve(ctx context.Context) {
 	defer c.u.deps.WG.Done()
 	// The welcome is queued first so it precedes anything the hub delivers
@@ -170,9 +193,18 @@ func (c *Conn) serve(ctx context.Context) {
 	}
 	c.expireAt(c.ident.Load())
 	if err != nil {
-		c.log.Warn("attach", zap.Error(err))
+		c.logger().Warn("attach", zap.Error(err))
 		c.closeNow(wire.CloseTryAgainLater, "bridge unavailable")
 		c.cleanup(false)
+		return
+	}
+	c.idle(ctx)
+}
+
+// idle waits for the client's next bytes: parked on a poller, without a
+// goroutine, or on a new park goroutine.
+func (c *Conn) idle(ctx context.Context) {
+	if len(c.pending) == 0 && c.pl != nil && c.pl.add(c) {
 		return
 	}
 	c.u.deps.WG.Add(1)
@@ -181,15 +213,27 @@ func (c *Conn) serve(ctx context.Context) {
 
 // park waits until the client sends something, then reads. Waiting always
 // happens on a fresh goroutine whose stack never ran the request path, so
-// an idle connection costs the smallest stack the runtime has: after each
-// burst of frames, loop hands the wait over to a new park goroutine.
+// an idle connection waiting on a goroutine costs the smallest stack the
+// runtime has: after each burst of frames, loop hands the wait over to a
+// poller or a new park goroutine. A poller starts park when bytes arrive.
 func (c *Conn) park(ctx context.Context) {
 	defer c.u.deps.WG.Done()
 	if c.wait() && c.loop(ctx) {
-		c.u.deps.WG.Add(1)
-		go c.park(ctx)
+		c.idle(ctx)
 		return
 	}
+	c.cleanup(true)
+}
+
+// expire ends a parked connection whose heartbeat deadline passed, as a
+// read deadline would; one whose bytes arrived meanwhile is read instead.
+func (c *Conn) expire(ctx context.Context) {
+	if _, closing := c.closingSince(); closing || c.readable() {
+		c.park(ctx)
+		return
+	}
+	defer c.u.deps.WG.Done()
+	c.end(os.ErrDeadlineExceeded)
 	c.cleanup(true)
 }
 
@@ -240,7 +284,7 @@ func (c *Conn) loop(ctx context.Context) bool {
 		if _, closing := c.closingSince(); closing {
 			return c.wait() // drains and reports false
 		}
-		h, err := ws.ReadHeader(c.in)
+		h, err := ws.ReadHeader(c.in())
 		if err != nil {
 			c.end(err)
 			return false
@@ -280,7 +324,7 @@ func (c *Conn) loop(ctx context.Context) bool {
 		c.nc.SetReadDeadline(c.readDeadline())
 		start := len(msg)
 		msg = append(msg, make([]byte, h.Length)...)
-		if _, err := io.ReadFull(c.in, msg[start:]); err != nil {
+		if _, err := io.ReadFull(c.in(), msg[start:]); err != nil {
 			c.end(err)
 			return false
 		}
@@ -310,7 +354,7 @@ func (c *Conn) control(h ws.Header) bool {
 	}
 	var b [125]byte
 	p := b[:h.Length]
-	if _, err := io.ReadFull(c.in, p); err != nil {
+	if _, err := io.ReadFull(c.in(), p); err != nil {
 		c.end(err)
 		return false
 	}
@@ -395,15 +439,18 @@ func (c *Conn) end(err error) {
 	case errors.As(err, &ne) && ne.Timeout() && c.asmBy != 0 && time.Now().UnixNano() >= c.asmBy:
 		c.closeNow(wire.ClosePolicy, "message not completed within "+c.u.cfg.AssemblyTimeout.String())
 	case errors.As(err, &ne) && ne.Timeout():
-		c.log.Debug("connection timed out")
+		c.logger().Debug("connection timed out")
 		c.closeNow(wire.CloseGoingAway, "heartbeat timeout")
 	case errors.Is(err, ws.ErrHeaderLengthMSB), errors.Is(err, ws.ErrHeaderLengthUnexpected):
 		c.closeNow(wire.CloseProtocolError, err.Error())
 	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, net.ErrClosed):
 	default:
-		c.log.Debug("read", zap.Error(err))
+		c.logger().Debug("read", zap.Error(err))
 	}
 }
+
+// logger is the node's logger naming the connection's client.
+func (c *Conn) logger() *zap.Logger { return c.u.log.With(zap.String("client_id", c.id)) }
 
 // handle runs one client request. Requests run in order; fan-out to this
 // connection runs concurrently through Send.

@@ -72,7 +72,19 @@ type Config struct {
 	// at 512 kbit/s, 5 MB/s at 100 ms round trip. Negative = the kernel's
 	// autotuning (up to 4 MiB).
 	SendBuffer int
+	// IdleWait is how a connection with nothing to read waits for its
+	// next bytes: IdleEpoll parks it on one of GOMAXPROCS epoll pollers
+	// (no goroutine, stack, timer or buffer while idle; Linux only, a
+	// goroutine elsewhere), IdleGoroutine on a goroutine of its own.
+	// Default IdleGoroutine.
+	IdleWait string
 }
+
+// The values of Config.IdleWait.
+const (
+	IdleGoroutine = "goroutine"
+	IdleEpoll     = "epoll"
+)
 
 // DefaultConfig returns the defaults documented on Config.
 func DefaultConfig() Config {
@@ -92,6 +104,7 @@ func DefaultConfig() Config {
 		MaxOutbound:       maxOutbound,
 		MaxLag:            5 * time.Second,
 		SendBuffer:        64 << 10,
+		IdleWait:          IdleGoroutine,
 	}
 }
 
@@ -141,6 +154,13 @@ func (c *Config) validate() error {
 	if c.RequestRate == 0 {
 		c.RequestRate = d.RequestRate
 	}
+	switch c.IdleWait {
+	case "":
+		c.IdleWait = d.IdleWait
+	case IdleGoroutine, IdleEpoll:
+	default:
+		return fmt.Errorf("session: IdleWait %q is neither %q nor %q", c.IdleWait, IdleEpoll, IdleGoroutine)
+	}
 	return nil
 }
 
@@ -179,6 +199,7 @@ type Upgrader struct {
 	met  *metrics
 	w    *writers
 	out  *outbound
+	idle *pollers // nil: idle connections wait on goroutines
 }
 
 // New checks cfg and deps and registers the session metrics.
@@ -193,6 +214,9 @@ func New(cfg Config, deps Deps) (*Upgrader, error) {
 		deps.Log = zap.NewNop()
 	}
 	u := &Upgrader{cfg: cfg, deps: deps, log: deps.Log, met: newMetrics(deps.Registry), w: newWriters(deps.WG)}
+	if cfg.IdleWait == IdleEpoll {
+		u.idle = newPollers(u)
+	}
 	unfinished := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "ringcast_node_unfinished_message_bytes",
 		Help: "Bytes held in client messages still being read (bounded by the node-wide budget).",
@@ -258,9 +282,8 @@ func (u *Upgrader) Upgrade(w http.ResponseWriter, r *http.Request) *Conn {
 		u.log.Debug("upgrade", zap.Error(err))
 		return nil
 	}
-	c := &Conn{u: u, id: id, session: session, nc: nc, since: time.Now(), log: u.log.WithLazy(zap.String("client_id", id))}
+	c := &Conn{u: u, id: id, session: session, nc: nc, since: time.Now()}
 	c.ident.Store(ident)
-	c.in = readFunc(c.read)
 	if n := rw.Reader.Buffered(); n > 0 {
 		c.pending, _ = rw.Reader.Peek(n)
 		c.pending = append([]byte(nil), c.pending...)
@@ -270,6 +293,9 @@ func (u *Upgrader) Upgrade(w http.ResponseWriter, r *http.Request) *Conn {
 	}
 	if tc, ok := nc.(*net.TCPConn); ok && u.cfg.SendBuffer > 0 {
 		tc.SetWriteBuffer(u.cfg.SendBuffer)
+	}
+	if c.raw != nil && u.idle != nil {
+		c.pl = u.idle.pick()
 	}
 	return c
 }

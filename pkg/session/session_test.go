@@ -53,7 +53,8 @@ type testServer struct {
 // connection is closed and every connection goroutine has returned.
 func start(t *testing.T, edit func(*testConfig)) *testServer {
 	t.Helper()
-	cfg := testConfig{Config: Config{Node: "n1"}}
+	// Tests run on the epoll pollers unless they ask for goroutines.
+	cfg := testConfig{Config: Config{Node: "n1", IdleWait: IdleEpoll}}
 	if edit != nil {
 		edit(&cfg)
 	}
@@ -100,6 +101,13 @@ func start(t *testing.T, edit func(*testConfig)) *testServer {
 		n.wg.Wait()
 	})
 	return n
+}
+
+// count is the number of connections not yet done.
+func (n *testServer) count() int {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return len(n.conns)
 }
 
 func (n *testServer) addr() string { return strings.TrimPrefix(n.srv.URL, "http://") }
@@ -395,8 +403,17 @@ func TestSlowConsumer(t *testing.T) {
 
 func TestHeartbeatTimeout(t *testing.T) {
 	t.Parallel()
+	for _, mode := range []string{IdleEpoll, IdleGoroutine} {
+		t.Run(mode, func(t *testing.T) {
+			t.Parallel()
+			testHeartbeatTimeout(t, mode)
+		})
+	}
+}
+
+func testHeartbeatTimeout(t *testing.T, mode string) {
 	const hb = 200 * time.Millisecond
-	n := start(t, func(c *testConfig) { c.Heartbeat = hb })
+	n := start(t, func(c *testConfig) { c.Heartbeat, c.IdleWait = hb, mode })
 	// start precedes the server's first read deadline, however long the
 	// handshakes take on a loaded machine.
 	start := time.Now()

@@ -363,6 +363,7 @@ func (c *Conn) markWriterDone() {
 	c.out.inflight, c.out.inflightAt = 0, 0
 	c.writing = false
 	c.mu.Unlock()
+	c.kick()
 }
 
 // putHeader writes a server (unmasked, final) frame header into b.
