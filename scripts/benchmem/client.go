@@ -7,6 +7,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"os"
 	"runtime"
@@ -31,8 +32,8 @@ const (
 )
 
 // runClient opens connections m<from>…m<to-1>, subscribes each to one of
-// -channels channels, prints readyLine and then holds them, silent, until
-// its stdin closes.
+// -channels channels, prints readyLine and then holds them until its stdin
+// closes: silent, or sending a ping every -ping and reading its pong.
 func runClient(args []string) error {
 	fs := flag.NewFlagSet("client", flag.ContinueOnError)
 	url := fs.String("url", "", "WebSocket endpoint")
@@ -41,11 +42,12 @@ func runClient(args []string) error {
 	laddr := fs.String("laddr", "127.0.0.1", "source address")
 	conc := fs.Int("conc", 100, "dials in flight")
 	channels := fs.Int("channels", 100, "channels to spread over")
+	ping := fs.Duration("ping", 0, "send a ping this often per connection (0 = silent)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	if *to < *from || *conc <= 0 || *channels <= 0 {
-		return fmt.Errorf("bad client range m%d…m%d, -conc %d or -channels %d", *from, *to, *conc, *channels)
+	if *to < *from || *conc <= 0 || *channels <= 0 || *ping < 0 {
+		return fmt.Errorf("bad client range m%d…m%d, -conc %d, -channels %d or -ping %v", *from, *to, *conc, *channels, *ping)
 	}
 	nd := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(*laddr)}, Timeout: handshakeTimeout}
 	d := ws.Dialer{Timeout: handshakeTimeout, NetDial: nd.DialContext}
@@ -65,9 +67,42 @@ func runClient(args []string) error {
 		return err
 	}
 	fmt.Println(readyLine)
+	done := make(chan struct{})
+	if *ping > 0 {
+		for _, c := range conns {
+			go pinger(c, *ping, done)
+		}
+	}
 	io.Copy(io.Discard, os.Stdin)
+	close(done)
 	runtime.KeepAlive(conns) // unreachable sockets would be closed by their finalizers
 	return nil
+}
+
+// pinger sends c a ping every interval, the first at a random point of the
+// first interval (clients connect in a burst, but their heartbeats drift
+// apart), and reads the pong, until done. A failure is reported on stderr
+// and ends this connection's pings: the node's side shows it.
+func pinger(c net.Conn, interval time.Duration, done <-chan struct{}) {
+	t := time.NewTimer(rand.N(interval))
+	defer t.Stop()
+	for {
+		select {
+		case <-done:
+			return
+		case <-t.C:
+		}
+		t.Reset(interval)
+		c.SetDeadline(time.Now().Add(handshakeTimeout))
+		if err := wsutil.WriteClientText(c, []byte(`{"op":"ping"}`)); err != nil {
+			fmt.Fprintln(os.Stderr, "benchmem client: ping:", err)
+			return
+		}
+		if _, err := wsutil.ReadServerText(c); err != nil {
+			fmt.Fprintln(os.Stderr, "benchmem client: pong:", err)
+			return
+		}
+	}
 }
 
 // connect subscribes client m<i>, retrying a few times with a growing pause.

@@ -8,9 +8,14 @@
 // stable. Run from the module root:
 //
 //	go run ./scripts/benchmem [-n 5000] [-n2 10000] [-rounds 2] [-skip-node] [-skip-balancer] [-tls]
+//	    [-node-args "-idle-wait epoll"] [-heartbeat 10s] [-cpu 10s]
 //
 // With -tls every balancer round is repeated with the balancer serving
-// wss:// (-tls-cert/-tls-key, a self-signed pair made with openssl).
+// wss:// (-tls-cert/-tls-key, a self-signed pair made with openssl). With
+// -heartbeat the nodes tell that heartbeat and every client pings once per
+// interval (as pkg/client does) instead of staying silent; the cpu column is
+// the measured process's CPU per second of wall time over -cpu, once its
+// memory was measured: what holding the idle connections costs.
 package main
 
 import (
@@ -38,6 +43,8 @@ import (
 type config struct {
 	n, n2, rounds, conc, perProc, channels int
 	skipNode, skipBalancer, tls            bool
+	nodeArgs                               []string
+	heartbeat, cpu                         time.Duration
 }
 
 func main() {
@@ -65,11 +72,15 @@ func run(ctx context.Context, args []string) error {
 	fs.BoolVar(&cfg.skipNode, "skip-node", false, "skip the node measurement")
 	fs.BoolVar(&cfg.skipBalancer, "skip-balancer", false, "skip the balancer measurement")
 	fs.BoolVar(&cfg.tls, "tls", false, "also measure the balancer serving wss:// (needs openssl)")
+	nodeArgs := fs.String("node-args", "", `extra node flags, space-separated (e.g. "-idle-wait epoll")`)
+	fs.DurationVar(&cfg.heartbeat, "heartbeat", 0, "node heartbeat; clients ping once per interval (0 = 5m and silent clients)")
+	fs.DurationVar(&cfg.cpu, "cpu", 10*time.Second, "window of the CPU measurement (0 = off)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	if cfg.n <= 0 || cfg.rounds <= 0 || cfg.conc <= 0 || cfg.perProc <= 0 || cfg.channels <= 0 {
-		return errors.New("-n, -rounds, -conc, -per-proc and -channels must be positive")
+	cfg.nodeArgs = strings.Fields(*nodeArgs)
+	if cfg.n <= 0 || cfg.rounds <= 0 || cfg.conc <= 0 || cfg.perProc <= 0 || cfg.channels <= 0 || cfg.heartbeat < 0 || cfg.cpu < 0 {
+		return errors.New("-n, -rounds, -conc, -per-proc and -channels must be positive, -heartbeat and -cpu not negative")
 	}
 	var lim syscall.Rlimit
 	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
@@ -100,9 +111,10 @@ func run(ctx context.Context, args []string) error {
 			fmt.Printf("env (inherited by every process): %s=%s\n", k, v)
 		}
 	}
-	fmt.Println()
+	fmt.Printf("load average at start: %s\n\n", clustertest.LoadAvg())
+	defer func() { fmt.Printf("\nload average at end: %s\n", clustertest.LoadAvg()) }()
 	fmt.Printf(rowFormat, "what", "round", "conns", "rss_before", "rss_after", "per_conn", "fds/conn",
-		"go_heap/conn", "go_stack/conn", "goroutines/conn")
+		"go_heap/conn", "go_stack/conn", "goroutines/conn", "cpu")
 	b := &bench{cfg: cfg, self: self}
 	for r := 1; r <= cfg.rounds; r++ {
 		if !cfg.skipNode {
@@ -132,7 +144,7 @@ type bench struct {
 
 // node measures one node with idle subscribed connections straight to it.
 func (b *bench) node(ctx context.Context, round int) error {
-	c, err := clustertest.Start(ctx, clustertest.Options{Nodes: 1, Heartbeat: "5m", BalancerArgs: clustertest.NoAdmissionLimits})
+	c, err := clustertest.Start(ctx, clustertest.Options{Nodes: 1, Heartbeat: b.heartbeat(), NodeArgs: b.cfg.nodeArgs, BalancerArgs: clustertest.NoAdmissionLimits})
 	if err != nil {
 		return err
 	}
@@ -155,7 +167,7 @@ func (b *bench) node(ctx context.Context, round int) error {
 			return err
 		}
 		open = want
-		after, err := measure(ctx, n)
+		after, err := b.measureAfter(ctx, n)
 		if err != nil {
 			return err
 		}
@@ -167,7 +179,7 @@ func (b *bench) node(ctx context.Context, round int) error {
 // balancer measures the balancer with idle connections relayed to two
 // nodes, over wss:// when withTLS.
 func (b *bench) balancer(ctx context.Context, round int, withTLS bool) error {
-	o := clustertest.Options{Nodes: 2, Heartbeat: "5m", BalancerArgs: clustertest.NoAdmissionLimits}
+	o := clustertest.Options{Nodes: 2, Heartbeat: b.heartbeat(), NodeArgs: b.cfg.nodeArgs, BalancerArgs: clustertest.NoAdmissionLimits}
 	what := "balancer, idle proxied"
 	if withTLS {
 		dir, err := os.MkdirTemp("", "benchmem-tls-")
@@ -196,7 +208,7 @@ func (b *bench) balancer(ctx context.Context, round int, withTLS bool) error {
 	if err := f.open(ctx, c.URL(), 0, b.cfg.n); err != nil {
 		return err
 	}
-	after, err := measure(ctx, p)
+	after, err := b.measureAfter(ctx, p)
 	if err != nil {
 		return err
 	}
@@ -223,6 +235,31 @@ func selfSigned(dir string) (cert, key string, pool *x509.CertPool, err error) {
 	return cert, key, pool, nil
 }
 
+// heartbeat is the nodes' -heartbeat.
+func (b *bench) heartbeat() string {
+	if b.cfg.heartbeat == 0 {
+		return "5m"
+	}
+	return b.cfg.heartbeat.String()
+}
+
+// measureAfter measures p holding its connections: memory, then CPU over
+// the -cpu window.
+func (b *bench) measureAfter(ctx context.Context, p *clustertest.Proc) (sample, error) {
+	s, err := measure(ctx, p)
+	if err != nil || b.cfg.cpu == 0 {
+		return s, err
+	}
+	t0, c0 := time.Now(), clustertest.CPUTime(p.Pid())
+	select {
+	case <-ctx.Done():
+		return s, ctx.Err()
+	case <-time.After(b.cfg.cpu):
+	}
+	s.cpu = float64(clustertest.CPUTime(p.Pid())-c0) / float64(time.Since(t0))
+	return s, nil
+}
+
 func (b *bench) row(what string, round, conns int, before, after sample) {
 	per := func(a, z float64) float64 { return (z - a) / float64(conns) }
 	mark := ""
@@ -235,16 +272,25 @@ func (b *bench) row(what string, round, conns int, before, after sample) {
 		fmt.Sprintf("%.2f", per(float64(before.fds), float64(after.fds))),
 		fmt.Sprintf("%.2f KB", per(before.heap, after.heap)/1024),
 		fmt.Sprintf("%.2f KB", per(before.stack, after.stack)/1024),
-		fmt.Sprintf("%.2f", per(before.goroutines, after.goroutines)))
+		fmt.Sprintf("%.2f", per(before.goroutines, after.goroutines)), cpuText(after))
 }
 
-const rowFormat = "%-46s %5s %6s %11s %11s %9s %8s %12s %13s %15s\n"
+// cpuText is a sample's CPU in milliseconds per second, or "-".
+func cpuText(s sample) string {
+	if s.cpu < 0 {
+		return "-"
+	}
+	return fmt.Sprintf("%.1f ms/s", 1000*s.cpu)
+}
+
+const rowFormat = "%-46s %5s %6s %11s %11s %9s %8s %12s %13s %15s %10s\n"
 
 // sample is one process's footprint.
 type sample struct {
 	rssKB, fds              int
 	heap, stack, goroutines float64 // the Go runtime's view, from /metrics
 	stable                  bool    // RSS held still for settleWindow
+	cpu                     float64 // CPU seconds per second over the -cpu window; -1 = not measured
 }
 
 const (
@@ -258,7 +304,7 @@ const (
 // (An idle Go process still allocates, e.g. gossip packet buffers, so its
 // RSS saws up and down between collections; the mean damps that.)
 func measure(ctx context.Context, p *clustertest.Proc) (sample, error) {
-	var s sample
+	s := sample{cpu: -1}
 	m, err := goMetrics(ctx, "http://"+p.Addr+"/metrics")
 	if err != nil {
 		return s, err
@@ -374,7 +420,8 @@ func (f *fleet) open(ctx context.Context, url string, from, to int) error {
 		cmd := exec.Command(f.self, clientFlag, "-url", url,
 			"-from", strconv.Itoa(lo), "-to", strconv.Itoa(hi),
 			"-laddr", fmt.Sprintf("127.0.0.%d", 10+f.addrs%240),
-			"-conc", strconv.Itoa(max(1, f.cfg.conc/k)), "-channels", strconv.Itoa(f.cfg.channels))
+			"-conc", strconv.Itoa(max(1, f.cfg.conc/k)), "-channels", strconv.Itoa(f.cfg.channels),
+			"-ping", f.cfg.heartbeat.String())
 		cmd.Stderr = os.Stderr
 		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 		if _, err := cmd.StdinPipe(); err != nil { // EOF tells the client to exit
