@@ -80,7 +80,7 @@ func TestIdleWaitConfig(t *testing.T) {
 		t.Error("IdleWait threads accepted")
 	}
 	cfg = Config{Node: "n1"}
-	if err := cfg.validate(); err != nil || cfg.IdleWait != IdleGoroutine {
-		t.Errorf("default IdleWait %q (%v), want %q", cfg.IdleWait, err, IdleGoroutine)
+	if err := cfg.validate(); err != nil || cfg.IdleWait != IdleEpoll {
+		t.Errorf("default IdleWait %q (%v), want %q", cfg.IdleWait, err, IdleEpoll)
 	}
 }

@@ -76,7 +76,7 @@ type Config struct {
 	// next bytes: IdleEpoll parks it on one of GOMAXPROCS epoll pollers
 	// (no goroutine, stack, timer or buffer while idle; Linux only, a
 	// goroutine elsewhere), IdleGoroutine on a goroutine of its own.
-	// Default IdleGoroutine.
+	// Default IdleEpoll.
 	IdleWait string
 }
 
@@ -104,7 +104,7 @@ func DefaultConfig() Config {
 		MaxOutbound:       maxOutbound,
 		MaxLag:            5 * time.Second,
 		SendBuffer:        64 << 10,
-		IdleWait:          IdleGoroutine,
+		IdleWait:          IdleEpoll,
 	}
 }
 

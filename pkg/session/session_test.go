@@ -53,8 +53,7 @@ type testServer struct {
 // connection is closed and every connection goroutine has returned.
 func start(t *testing.T, edit func(*testConfig)) *testServer {
 	t.Helper()
-	// Tests run on the epoll pollers unless they ask for goroutines.
-	cfg := testConfig{Config: Config{Node: "n1", IdleWait: IdleEpoll}}
+	cfg := testConfig{Config: Config{Node: "n1"}}
 	if edit != nil {
 		edit(&cfg)
 	}
