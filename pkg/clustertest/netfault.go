@@ -7,28 +7,32 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/netip"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 )
 
-// NetHost is this process's address on the bridge of a StartNet cluster:
-// clients connect from it, and a service the nodes use (redis-server) must
-// listen on it.
-const NetHost = "10.88.0.1"
-
 // Net runs each process of a cluster in a network namespace of its own, all
-// joined by a bridge on 10.88.0.0/24, so that links between processes can be
-// cut and healed with nftables. It needs root, iproute2 and nftables. Its
-// methods are not safe for concurrent use with Close.
+// joined by a bridge on a /24 of 10.88.0.0/16 that no other interface or
+// route of the machine uses (another Net's included), so that links between
+// processes can be cut and healed with nftables. It needs root, iproute2 and
+// nftables. Its methods are not safe for concurrent use with Close.
 type Net struct {
-	id      string            // names the bridge, namespaces and links of this run
+	id      string            // names the bridge, namespaces and links of this Net
+	host    netip.Addr        // this side's address on the bridge
 	ips     map[string]string // process name → address
 	forward bool              // an iptables FORWARD rule lets the bridge through (removed by Close)
 }
+
+// netSeq numbers the Nets of this process.
+var netSeq atomic.Int64
 
 // NetSupported reports why NewNet cannot run here, or nil.
 func NetSupported() error {
@@ -44,19 +48,33 @@ func NetSupported() error {
 }
 
 // NewNet builds the network for the processes of o (Options.Host is
-// ignored): a bridge on 10.88.0.0/24 with NetHost on this side and a
-// namespace per process. Start the cluster with Net.Start; Close the
-// cluster, then the Net.
+// ignored): a bridge on a free /24 with Host on this side and a namespace
+// per process. Start the cluster with Net.Start; Close the cluster, then the
+// Net. The networks of runs whose process is gone are removed first.
 func NewNet(o Options) (*Net, error) {
 	if err := NetSupported(); err != nil {
 		return nil, err
 	}
-	removeStaleNets()
 	o = o.withDefaults()
 	if o.Nodes+o.Balancers > 200 {
 		return nil, fmt.Errorf("%d processes do not fit one /24", o.Nodes+o.Balancers)
 	}
-	n := &Net{id: strconv.FormatInt(int64(os.Getpid()), 36), ips: map[string]string{}}
+	// Held from reading the machine's subnets until this bridge has its own.
+	unlock, err := lockNets()
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	removeStaleNets()
+	subnet, err := freeSubnet()
+	if err != nil {
+		return nil, err
+	}
+	n := &Net{
+		id:   strconv.FormatInt(int64(os.Getpid()), 36) + "_" + strconv.FormatInt(netSeq.Add(1), 36),
+		host: subnet.Addr().Next(),
+		ips:  map[string]string{},
+	}
 	var names []string
 	for i := range o.Balancers {
 		names = append(names, fmt.Sprintf("b%d", i+1))
@@ -64,8 +82,10 @@ func NewNet(o Options) (*Net, error) {
 	for i := range o.Nodes {
 		names = append(names, fmt.Sprintf("n%d", i+1))
 	}
-	for i, name := range names {
-		n.ips[name] = NetHost[:len(NetHost)-1] + strconv.Itoa(2+i)
+	ip := n.host
+	for _, name := range names {
+		ip = ip.Next()
+		n.ips[name] = ip.String()
 	}
 	if err := n.setup(names); err != nil {
 		n.Close()
@@ -95,6 +115,10 @@ func (n *Net) Start(ctx context.Context, o Options) (*Cluster, error) {
 	})
 }
 
+// Host is this process's address on the bridge: clients connect from it,
+// and a service the nodes use (redis-server) must listen on it.
+func (n *Net) Host() string { return n.host.String() }
+
 func (n *Net) bridge() string          { return "rc" + n.id + "br" }
 func (n *Net) ns(proc string) string   { return "rc" + n.id + "-" + proc }
 func (n *Net) veth(proc string) string { return "rc" + n.id + proc } // the bridge side is veth+"b"
@@ -104,7 +128,7 @@ func (n *Net) veth(proc string) string { return "rc" + n.id + proc } // the brid
 func (n *Net) setup(procs []string) error {
 	cmds := [][]string{
 		{"ip", "link", "add", n.bridge(), "type", "bridge"},
-		{"ip", "addr", "add", NetHost + "/24", "dev", n.bridge()},
+		{"ip", "addr", "add", netip.PrefixFrom(n.host, 24).String(), "dev", n.bridge()},
 		{"ip", "link", "set", n.bridge(), "up"},
 	}
 	for _, p := range procs {
@@ -200,7 +224,54 @@ func run(stdin *strings.Reader, args ...string) error {
 	return nil
 }
 
-var staleBridge = regexp.MustCompile(`^rc([0-9a-z]+)br$`)
+// netLock is the lock file that serialises choosing a subnet between the
+// processes of one machine.
+var netLock = filepath.Join(os.TempDir(), "ringcast-netns.lock")
+
+// lockNets takes netLock, waiting for it; the kernel drops it if the
+// process dies.
+func lockNets() (unlock func(), err error) {
+	f, err := os.OpenFile(netLock, os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("network lock: %w", err)
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("network lock %s: %w", netLock, err)
+	}
+	return func() {
+		syscall.Flock(int(f.Fd()), syscall.LOCK_UN)
+		f.Close()
+	}, nil
+}
+
+// freeSubnet returns the first 10.88.X.0/24 that overlaps no IPv4 address
+// or route of this machine; call it under lockNets.
+func freeSubnet() (netip.Prefix, error) {
+	var used []netip.Prefix
+	for _, args := range [][]string{{"-o", "-4", "addr", "show"}, {"-4", "route", "show"}} {
+		out, err := exec.Command("ip", args...).Output()
+		if err != nil {
+			return netip.Prefix{}, fmt.Errorf("ip %s: %w", strings.Join(args, " "), err)
+		}
+		for _, f := range strings.Fields(string(out)) {
+			if p, err := netip.ParsePrefix(f); err == nil && p.Addr().Is4() {
+				used = append(used, p.Masked())
+			}
+		}
+	}
+	for x := range 256 {
+		p := netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 88, byte(x), 0}), 24)
+		if !slices.ContainsFunc(used, p.Overlaps) {
+			return p, nil
+		}
+	}
+	return netip.Prefix{}, errors.New("network faults: every /24 of 10.88.0.0/16 is in use on this machine")
+}
+
+// staleBridge matches a Net's bridge: the id is the process id in base 36,
+// then the Net's number (absent in older runs).
+var staleBridge = regexp.MustCompile(`^rc(([0-9a-z]+)(?:_[0-9a-z]+)?)br$`)
 
 // removeStaleNets deletes the bridges, links and namespaces of runs whose
 // process is gone.
@@ -215,7 +286,7 @@ func removeStaleNets() {
 		if m == nil {
 			continue
 		}
-		pid, err := strconv.ParseInt(m[1], 36, 64)
+		pid, err := strconv.ParseInt(m[2], 36, 64)
 		if err != nil || syscall.Kill(int(pid), 0) != syscall.ESRCH {
 			continue
 		}

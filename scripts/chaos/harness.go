@@ -68,7 +68,7 @@ func scenario(ctx context.Context, cfg config, out io.Writer) (*report, error) {
 			return nil, err
 		}
 		defer nw.Close()
-		host = clustertest.NetHost
+		host = nw.Host()
 	}
 	var rs *redisServer
 	if cfg.Bridge == "redis" {
