@@ -39,6 +39,10 @@ type Options struct {
 	NodeArgs     []string // extra node flags
 	BalancerArgs []string // extra balancer flags
 	Args         []string // extra flags of every process, balancers and nodes (e.g. the token flags)
+	// NodeWrap is a command prefix every node runs under (Start only): its
+	// first element is the program, which gets the node's binary and
+	// arguments after the rest, e.g. a shell that enters a cgroup and execs.
+	NodeWrap []string
 	// TLSCert and TLSKey, when set, serve the balancers over HTTPS/wss with
 	// that pair; TLSRoots is what the cluster's HTTP client trusts then.
 	TLSCert, TLSKey string
@@ -189,6 +193,9 @@ func Start(ctx context.Context, o Options) (*Cluster, error) {
 		var err error
 		if p.Addr, err = free(); err == nil {
 			p.Gossip, err = free()
+		}
+		if p.Role == "node" {
+			return o.NodeWrap, err
 		}
 		return nil, err
 	})

@@ -179,6 +179,20 @@ func (n *Net) Cut(a string, others ...string) error {
 	return n.nft(a, "add rule inet chaos in ip saddr "+set+" drop\nadd rule inet chaos out ip daddr "+set+" drop\n")
 }
 
+// Shape replaces the root queueing discipline of process proc's link with
+// qdisc, e.g. "tbf rate 512kbit burst 32kbit latency 400ms": what proc
+// sends is shaped. It goes with the namespace on Close.
+func (n *Net) Shape(proc, qdisc string) error {
+	if _, ok := n.ips[proc]; !ok {
+		return fmt.Errorf("shape %s: no such process", proc)
+	}
+	args := append([]string{"ip", "netns", "exec", n.ns(proc), "tc", "qdisc", "replace", "dev", n.veth(proc), "root"}, strings.Fields(qdisc)...)
+	return run(nil, args...)
+}
+
+// Addr is process proc's address on the bridge.
+func (n *Net) Addr(proc string) string { return n.ips[proc] }
+
 // Heal removes every cut made on process a.
 func (n *Net) Heal(a string) error { return n.nft(a, "flush table inet chaos\n") }
 
