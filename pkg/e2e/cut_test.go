@@ -19,34 +19,8 @@ import (
 // sweep may send them back while the cut lasts. After the heal they
 // return to their owner: two reconnects per client in all.
 func TestBalancerCutFromNode(t *testing.T) {
-	if testing.Short() {
-		t.Skip("end-to-end: starts processes")
-	}
-	if err := clustertest.NetSupported(); err != nil {
-		t.Skip(err)
-	}
 	ctx := context.Background()
-	o := clustertest.Options{Nodes: 3, Balancers: 2}
-	n, err := clustertest.NewNet(o)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(n.Close)
-	c, err := n.Start(ctx, o)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if t.Failed() {
-			for _, p := range c.All() {
-				t.Logf("--- %s log (tail)\n%s", p.Name, tail(p.Log(), 3000))
-			}
-		}
-		c.Close()
-		if !t.Failed() {
-			c.RemoveLogs()
-		}
-	})
+	n, c := startNetCluster(t, clustertest.Options{Nodes: 3, Balancers: 2})
 	if err := c.WaitConverged(ctx, 3); err != nil {
 		t.Fatal(err)
 	}

@@ -46,6 +46,40 @@ func startCluster(t *testing.T, o clustertest.Options) *clustertest.Cluster {
 	return c
 }
 
+// startNetCluster is startCluster with every process in a network
+// namespace of its own (clustertest.NewNet); skipped without root,
+// iproute2 and nftables.
+func startNetCluster(t *testing.T, o clustertest.Options) (*clustertest.Net, *clustertest.Cluster) {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("end-to-end: starts processes")
+	}
+	if err := clustertest.NetSupported(); err != nil {
+		t.Skip(err)
+	}
+	n, err := clustertest.NewNet(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(n.Close)
+	c, err := n.Start(context.Background(), o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			for _, p := range c.All() {
+				t.Logf("--- %s log (tail)\n%s", p.Name, tail(p.Log(), 3000))
+			}
+		}
+		c.Close()
+		if !t.Failed() {
+			c.RemoveLogs()
+		}
+	})
+	return n, c
+}
+
 func tail(s string, n int) string {
 	if len(s) > n {
 		return s[len(s)-n:]

@@ -286,12 +286,6 @@ func TestOverloadMemoryCgroup(t *testing.T) {
 // second it falls behind, and is closed 4008 before it is more than
 // -max-lag (5 s) plus what the bounded buffers ahead of it hold behind.
 func TestOverloadSlowLink(t *testing.T) {
-	if testing.Short() {
-		t.Skip("end-to-end: starts processes")
-	}
-	if err := clustertest.NetSupported(); err != nil {
-		t.Skip(err)
-	}
 	if _, err := exec.LookPath("tc"); err != nil {
 		t.Skip("needs tc (iproute2)")
 	}
@@ -301,25 +295,8 @@ func TestOverloadSlowLink(t *testing.T) {
 		// buffer (2 × 64 KiB) at 64 kB/s, and tbf's 400 ms queue.
 		slack = 3*time.Second + 400*time.Millisecond
 	)
-	o := clustertest.Options{Nodes: 2, Detect: "lan"} // fast detection probes every 200 ms: a full 400 ms tbf queue would flap n1
-	n, err := clustertest.NewNet(o)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(n.Close)
-	c, err := n.Start(context.Background(), o)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if t.Failed() {
-			for _, p := range c.All() {
-				t.Logf("--- %s log (tail)\n%s", p.Name, tail(p.Log(), 3000))
-			}
-		}
-		c.Close()
-		c.RemoveLogs()
-	})
+	// Fast detection probes every 200 ms: a full 400 ms tbf queue would flap n1.
+	n, c := startNetCluster(t, clustertest.Options{Nodes: 2, Detect: "lan"})
 	if err := n.Shape("n1", "tbf rate 512kbit burst 32kbit latency 400ms"); err != nil {
 		t.Fatal(err)
 	}
