@@ -12,10 +12,10 @@ import (
 	"net/http"
 	"os"
 	"strings"
-	"time"
 
 	"github.com/golang-jwt/jwt/v5"
 
+	"github.com/ringcast/ringcast/pkg/defaults"
 	"github.com/ringcast/ringcast/pkg/httpapi"
 	"github.com/ringcast/ringcast/pkg/wire"
 )
@@ -51,21 +51,13 @@ type Verifier struct {
 // Verifier that trusts the client_id parameter (auth off).
 func New(cfg Config) (*Verifier, error) {
 	d := DefaultConfig()
-	for _, f := range []struct {
-		name   string
-		v, def *time.Duration
-	}{
-		{"Leeway", &cfg.Leeway, &d.Leeway},
-		{"JWKSMinRefetch", &cfg.JWKSMinRefetch, &d.JWKSMinRefetch},
-		{"JWKSMaxAge", &cfg.JWKSMaxAge, &d.JWKSMaxAge},
-		{"JWKSTimeout", &cfg.JWKSTimeout, &d.JWKSTimeout},
-	} {
-		if *f.v < 0 {
-			return nil, fmt.Errorf("auth: %s is %v, must not be negative", f.name, *f.v)
-		}
-		if *f.v == 0 {
-			*f.v = *f.def
-		}
+	if err := errors.Join(
+		defaults.Set("Leeway", &cfg.Leeway, d.Leeway),
+		defaults.Set("JWKSMinRefetch", &cfg.JWKSMinRefetch, d.JWKSMinRefetch),
+		defaults.Set("JWKSMaxAge", &cfg.JWKSMaxAge, d.JWKSMaxAge),
+		defaults.Set("JWKSTimeout", &cfg.JWKSTimeout, d.JWKSTimeout),
+	); err != nil {
+		return nil, fmt.Errorf("auth: %w", err)
 	}
 	v := &Verifier{cfg: cfg}
 	methods := []string{}

@@ -3,6 +3,7 @@
 package balancer
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -19,6 +20,7 @@ import (
 
 	"github.com/ringcast/ringcast/pkg/auth"
 	"github.com/ringcast/ringcast/pkg/cluster"
+	"github.com/ringcast/ringcast/pkg/defaults"
 	"github.com/ringcast/ringcast/pkg/httpapi"
 	"github.com/ringcast/ringcast/pkg/proc"
 	"github.com/ringcast/ringcast/pkg/proxy"
@@ -94,32 +96,14 @@ func LocalConfig() Config {
 // validate fills zero fields with their defaults and rejects negatives.
 func (c *Config) validate() error {
 	d := DefaultConfig()
-	if c.Addr == "" {
-		c.Addr = d.Addr
-	}
-	if c.Gossip == "" {
-		c.Gossip = d.Gossip
-	}
-	for _, f := range []struct {
-		name   string
-		v, def *time.Duration
-	}{
-		{"APITimeout", &c.APITimeout, &d.APITimeout},
-		{"ProbeInterval", &c.ProbeInterval, &d.ProbeInterval},
-		{"ProbeTimeout", &c.ProbeTimeout, &d.ProbeTimeout},
-	} {
-		if *f.v < 0 {
-			return fmt.Errorf("balancer: %s %v < 0", f.name, *f.v)
-		}
-		if *f.v == 0 {
-			*f.v = *f.def
-		}
-	}
-	if c.ProbeMisses < 0 {
-		return fmt.Errorf("balancer: ProbeMisses %d < 0", c.ProbeMisses)
-	}
-	if c.ProbeMisses == 0 {
-		c.ProbeMisses = d.ProbeMisses
+	c.Addr, c.Gossip = cmp.Or(c.Addr, d.Addr), cmp.Or(c.Gossip, d.Gossip)
+	if err := errors.Join(
+		defaults.Set("APITimeout", &c.APITimeout, d.APITimeout),
+		defaults.Set("ProbeInterval", &c.ProbeInterval, d.ProbeInterval),
+		defaults.Set("ProbeTimeout", &c.ProbeTimeout, d.ProbeTimeout),
+		defaults.Set("ProbeMisses", &c.ProbeMisses, d.ProbeMisses),
+	); err != nil {
+		return fmt.Errorf("balancer: %w", err)
 	}
 	if c.Log == nil {
 		c.Log = zap.NewNop()

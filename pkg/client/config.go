@@ -3,12 +3,14 @@ package client
 import (
 	"context"
 	"crypto/tls"
+	"errors"
 	"fmt"
 	"net/url"
 	"time"
 
 	"go.uber.org/zap"
 
+	"github.com/ringcast/ringcast/pkg/defaults"
 	"github.com/ringcast/ringcast/pkg/wire"
 )
 
@@ -63,28 +65,16 @@ func DefaultConfig() Config {
 // withDefaults fills zero fields from DefaultConfig and validates the result.
 func (cfg Config) withDefaults() (Config, error) {
 	def := DefaultConfig()
-	for _, d := range []struct{ v, def *time.Duration }{
-		{&cfg.DialTimeout, &def.DialTimeout},
-		{&cfg.MinBackoff, &def.MinBackoff},
-		{&cfg.MaxBackoff, &def.MaxBackoff},
-		{&cfg.WriteTimeout, &def.WriteTimeout},
-		{&cfg.RequestTimeout, &def.RequestTimeout},
-	} {
-		if *d.v < 0 {
-			return cfg, fmt.Errorf("negative duration %v", *d.v)
-		}
-		if *d.v == 0 {
-			*d.v = *d.def
-		}
-	}
-	if cfg.Heartbeat < 0 {
-		return cfg, fmt.Errorf("negative heartbeat %v", cfg.Heartbeat)
-	}
-	if cfg.MaxMessageSize < 0 {
-		return cfg, fmt.Errorf("negative max message size %d", cfg.MaxMessageSize)
-	}
-	if cfg.MaxMessageSize == 0 {
-		cfg.MaxMessageSize = def.MaxMessageSize
+	if err := errors.Join(
+		defaults.Set("DialTimeout", &cfg.DialTimeout, def.DialTimeout),
+		defaults.Set("MinBackoff", &cfg.MinBackoff, def.MinBackoff),
+		defaults.Set("MaxBackoff", &cfg.MaxBackoff, def.MaxBackoff),
+		defaults.Set("WriteTimeout", &cfg.WriteTimeout, def.WriteTimeout),
+		defaults.Set("RequestTimeout", &cfg.RequestTimeout, def.RequestTimeout),
+		defaults.Set("Heartbeat", &cfg.Heartbeat, 0), // 0: the welcome's, else defaultHeartbeat
+		defaults.Set("MaxMessageSize", &cfg.MaxMessageSize, def.MaxMessageSize),
+	); err != nil {
+		return cfg, err
 	}
 	if cfg.MinBackoff > cfg.MaxBackoff {
 		return cfg, fmt.Errorf("min backoff %v exceeds max backoff %v", cfg.MinBackoff, cfg.MaxBackoff)

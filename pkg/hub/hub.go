@@ -15,6 +15,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/ringcast/ringcast/pkg/bridge"
+	"github.com/ringcast/ringcast/pkg/defaults"
 	"github.com/ringcast/ringcast/pkg/wire"
 )
 
@@ -137,11 +138,8 @@ var ErrTooManyChannels = errors.New("too many channels")
 
 // validate fills zero fields with their defaults and rejects negative ones.
 func (c *Config) validate() error {
-	if c.MaxChannels < 0 {
-		return fmt.Errorf("hub: MaxChannels %d < 0", c.MaxChannels)
-	}
-	if c.MaxChannels == 0 {
-		c.MaxChannels = DefaultConfig().MaxChannels
+	if err := defaults.Set("MaxChannels", &c.MaxChannels, DefaultConfig().MaxChannels); err != nil {
+		return fmt.Errorf("hub: %w", err)
 	}
 	return nil
 }

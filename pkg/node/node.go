@@ -24,6 +24,7 @@ import (
 	"github.com/ringcast/ringcast/pkg/bridge/bridges"
 	"github.com/ringcast/ringcast/pkg/bridge/mesh"
 	"github.com/ringcast/ringcast/pkg/cluster"
+	"github.com/ringcast/ringcast/pkg/defaults"
 	"github.com/ringcast/ringcast/pkg/httpapi"
 	"github.com/ringcast/ringcast/pkg/hub"
 	"github.com/ringcast/ringcast/pkg/proc"
@@ -149,36 +150,35 @@ func (c *Config) validate() error {
 	if c.ID == "" {
 		return errors.New("node: -id is required")
 	}
-	// Zero means default.
-	c.Addr = cmp.Or(c.Addr, d.Addr)
-	c.Gossip = cmp.Or(c.Gossip, d.Gossip)
-	c.Bridge = cmp.Or(c.Bridge, d.Bridge)
-	c.Detect = cmp.Or(c.Detect, d.Detect)
-	c.Heartbeat = cmp.Or(c.Heartbeat, d.Heartbeat)
-	c.MaxMessage = cmp.Or(c.MaxMessage, d.MaxMessage)
-	c.MaxChannels = cmp.Or(c.MaxChannels, d.MaxChannels)
-	c.SendQueue = cmp.Or(c.SendQueue, d.SendQueue)
-	c.SendQueueBytes = cmp.Or(c.SendQueueBytes, d.SendQueueBytes)
-	c.WriteTimeout = cmp.Or(c.WriteTimeout, d.WriteTimeout)
-	c.RequestTimeout = cmp.Or(c.RequestTimeout, d.RequestTimeout)
-	c.DrainWindow = cmp.Or(c.DrainWindow, d.DrainWindow)
-	c.RebalanceRate = cmp.Or(c.RebalanceRate, d.RebalanceRate)
-	c.RebalanceSpread = cmp.Or(c.RebalanceSpread, d.RebalanceSpread)
-	c.MaxPending = cmp.Or(c.MaxPending, d.MaxPending)
-	c.MaxConnsPerClient = cmp.Or(c.MaxConnsPerClient, d.MaxConnsPerClient)
-	c.MoveFloor = cmp.Or(c.MoveFloor, d.MoveFloor)
-	c.SweepAge = cmp.Or(c.SweepAge, d.SweepAge)
-	c.OwnerProbeTimeout = cmp.Or(c.OwnerProbeTimeout, d.OwnerProbeTimeout)
-	c.CloseGrace = cmp.Or(c.CloseGrace, d.CloseGrace)
-	if err := bridges.Check(c.Bridge, c.HistorySize); err != nil {
+	c.Addr, c.Gossip = cmp.Or(c.Addr, d.Addr), cmp.Or(c.Gossip, d.Gossip)
+	c.Bridge, c.Detect = cmp.Or(c.Bridge, d.Bridge), cmp.Or(c.Detect, d.Detect)
+	if err := errors.Join(
+		defaults.Set("Heartbeat", &c.Heartbeat, d.Heartbeat),
+		defaults.Set("MaxMessage", &c.MaxMessage, d.MaxMessage),
+		defaults.Set("MaxChannels", &c.MaxChannels, d.MaxChannels),
+		defaults.Set("SendQueue", &c.SendQueue, d.SendQueue),
+		defaults.Set("SendQueueBytes", &c.SendQueueBytes, d.SendQueueBytes),
+		defaults.Set("WriteTimeout", &c.WriteTimeout, d.WriteTimeout),
+		defaults.Set("RequestTimeout", &c.RequestTimeout, d.RequestTimeout),
+		defaults.Set("DrainWindow", &c.DrainWindow, d.DrainWindow),
+		defaults.Set("RebalanceRate", &c.RebalanceRate, d.RebalanceRate),
+		defaults.Set("RebalanceSpread", &c.RebalanceSpread, d.RebalanceSpread),
+		defaults.Set("MaxPending", &c.MaxPending, d.MaxPending),
+		defaults.Set("MaxConnsPerClient", &c.MaxConnsPerClient, d.MaxConnsPerClient),
+		defaults.Set("MoveFloor", &c.MoveFloor, d.MoveFloor),
+		defaults.Set("SweepAge", &c.SweepAge, d.SweepAge),
+		defaults.Set("OwnerProbeTimeout", &c.OwnerProbeTimeout, d.OwnerProbeTimeout),
+		defaults.Set("CloseGrace", &c.CloseGrace, d.CloseGrace),
+		// Zero keeps its meaning here: history off, the bridge's TTL, fence
+		// at cluster.Detection's earliest death.
+		defaults.Set("HistorySize", &c.HistorySize, 0),
+		defaults.Set("HistoryTTL", &c.HistoryTTL, 0),
+		defaults.Set("FenceAfter", &c.FenceAfter, 0),
+	); err != nil {
 		return fmt.Errorf("node: %w", err)
 	}
-	switch {
-	case c.Heartbeat < 0, c.MaxMessage < 0, c.MaxChannels < 0, c.SendQueue < 0, c.SendQueueBytes < 0,
-		c.WriteTimeout < 0, c.RequestTimeout < 0, c.DrainWindow < 0, c.RebalanceRate < 0,
-		c.RebalanceSpread < 0, c.HistorySize < 0, c.HistoryTTL < 0, c.MaxPending < 0, c.MaxConnsPerClient < 0,
-		c.MoveFloor < 0, c.SweepAge < 0, c.OwnerProbeTimeout < 0, c.FenceAfter < 0, c.CloseGrace < 0:
-		return errors.New("node: sizes and durations must not be negative")
+	if err := bridges.Check(c.Bridge, c.HistorySize); err != nil {
+		return fmt.Errorf("node: %w", err)
 	}
 	if c.Log == nil {
 		c.Log = zap.NewNop()

@@ -1,12 +1,13 @@
 package proxy
 
 import (
-	"cmp"
+	"errors"
 	"fmt"
 	"net/netip"
 	"time"
 
 	"github.com/ringcast/ringcast/pkg/auth"
+	"github.com/ringcast/ringcast/pkg/defaults"
 	"github.com/ringcast/ringcast/pkg/relay"
 )
 
@@ -85,18 +86,17 @@ func DefaultConfig() Config {
 // withDefaults fills zero fields with their defaults and rejects negative ones.
 func (c Config) withDefaults() (Config, error) {
 	d := DefaultConfig()
-	if c.DialTimeout < 0 || c.HandshakeTimeout < 0 || c.DownFor < 0 || c.IdleTimeout < 0 || c.WriteTimeout < 0 ||
-		c.MaxAttempts < 0 || c.BufferSize < 0 {
-		return c, fmt.Errorf("proxy config: DialTimeout %v, HandshakeTimeout %v, DownFor %v, IdleTimeout %v, WriteTimeout %v, MaxAttempts %d, BufferSize %d: none may be negative",
-			c.DialTimeout, c.HandshakeTimeout, c.DownFor, c.IdleTimeout, c.WriteTimeout, c.MaxAttempts, c.BufferSize)
+	if err := errors.Join(
+		defaults.Set("DialTimeout", &c.DialTimeout, d.DialTimeout),
+		defaults.Set("HandshakeTimeout", &c.HandshakeTimeout, d.HandshakeTimeout),
+		defaults.Set("DownFor", &c.DownFor, d.DownFor),
+		defaults.Set("IdleTimeout", &c.IdleTimeout, d.IdleTimeout),
+		defaults.Set("WriteTimeout", &c.WriteTimeout, d.WriteTimeout),
+		defaults.Set("MaxAttempts", &c.MaxAttempts, d.MaxAttempts),
+		defaults.Set("BufferSize", &c.BufferSize, d.BufferSize),
+	); err != nil {
+		return c, fmt.Errorf("proxy config: %w", err)
 	}
-	c.DialTimeout = cmp.Or(c.DialTimeout, d.DialTimeout)
-	c.HandshakeTimeout = cmp.Or(c.HandshakeTimeout, d.HandshakeTimeout)
-	c.DownFor = cmp.Or(c.DownFor, d.DownFor)
-	c.IdleTimeout = cmp.Or(c.IdleTimeout, d.IdleTimeout)
-	c.WriteTimeout = cmp.Or(c.WriteTimeout, d.WriteTimeout)
-	c.MaxAttempts = cmp.Or(c.MaxAttempts, d.MaxAttempts)
-	c.BufferSize = cmp.Or(c.BufferSize, d.BufferSize)
 	switch {
 	case c.MaxConnsPerIP == 0:
 		c.MaxConnsPerIP = d.MaxConnsPerIP

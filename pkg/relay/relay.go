@@ -3,7 +3,6 @@
 package relay
 
 import (
-	"cmp"
 	"errors"
 	"fmt"
 	"io"
@@ -15,6 +14,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
+
+	"github.com/ringcast/ringcast/pkg/defaults"
 )
 
 // drainTimeout bounds how long one direction may still run after the other
@@ -54,12 +55,13 @@ func DefaultConfig() Config {
 // withDefaults fills zero fields with their defaults and rejects negative ones.
 func (c Config) withDefaults() (Config, error) {
 	d := DefaultConfig()
-	if c.BufferSize < 0 || c.IdleTimeout < 0 || c.WriteTimeout < 0 {
-		return c, fmt.Errorf("relay config: BufferSize %d, IdleTimeout %v, WriteTimeout %v: none may be negative",
-			c.BufferSize, c.IdleTimeout, c.WriteTimeout)
+	if err := errors.Join(
+		defaults.Set("BufferSize", &c.BufferSize, d.BufferSize),
+		defaults.Set("IdleTimeout", &c.IdleTimeout, d.IdleTimeout),
+		defaults.Set("WriteTimeout", &c.WriteTimeout, d.WriteTimeout),
+	); err != nil {
+		return c, fmt.Errorf("relay config: %w", err)
 	}
-	c.BufferSize = cmp.Or(c.BufferSize, d.BufferSize)
-	c.WriteTimeout = cmp.Or(c.WriteTimeout, d.WriteTimeout)
 	return c, nil
 }
 

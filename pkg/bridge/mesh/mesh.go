@@ -15,6 +15,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/ringcast/ringcast/pkg/bridge"
+	"github.com/ringcast/ringcast/pkg/defaults"
 	"github.com/ringcast/ringcast/pkg/wire"
 )
 
@@ -56,38 +57,20 @@ func (c *Config) validate() error {
 	if c.ID == "" {
 		return errors.New("mesh: ID is required")
 	}
-	for _, f := range []struct {
-		name   string
-		v, def *time.Duration
-	}{
-		{"DialTimeout", &c.DialTimeout, &d.DialTimeout}, {"WriteTimeout", &c.WriteTimeout, &d.WriteTimeout},
-		{"Ping", &c.Ping, &d.Ping}, {"AckTimeout", &c.AckTimeout, &d.AckTimeout}, {"Redial", &c.Redial, &d.Redial},
-	} {
-		if *f.v < 0 {
-			return fmt.Errorf("mesh: %s %v < 0", f.name, *f.v)
-		}
-		if *f.v == 0 {
-			*f.v = *f.def
-		}
+	if err := errors.Join(
+		defaults.Set("DialTimeout", &c.DialTimeout, d.DialTimeout),
+		defaults.Set("WriteTimeout", &c.WriteTimeout, d.WriteTimeout),
+		defaults.Set("Ping", &c.Ping, d.Ping),
+		defaults.Set("AckTimeout", &c.AckTimeout, d.AckTimeout),
+		defaults.Set("Redial", &c.Redial, d.Redial),
+		defaults.Set("QueueLen", &c.QueueLen, d.QueueLen),
+		defaults.Set("QueueBytes", &c.QueueBytes, d.QueueBytes),
+		defaults.Set("MaxFrame", &c.MaxFrame, d.MaxFrame),
+	); err != nil {
+		return fmt.Errorf("mesh: %w", err)
 	}
-	for _, f := range []struct {
-		name   string
-		v, def *int
-	}{
-		{"QueueLen", &c.QueueLen, &d.QueueLen}, {"QueueBytes", &c.QueueBytes, &d.QueueBytes}, {"MaxFrame", &c.MaxFrame, &d.MaxFrame},
-	} {
-		if *f.v < 0 {
-			return fmt.Errorf("mesh: %s %d < 0", f.name, *f.v)
-		}
-		if *f.v == 0 {
-			*f.v = *f.def
-		}
-	}
-	if c.RedialMax < 0 {
-		return fmt.Errorf("mesh: RedialMax %v < 0", c.RedialMax)
-	}
-	if c.RedialMax == 0 {
-		c.RedialMax = max(d.RedialMax, c.Redial)
+	if err := defaults.Set("RedialMax", &c.RedialMax, max(d.RedialMax, c.Redial)); err != nil {
+		return fmt.Errorf("mesh: %w", err)
 	}
 	if c.RedialMax < c.Redial {
 		return fmt.Errorf("mesh: RedialMax %v < Redial %v", c.RedialMax, c.Redial)
