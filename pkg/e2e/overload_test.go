@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"os"
@@ -186,6 +187,29 @@ func TestOverloadMemoryCgroup(t *testing.T) {
 			}
 		}
 	}()
+	// New connections meanwhile: 101 while the node has room, 503 while it sheds.
+	var upgraded, turnedAway atomic.Int64
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		d := ws.Dialer{Timeout: 2 * time.Second}
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				return
+			case <-time.After(200 * time.Millisecond):
+			}
+			nc, _, _, err := d.Dial(ctx, wstest.URL(node.Addr, fmt.Sprintf("late%d", i)))
+			var se ws.StatusError
+			switch {
+			case err == nil:
+				upgraded.Add(1)
+				nc.Close()
+			case errors.As(err, &se) && int(se) == http.StatusServiceUnavailable:
+				turnedAway.Add(1)
+			}
+		}
+	}()
 	for range 8 {
 		wg.Add(1)
 		go func() {
@@ -216,12 +240,14 @@ func TestOverloadMemoryCgroup(t *testing.T) {
 	}
 	time.Sleep(load) // the load runs this long; every loop above ends on stop
 	shed, _ := testkit.Scrape(ctx, metrics, "ringcast_node_slow_consumers_total")
+	pauses, _ := testkit.Scrape(ctx, metrics, "ringcast_node_pauses_total")
 	close(stop)
 	wg.Wait()
-	t.Logf("%v of load: %d publishes accepted, %d refused 503, %d failed; /healthz %d probes, %d failed (%v), slowest %v; "+
-		"RSS peak %s; %v consumers shed 4008; node running %v",
-		load, ok.Load(), refused.Load(), failed.Load(), health.probes.Load(), health.failures.Load(), health.lastErr.Load(),
-		time.Duration(health.slowest.Load()), mib(peak.Load()), shed, node.Running())
+	t.Logf("%v of load: %d publishes accepted, %d refused 503, %d failed; new connections %d upgraded, %d refused 503; "+
+		"/healthz %d probes, %d failed (%v), slowest %v; RSS peak %s; %v consumers shed 4008; pause detector fired %v times; node running %v",
+		load, ok.Load(), refused.Load(), failed.Load(), upgraded.Load(), turnedAway.Load(),
+		health.probes.Load(), health.failures.Load(), health.lastErr.Load(),
+		time.Duration(health.slowest.Load()), mib(peak.Load()), shed, pauses, node.Running())
 
 	// The consumers read what reached them: the shed ones end with 4008
 	// (or, when they read too late for the close frame, their socket is
@@ -271,8 +297,9 @@ func TestOverloadMemoryCgroup(t *testing.T) {
 	if shed < 1 {
 		t.Error("no consumer was closed 4008")
 	}
-	if ok.Load() == 0 {
-		t.Error("no publish was accepted")
+	if ok.Load() == 0 || refused.Load() == 0 || turnedAway.Load() == 0 {
+		t.Errorf("publishes: %d accepted, %d refused; new connections %d refused: want some of each (shedding refuses new work)",
+			ok.Load(), refused.Load(), turnedAway.Load())
 	}
 	if after > idle+16<<20 || afterHeap > int64(idleHeap)+8<<20 {
 		t.Errorf("30 s after the load: RSS %s, heap %s; idle was %s, %s", mib(after), mib(afterHeap), mib(idle), mib(int64(idleHeap)))
