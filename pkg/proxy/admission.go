@@ -17,10 +17,11 @@ import (
 // second. A source is an IPv4 address or an IPv6 /64 (one host's usual
 // allocation). Its methods are safe for concurrent use.
 type admission struct {
-	maxConns int        // 0 = no limit
-	rate     rate.Limit // new connections per second; 0 = no limit
-	burst    int
-	trusted  []netip.Prefix
+	maxConns   int        // 0 = no limit
+	rate       rate.Limit // new connections per second; 0 = no limit
+	burst      int
+	maxSources int // 0 = no cap (tests that build an admission by hand)
+	trusted    []netip.Prefix
 
 	mu      sync.Mutex
 	sources map[netip.Addr]*source
@@ -33,22 +34,28 @@ type source struct {
 }
 
 // sweepEvery bounds how often idle sources are forgotten; a source is idle
-// when it holds no connection and its bucket is full again.
-const sweepEvery = 10 * time.Second
+// when it holds no connection and its bucket is full again. A full table
+// is swept at most every sweepFull.
+const (
+	sweepEvery = 10 * time.Second
+	sweepFull  = time.Second
+)
 
 func newAdmission(cfg Config) *admission {
 	return &admission{
-		maxConns: cfg.MaxConnsPerIP,
-		rate:     rate.Limit(cfg.ConnRatePerIP),
-		burst:    max(1, int(math.Ceil(2*cfg.ConnRatePerIP))),
-		trusted:  cfg.TrustedProxies,
-		sources:  make(map[netip.Addr]*source),
+		maxConns:   cfg.MaxConnsPerIP,
+		rate:       rate.Limit(cfg.ConnRatePerIP),
+		burst:      max(1, int(math.Ceil(2*cfg.ConnRatePerIP))),
+		maxSources: cfg.MaxSources,
+		trusted:    cfg.TrustedProxies,
+		sources:    make(map[netip.Addr]*source),
 	}
 }
 
 // refusal says why a connection was not admitted.
 type refusal struct {
-	reason     string        // metric label: per_ip_conns or per_ip_rate
+	reason     string        // metric label: per_ip_conns, per_ip_rate or sources_full
+	status     int           // 429, or 503 when the table of sources is full
 	retryAfter time.Duration // what Retry-After tells the client
 }
 
@@ -65,6 +72,14 @@ func (a *admission) admit(ip netip.Addr, now time.Time) *refusal {
 		a.sweep(now)
 	}
 	s := a.sources[src]
+	if s == nil && a.maxSources > 0 && len(a.sources) >= a.maxSources {
+		if now.Sub(a.swept) > sweepFull {
+			a.sweep(now)
+		}
+		if len(a.sources) >= a.maxSources {
+			return &refusal{reason: "sources_full", status: http.StatusServiceUnavailable, retryAfter: time.Second}
+		}
+	}
 	if s == nil {
 		s = &source{}
 		if a.rate > 0 {
@@ -73,11 +88,11 @@ func (a *admission) admit(ip netip.Addr, now time.Time) *refusal {
 		a.sources[src] = s
 	}
 	if a.maxConns > 0 && s.conns >= a.maxConns {
-		return &refusal{reason: "per_ip_conns", retryAfter: 5 * time.Second}
+		return &refusal{reason: "per_ip_conns", status: http.StatusTooManyRequests, retryAfter: 5 * time.Second}
 	}
 	if s.lim != nil && !s.lim.AllowN(now, 1) {
 		wait := time.Duration((1 - s.lim.TokensAt(now)) / float64(a.rate) * float64(time.Second))
-		return &refusal{reason: "per_ip_rate", retryAfter: wait}
+		return &refusal{reason: "per_ip_rate", status: http.StatusTooManyRequests, retryAfter: wait}
 	}
 	s.conns++
 	return nil

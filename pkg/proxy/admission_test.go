@@ -95,6 +95,39 @@ func TestAdmit(t *testing.T) {
 	}
 }
 
+// TestAdmitSourcesCap: the table of sources is bounded. A new source that
+// finds it full, idle ones swept, gets 503; known sources are served; once
+// a source goes idle a new one takes its place.
+func TestAdmitSourcesCap(t *testing.T) {
+	now := time.Unix(1000, 0)
+	a := newAdmission(Config{MaxConnsPerIP: 3, ConnRatePerIP: 2, MaxSources: 2})
+	ip1, ip2, ip3 := netip.MustParseAddr("192.0.2.1"), netip.MustParseAddr("192.0.2.2"), netip.MustParseAddr("192.0.2.3")
+	for _, ip := range []netip.Addr{ip1, ip2} {
+		if no := a.admit(ip, now); no != nil {
+			t.Fatalf("admit %s: %+v", ip, no)
+		}
+	}
+	no := a.admit(ip3, now)
+	if no == nil || no.reason != "sources_full" || no.status != http.StatusServiceUnavailable || no.retryAfter != time.Second {
+		t.Fatalf("a third source with a cap of 2 = %+v, want sources_full, 503, Retry-After 1 s", no)
+	}
+	if no := a.admit(ip1, now); no != nil {
+		t.Fatalf("a known source refused while the table is full: %+v", no)
+	}
+	// ip2 goes idle: its connection ends and its bucket refills (0.5 s).
+	// A full table is swept at most once a second (a sweep walks it all).
+	a.release(ip2)
+	if no := a.admit(ip3, now.Add(500*time.Millisecond)); no == nil || no.reason != "sources_full" {
+		t.Fatalf("ip3 half a second after the last sweep = %+v, want sources_full", no)
+	}
+	if no := a.admit(ip3, now.Add(3*time.Second)); no != nil {
+		t.Fatalf("ip3 refused after ip2 went idle: %+v", no)
+	}
+	if _, ok := a.sources[ip2]; ok || len(a.sources) != 2 {
+		t.Errorf("after the sweep: ip2 kept %v, %d sources, want ip1 and ip3", ok, len(a.sources))
+	}
+}
+
 // TestAdmissionLimits: one address over its limit gets 429 with
 // Retry-After before any node is dialled; another address still connects,
 // and the connections already relayed keep working.

@@ -56,6 +56,14 @@ type Config struct {
 	// about 8 s of retries, while one host cannot churn connections faster.
 	// Negative = off.
 	ConnRatePerIP float64
+	// MaxSources bounds the source addresses the per-IP limits keep state
+	// for (about 200 bytes each). Idle ones (no connection, a full bucket)
+	// are forgotten every 10 s, or at once when the table is full; a new
+	// source that still finds it full gets 503 with Retry-After: 1, while
+	// known sources are served as before. Default 262,144 (about 50 MiB):
+	// raise it on a balancer whose clients come from more addresses at
+	// once.
+	MaxSources int
 	// TrustedProxies may set the client address with X-Forwarded-For: a
 	// connection from one of them is counted against the rightmost address
 	// in that header that is not itself trusted. Default none: the header
@@ -80,6 +88,7 @@ func DefaultConfig() Config {
 		WriteTimeout:     r.WriteTimeout,
 		MaxConnsPerIP:    2048,
 		ConnRatePerIP:    200,
+		MaxSources:       1 << 18,
 	}
 }
 
@@ -94,6 +103,7 @@ func (c Config) withDefaults() (Config, error) {
 		defaults.Set("WriteTimeout", &c.WriteTimeout, d.WriteTimeout),
 		defaults.Set("MaxAttempts", &c.MaxAttempts, d.MaxAttempts),
 		defaults.Set("BufferSize", &c.BufferSize, d.BufferSize),
+		defaults.Set("MaxSources", &c.MaxSources, d.MaxSources),
 	); err != nil {
 		return c, fmt.Errorf("proxy config: %w", err)
 	}

@@ -90,7 +90,7 @@ func New(cfg Config, pick Picker, log *zap.Logger, reg prometheus.Registerer) (*
 		admission: newAdmission(cfg),
 		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "ringcast_balancer_connections_refused_total",
-			Help: "Upgrades refused before any node was dialled, by reason (per_ip_conns, per_ip_rate, bad_request, shutting_down).",
+			Help: "Upgrades refused before any node was dialled, by reason (per_ip_conns, per_ip_rate, sources_full, bad_request, shutting_down).",
 		}, []string{"reason"}),
 		fallbacks: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "ringcast_balancer_dial_fallbacks_total",
@@ -139,7 +139,7 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	src := p.admission.sourceOf(r)
 	if no := p.admission.admit(src, time.Now()); no != nil {
 		w.Header().Set("Retry-After", retryAfter(no.retryAfter))
-		p.refuse(w, no.reason, http.StatusTooManyRequests, "too many connections from "+src.String()+" ("+no.reason+"), retry later")
+		p.refuse(w, no.reason, no.status, "too many connections from "+src.String()+" ("+no.reason+"), retry later")
 		return
 	}
 	// The verified identity routes the connection: with auth on, the
