@@ -1,12 +1,15 @@
 package client
 
 import (
+	"bufio"
 	"context"
 	crand "crypto/rand"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"math/rand/v2"
+	"net/http"
 	"strconv"
 	"sync"
 	"time"
@@ -129,6 +132,7 @@ func (c *Client) Run(ctx context.Context) error {
 		c.setState(StateClosed, nil)
 	}()
 
+	var lost time.Time // when the current outage began; zero while a link holds
 	for attempt := 0; ; {
 		c.setState(StateConnecting, nil)
 		start := time.Now()
@@ -138,16 +142,24 @@ func (c *Client) Run(ctx context.Context) error {
 		}
 		c.setState(StateDisconnected, err)
 		if welcomed && time.Since(start) >= stableLink {
-			// Only a link that held resets the backoff: a node that
+			// Only a link that held ends the outage: a node that
 			// welcomes and then refuses (1013, bridge down) must not
 			// draw a reconnect storm.
-			attempt = 0
+			lost, attempt = time.Time{}, 0
+		}
+		if lost.IsZero() {
+			lost = time.Now()
 		}
 		if now {
 			c.log.Info("link down", zap.Error(err))
 			continue
 		}
-		d := backoff(c.cfg.MinBackoff, c.cfg.MaxBackoff, attempt, c.jitter)
+		var refused *RefusedError
+		wait := time.Duration(0)
+		if errors.As(err, &refused) {
+			wait = refused.RetryAfter
+		}
+		d := wait + backoff(c.cfg.MinBackoff, c.cfg.MaxBackoff, time.Since(lost), c.jitter)
 		attempt++
 		c.log.Info("link down", zap.Error(err), zap.Int("attempt", attempt), zap.Duration("backoff", d))
 		t := time.NewTimer(d)
@@ -160,18 +172,61 @@ func (c *Client) Run(ctx context.Context) error {
 	}
 }
 
-// stableLink is how long a link must have lasted for its end to reset the
-// reconnect backoff.
+// stableLink is how long a link must have lasted for its end to start a
+// new outage (and the backoff over).
 const stableLink = 3 * time.Second
 
-// backoff returns the sleep before retry attempt (0 for the first): full
-// jitter, uniform in [0, min(maxD, minD·2^attempt)].
-func backoff(minD, maxD time.Duration, attempt int, jitter func(int64) int64) time.Duration {
-	ceil := maxD
-	if attempt < 63 && minD <= maxD>>attempt {
-		ceil = minD << attempt
-	}
+// backoff returns the sleep before the next attempt when the link was lost
+// outage ago: full jitter, uniform in [0, ceiling], the ceiling half the
+// outage so far, at least minD and at most maxD. A client that retries in
+// this shape is back at most half an outage after the server (a balancer
+// restarted within 1 s: within a second), while a long outage is retried
+// gently (the sleeps grow by about a quarter each).
+func backoff(minD, maxD, outage time.Duration, jitter func(int64) int64) time.Duration {
+	ceil := min(max(outage/2, minD), maxD)
 	return time.Duration(jitter(int64(ceil) + 1))
+}
+
+// RefusedError is a connect the server answered with an HTTP status instead
+// of the upgrade: 503 when a balancer or node is overloaded or has no node
+// yet, 429 when a limit per source address or client id is reached, 401
+// without a valid token. RetryAfter is its Retry-After (0 when absent): the
+// next attempt waits that long plus the usual jittered backoff.
+type RefusedError struct {
+	Status     int
+	RetryAfter time.Duration
+}
+
+func (e *RefusedError) Error() string {
+	msg := fmt.Sprintf("server refused the upgrade: HTTP %d", e.Status)
+	if e.RetryAfter > 0 {
+		msg += fmt.Sprintf(", retry after %v", e.RetryAfter)
+	}
+	return msg
+}
+
+// maxRetryAfter bounds the Retry-After a client honours: a server's mistake
+// must not park it for hours.
+const maxRetryAfter = time.Minute
+
+// retryAfter parses an HTTP response's Retry-After: delta seconds, or an
+// HTTP date. Anything else, or a time passed, is 0.
+func retryAfter(resp io.Reader) time.Duration {
+	r, err := http.ReadResponse(bufio.NewReader(io.LimitReader(resp, 16<<10)), nil)
+	if err != nil {
+		return 0
+	}
+	v := r.Header.Get("Retry-After")
+	if v == "" {
+		return 0
+	}
+	if n, err := strconv.ParseUint(v, 10, 32); err == nil {
+		return min(time.Duration(n)*time.Second, maxRetryAfter)
+	}
+	if at, err := http.ParseTime(v); err == nil {
+		return min(max(time.Until(at), 0), maxRetryAfter)
+	}
+	return 0
 }
 
 // Close stops Run (which then returns nil) and fails pending requests. It does

@@ -6,10 +6,13 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"math"
 	"math/rand/v2"
 	"net"
 	"os"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -565,34 +568,33 @@ func TestBackoff(t *testing.T) {
 	const minD, maxD = 100 * time.Millisecond, 20 * time.Second
 	top := func(n int64) int64 { return n - 1 }
 	for _, tc := range []struct {
-		attempt int
-		want    time.Duration // the ceiling
+		outage time.Duration
+		want   time.Duration // the ceiling: half the outage, within [minD, maxD]
 	}{
-		{0, 100 * time.Millisecond},
-		{1, 200 * time.Millisecond},
-		{2, 400 * time.Millisecond},
-		{7, 12800 * time.Millisecond},
-		{8, maxD},
-		{62, maxD},
-		{63, maxD},
-		{1000, maxD},
+		{0, minD},
+		{150 * time.Millisecond, minD},
+		{time.Second, 500 * time.Millisecond},
+		{3 * time.Second, 1500 * time.Millisecond},
+		{40 * time.Second, maxD},
+		{time.Hour, maxD},
+		{math.MaxInt64, maxD},
 	} {
-		if got := backoff(minD, maxD, tc.attempt, top); got != tc.want {
-			t.Errorf("backoff(%d) ceiling = %v, want %v", tc.attempt, got, tc.want)
+		if got := backoff(minD, maxD, tc.outage, top); got != tc.want {
+			t.Errorf("backoff(%v) ceiling = %v, want %v", tc.outage, got, tc.want)
 		}
-		if got := backoff(minD, maxD, tc.attempt, func(int64) int64 { return 0 }); got != 0 {
-			t.Errorf("backoff(%d) floor = %v, want 0", tc.attempt, got)
+		if got := backoff(minD, maxD, tc.outage, func(int64) int64 { return 0 }); got != 0 {
+			t.Errorf("backoff(%v) floor = %v, want 0", tc.outage, got)
 		}
 	}
 	// Full jitter: samples spread over [0, ceiling].
 	rng := rand.New(rand.NewPCG(1, 2))
-	for _, attempt := range []int{0, 3, 20} {
-		ceil := backoff(minD, maxD, attempt, top)
+	for _, outage := range []time.Duration{0, 2 * time.Second, time.Minute} {
+		ceil := backoff(minD, maxD, outage, top)
 		var lo, hi int
 		for range 1000 {
-			d := backoff(minD, maxD, attempt, rng.Int64N)
+			d := backoff(minD, maxD, outage, rng.Int64N)
 			if d < 0 || d > ceil {
-				t.Fatalf("backoff(%d) = %v, outside [0, %v]", attempt, d, ceil)
+				t.Fatalf("backoff(%v) = %v, outside [0, %v]", outage, d, ceil)
 			}
 			if d < ceil/4 {
 				lo++
@@ -602,7 +604,48 @@ func TestBackoff(t *testing.T) {
 			}
 		}
 		if lo < 150 || hi < 150 {
-			t.Errorf("backoff(%d): %d samples in the lowest quarter, %d in the highest, want about 250 each", attempt, lo, hi)
+			t.Errorf("backoff(%v): %d samples in the lowest quarter, %d in the highest, want about 250 each", outage, lo, hi)
+		}
+	}
+}
+
+// TestBackoffShortOutage simulates a server that is gone for 1.5 s: with
+// the default bounds, 99% of 10,000 clients retrying in this shape are
+// back within 2.25 s of the outage's start (half an outage late at worst).
+func TestBackoffShortOutage(t *testing.T) {
+	d := DefaultConfig()
+	rng := rand.New(rand.NewPCG(3, 4))
+	const outage = 1500 * time.Millisecond
+	var back []time.Duration
+	for range 10000 {
+		at := time.Duration(0)
+		for at < outage {
+			at += backoff(d.MinBackoff, d.MaxBackoff, at, rng.Int64N)
+		}
+		back = append(back, at)
+	}
+	slices.Sort(back)
+	p99, worst := back[len(back)*99/100], back[len(back)-1]
+	if p99 > outage*3/2 || worst > outage*3/2 {
+		t.Errorf("back after a %v outage: p99 %v, max %v; want at most %v", outage, p99, worst, outage*3/2)
+	}
+	t.Logf("back after a %v outage: p50 %v p99 %v max %v", outage, back[len(back)/2], p99, worst)
+}
+
+func TestRetryAfter(t *testing.T) {
+	for _, tc := range []struct {
+		resp string
+		want time.Duration
+	}{
+		{"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 2\r\nContent-Length: 0\r\n\r\n", 2 * time.Second},
+		{"HTTP/1.1 429 Too Many Requests\r\nRetry-After: 86400\r\n\r\n", maxRetryAfter},
+		{"HTTP/1.1 503 Service Unavailable\r\n\r\n", 0},
+		{"HTTP/1.1 503 Service Unavailable\r\nRetry-After: soon\r\n\r\n", 0},
+		{"HTTP/1.1 503 Service Unavailable\r\nRetry-After: Mon, 02 Jan 2006 15:04:05 GMT\r\n\r\n", 0}, // passed
+		{"garbage", 0},
+	} {
+		if got := retryAfter(strings.NewReader(tc.resp)); got != tc.want {
+			t.Errorf("retryAfter(%q) = %v, want %v", tc.resp, got, tc.want)
 		}
 	}
 }
@@ -778,5 +821,52 @@ func TestTokenRefreshBeforeExp(t *testing.T) {
 	}
 	if r := srv.refreshesCopy(); r[0] == r[1] {
 		t.Errorf("refresh tokens %q: want a fresh token each time", r)
+	}
+}
+
+// TestHonoursRetryAfter: a connect refused with 503 and Retry-After: 1 is
+// retried after that second (plus the backoff), not at once.
+func TestHonoursRetryAfter(t *testing.T) {
+	srv := startServer(t)
+	refuser, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	t.Cleanup(func() { refuser.Close(); wg.Wait() })
+	refusedAt := make(chan time.Time, 1)
+	wg.Go(func() {
+		conn, err := refuser.Accept()
+		if err != nil {
+			return
+		}
+		defer conn.Close()
+		conn.SetDeadline(time.Now().Add(5 * time.Second))
+		buf := make([]byte, 4096)
+		conn.Read(buf) // the upgrade request
+		io.WriteString(conn, "HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+		refusedAt <- time.Now()
+	})
+	cfg, r := testConfig(t, srv.url, "alice")
+	var dials atomic.Int32
+	cfg.NetDial = func(ctx context.Context, network, addr string) (net.Conn, error) {
+		if dials.Add(1) == 1 {
+			addr = refuser.Addr().String()
+		}
+		var d net.Dialer
+		return d.DialContext(ctx, network, addr)
+	}
+	var welcomedAt atomic.Pointer[time.Time]
+	cfg.OnWelcome = func(wire.Frame) { now := time.Now(); welcomedAt.CompareAndSwap(nil, &now) }
+	c := start(t, cfg)
+	connected(t, c)
+	wait := welcomedAt.Load().Sub(<-refusedAt)
+	if wait < time.Second || wait > 1500*time.Millisecond {
+		t.Errorf("welcomed %v after the 503 with Retry-After: 1, want 1 s plus at most the 50ms backoff", wait)
+	}
+	var refused *RefusedError
+	errs := get(r, func() []error { return r.errs })
+	if !slices.ContainsFunc(errs, func(err error) bool { return errors.As(err, &refused) }) || refused.Status != 503 || refused.RetryAfter != time.Second {
+		t.Errorf("state errors %v, want a RefusedError 503 retry after 1s", errs)
 	}
 }

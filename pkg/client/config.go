@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"net"
 	"net/url"
 	"time"
 
@@ -28,16 +29,24 @@ type Config struct {
 	// refresh. It may block up to RequestTimeout (ctx says when to give
 	// up); an error counts as a failed connect and is retried with
 	// backoff. It runs on the Run goroutine.
-	TokenFunc      func(ctx context.Context) (string, error)
-	DialTimeout    time.Duration // bounds TCP connect, handshake and the wait for the welcome
-	MinBackoff     time.Duration // ceiling of the first retry's random sleep
-	MaxBackoff     time.Duration // ceiling of every retry's random sleep
+	TokenFunc   func(ctx context.Context) (string, error)
+	DialTimeout time.Duration // bounds TCP connect, handshake and the wait for the welcome
+	// MinBackoff and MaxBackoff bound the ceiling of the random sleep
+	// before each retry (full jitter): half the time since the link was
+	// lost, so a short outage costs a short wait and a long one is retried
+	// gently. A Retry-After from the server (a 503 or 429 answer to the
+	// upgrade, see RefusedError) is added to the sleep.
+	MinBackoff     time.Duration
+	MaxBackoff     time.Duration
 	Heartbeat      time.Duration // ping interval; the link is dead after 2× with no frame received
 	WriteTimeout   time.Duration // deadline of every write
 	RequestTimeout time.Duration // how long Publish and Send wait for the ack or error
 	MaxMessageSize int           // bytes per incoming message, summed over fragments; larger drops the link
 	TLS            *tls.Config   // wss:// only: roots, client certificates; nil = the system roots
-	Log            *zap.Logger   // nil: no logging
+	// NetDial, when set, opens the TCP connection (e.g. from a chosen
+	// local address); nil = net.Dialer.
+	NetDial func(ctx context.Context, network, addr string) (net.Conn, error)
+	Log     *zap.Logger // nil: no logging
 
 	// Hooks, each optional. They run on the Run goroutine, never concurrently
 	// with each other or with subscription handlers, and must not block long.
@@ -53,8 +62,8 @@ type Config struct {
 func DefaultConfig() Config {
 	return Config{
 		DialTimeout:    5 * time.Second,        // a hung handshake costs this much; lower fails over faster on lossy links
-		MinBackoff:     100 * time.Millisecond, // first retry within this; lower reconnects faster but piles onto a struggling cluster
-		MaxBackoff:     20 * time.Second,       // caps the sleep after long outages; lower retries a dead cluster more often
+		MinBackoff:     100 * time.Millisecond, // first retries within this; lower reconnects faster but piles onto a struggling cluster
+		MaxBackoff:     20 * time.Second,       // caps the sleep after outages over 40 s; lower retries a dead cluster more often
 		Heartbeat:      0,                      // 0: the welcome's heartbeat_ms (10 s by default); lower notices dead links sooner for more traffic
 		WriteTimeout:   5 * time.Second,        // a write stuck this long drops the link
 		RequestTimeout: 10 * time.Second,       // Publish/Send give up after this; the outcome is then unknown

@@ -77,8 +77,16 @@ func (c *Client) session(ctx context.Context) (welcomed, now bool, err error) {
 		return false, false, err
 	}
 	dctx, cancel := context.WithTimeout(ctx, c.cfg.DialTimeout) // Dialer.Timeout alone does not bound the handshake
-	conn, br, _, err := ws.Dialer{Timeout: c.cfg.DialTimeout, TLSConfig: c.cfg.TLS}.Dial(dctx, c.sessionURL(token))
+	var refused *RefusedError
+	d := ws.Dialer{Timeout: c.cfg.DialTimeout, TLSConfig: c.cfg.TLS, NetDial: c.cfg.NetDial,
+		OnStatusError: func(status int, _ []byte, resp io.Reader) {
+			refused = &RefusedError{Status: status, RetryAfter: retryAfter(resp)}
+		}}
+	conn, br, _, err := d.Dial(dctx, c.sessionURL(token))
 	cancel()
+	if refused != nil {
+		return false, false, fmt.Errorf("dial %s: %w", c.cfg.URL, refused)
+	}
 	if err != nil {
 		return false, false, fmt.Errorf("dial %s: %w", c.cfg.URL, err)
 	}

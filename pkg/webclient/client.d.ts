@@ -26,9 +26,9 @@ export interface Options {
   autoConnect?: boolean;
   /** A handshake plus welcome taking longer is abandoned (default 5000). */
   connectTimeoutMs?: number;
-  /** Ceiling of the first retry's random delay (default 100). */
+  /** Least ceiling of a retry's random delay, which is half the outage so far (default 100). */
   minBackoffMs?: number;
-  /** Ceiling of every retry's random delay (default 20000). */
+  /** Ceiling of every retry's random delay, reached after a 40 s outage (default 20000). */
   maxBackoffMs?: number;
   /** Ping interval; 0 takes the welcome's heartbeat_ms (default 0). */
   heartbeatMs?: number;

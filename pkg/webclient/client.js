@@ -25,8 +25,8 @@ const DEFAULTS = {
   getToken: undefined, // async () => token: called before each (re)connect and shortly before the token's exp
   autoConnect: true, // connect right after construction (in a microtask, so listeners added synchronously see every state)
   connectTimeoutMs: 5000, // handshake + welcome; a hung connect is abandoned after this
-  minBackoffMs: 100, // ceiling of the first retry's random delay; lower reconnects faster but piles onto a struggling cluster
-  maxBackoffMs: 20000, // ceiling of every retry's random delay
+  minBackoffMs: 100, // least ceiling of a retry's random delay (half the outage so far); lower reconnects faster but piles onto a struggling cluster
+  maxBackoffMs: 20000, // ceiling of every retry's random delay (reached after a 40 s outage)
   heartbeatMs: 0, // 0: the welcome's heartbeat_ms; the link is dead after 2x with no frame
   requestTimeoutMs: 10000, // publish/send reject after this; the outcome is then unknown
   storage: undefined, // where positions are kept: undefined = sessionStorage, null = memory only
@@ -88,6 +88,7 @@ export class RingcastClient {
   #welcomed = false;
   #state = 'disconnected';
   #attempt = 0; // attempts since the last stable link
+  #lostAt = 0; // when the current outage began (Date.now()); 0 while a link holds
   #retryTimer;
   #connectTimer;
   #moveTimer;
@@ -304,14 +305,23 @@ export class RingcastClient {
 
   // #lost ends the link and schedules the next attempt: at once when the
   // server asked for it (unless the previous attempt failed too), else after
-  // a full-jitter exponential backoff.
+  // a full-jitter backoff whose ceiling is half the outage so far (between
+  // minBackoffMs and maxBackoffMs): a short outage costs a short wait, a
+  // long one is retried gently. A browser cannot read the status of a
+  // refused handshake (a 503 with Retry-After from an overloaded balancer
+  // looks like any failed connect), so the jitter alone spreads the retries.
   #lost(reason, now = false) {
-    if (this.#welcomed && Date.now() - this.#welcomedAt >= STABLE_MS) this.#attempt = 0;
+    if (this.#welcomed && Date.now() - this.#welcomedAt >= STABLE_MS) {
+      this.#attempt = 0;
+      this.#lostAt = 0;
+    }
+    if (!this.#lostAt) this.#lostAt = Date.now();
     this.#drop();
     this.#failPending('disconnected', `link lost: ${reason}`);
     this.#setState('disconnected', { reason });
     if (this.#state !== 'disconnected') return; // a listener closed or reconnected
-    const ceil = Math.min(this.#opts.maxBackoffMs, this.#opts.minBackoffMs * 2 ** Math.min(this.#attempt, 30));
+    const outage = Date.now() - this.#lostAt;
+    const ceil = Math.min(this.#opts.maxBackoffMs, Math.max(this.#opts.minBackoffMs, outage / 2));
     this.#attempt++;
     this.#retryTimer = setTimeout(() => this.#open(), now && this.#attempt === 1 ? 0 : Math.random() * ceil);
   }
@@ -361,6 +371,7 @@ export class RingcastClient {
         if (this.#ws && !this.#moveTimer) {
           this.#moveTimer = setTimeout(() => {
             this.#attempt = 0; // the server paced this move: follow it at once
+            this.#lostAt = 0;
             this.#lost(`server asked: ${f.reason}`, true);
           }, after);
         }
