@@ -299,6 +299,23 @@ func (s *Server) watch(ctx context.Context) {
 // picker routes a client id to its ring owner.
 type picker struct{ s *Server }
 
+// WaitNodes waits until the view has a ring: a balancer that just started
+// holds its first upgrades for the moment it takes to learn the ring
+// instead of refusing them.
+func (p picker) WaitNodes(ctx context.Context) {
+	for {
+		changes := p.s.cluster.Changes()
+		if p.s.cluster.View().Ring != nil {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-changes:
+		}
+	}
+}
+
 func (p picker) Pick(clientID string, excluded []string) (string, string, error) {
 	v := p.s.cluster.View()
 	if v.Ring == nil {

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"context"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -185,5 +186,88 @@ func TestAdmissionRate(t *testing.T) {
 	}
 	if codes[0] != 101 || codes[1] != 101 || codes[2] != http.StatusTooManyRequests {
 		t.Errorf("three connections at once with rate 1/s: %v, want [101 101 429]", codes)
+	}
+}
+
+// TestMaxPending: with MaxPending upgrades being set up (here one, held by
+// a node that is slow to answer), the next gets 503 with Retry-After: 1
+// before any node is dialled; once the first is relayed, upgrades pass
+// again.
+func TestMaxPending(t *testing.T) {
+	b := startBackend(t, "n1", func(b *backend) { b.delay = 500 * time.Millisecond })
+	_, addr, reg := startProxy(t, Config{MaxPending: 1, DialTimeout: 2 * time.Second}, &fakePicker{nodes: []testNode{{"n1", b.addr()}}})
+	first := make(chan *wstest.Raw, 1)
+	go func() { first <- wstest.DialRaw(t, addr, wstest.UpgradeRequest("c1")) }()
+	testkit.Eventually(t, 5*time.Second, func() bool { return b.Accepted() == 1 }, "the first upgrade never reached the node")
+
+	c := wstest.DialRaw(t, addr, wstest.UpgradeRequest("c2"))
+	if c.Resp.StatusCode != http.StatusServiceUnavailable || c.Resp.Header.Get("Retry-After") != "1" {
+		t.Fatalf("second upgrade while one is set up: status %d Retry-After %q, want 503 with Retry-After: 1", c.Resp.StatusCode, c.Resp.Header.Get("Retry-After"))
+	}
+	c.ExpectClosed(t)
+	if got := b.Accepted(); got != 1 {
+		t.Errorf("node accepted %d connections, want 1: the refused upgrade must not dial", got)
+	}
+	if v, _ := testkit.Metric(t, reg, "ringcast_balancer_connections_refused_total", "overloaded"); v != 1 {
+		t.Errorf("connections_refused_total{overloaded} = %v, want 1", v)
+	}
+	if f := <-first; f.Resp.StatusCode != http.StatusSwitchingProtocols {
+		t.Fatalf("first upgrade: status %d, want 101", f.Resp.StatusCode)
+	}
+	connect(t, addr, "c3", "n1")
+}
+
+// TestNoNodeRetryAfter: an upgrade no node can take gets 503 with
+// Retry-After: 1, counted as no_node.
+func TestNoNodeRetryAfter(t *testing.T) {
+	_, addr, reg := startProxy(t, Config{}, &fakePicker{nodes: []testNode{{"n1", closedAddr(t)}}})
+	c := wstest.DialRaw(t, addr, wstest.UpgradeRequest("c1"))
+	if c.Resp.StatusCode != http.StatusServiceUnavailable || c.Resp.Header.Get("Retry-After") != "1" {
+		t.Fatalf("status %d Retry-After %q, want 503 with Retry-After: 1", c.Resp.StatusCode, c.Resp.Header.Get("Retry-After"))
+	}
+	if v, _ := testkit.Metric(t, reg, "ringcast_balancer_connections_refused_total", "no_node"); v != 1 {
+		t.Errorf("connections_refused_total{no_node} = %v, want 1", v)
+	}
+}
+
+// waitingPicker has no node until ready is closed; it implements NodeWaiter.
+type waitingPicker struct {
+	fakePicker
+	ready chan struct{}
+}
+
+func (w *waitingPicker) Pick(clientID string, excluded []string) (string, string, error) {
+	select {
+	case <-w.ready:
+		return w.fakePicker.Pick(clientID, excluded)
+	default:
+		return "", "", errNoNodes
+	}
+}
+
+func (w *waitingPicker) WaitNodes(ctx context.Context) {
+	select {
+	case <-w.ready:
+	case <-ctx.Done():
+	}
+}
+
+// TestWaitsForFirstNodes: a picker that has no node yet (a balancer that
+// just started) holds the upgrade until it has one, up to DialTimeout.
+func TestWaitsForFirstNodes(t *testing.T) {
+	b := startBackend(t, "n1", nil)
+	wp := &waitingPicker{fakePicker: fakePicker{nodes: []testNode{{"n1", b.addr()}}}, ready: make(chan struct{})}
+	_, addr, _ := startProxy(t, Config{DialTimeout: 300 * time.Millisecond}, wp)
+
+	start := time.Now()
+	c := wstest.DialRaw(t, addr, wstest.UpgradeRequest("c1"))
+	if c.Resp.StatusCode != http.StatusServiceUnavailable || time.Since(start) < 300*time.Millisecond {
+		t.Fatalf("without nodes: status %d after %v, want 503 after the 300ms dial timeout", c.Resp.StatusCode, time.Since(start))
+	}
+	time.AfterFunc(100*time.Millisecond, func() { close(wp.ready) })
+	start = time.Now()
+	connect(t, addr, "c2", "n1")
+	if d := time.Since(start); d < 100*time.Millisecond {
+		t.Errorf("relayed after %v, before there was a node", d)
 	}
 }

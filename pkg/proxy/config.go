@@ -64,6 +64,15 @@ type Config struct {
 	// raise it on a balancer whose clients come from more addresses at
 	// once.
 	MaxSources int
+	// MaxPending bounds the upgrades being set up at once, all sources
+	// together: from admission to the relay's start (token check, dial, the
+	// node's answer). One more gets 503 with Retry-After: 1 before any node
+	// is dialled, and so does an upgrade no node could take. Default 1024:
+	// a loopback or LAN upgrade takes a few milliseconds, so only a balancer
+	// that cannot keep up (a fresh one facing every client of its
+	// predecessor, or stalled nodes) gets there; clients then come back
+	// after a second instead of piling up. Negative = off.
+	MaxPending int
 	// TrustedProxies may set the client address with X-Forwarded-For: a
 	// connection from one of them is counted against the rightmost address
 	// in that header that is not itself trusted. Default none: the header
@@ -89,6 +98,7 @@ func DefaultConfig() Config {
 		MaxConnsPerIP:    2048,
 		ConnRatePerIP:    200,
 		MaxSources:       1 << 18,
+		MaxPending:       1024,
 	}
 }
 
@@ -112,6 +122,12 @@ func (c Config) withDefaults() (Config, error) {
 		c.MaxConnsPerIP = d.MaxConnsPerIP
 	case c.MaxConnsPerIP < 0:
 		c.MaxConnsPerIP = 0
+	}
+	switch {
+	case c.MaxPending == 0:
+		c.MaxPending = d.MaxPending
+	case c.MaxPending < 0:
+		c.MaxPending = 0
 	}
 	switch {
 	case c.ConnRatePerIP == 0:

@@ -33,6 +33,16 @@ type Picker interface {
 	Pick(clientID string, excluded []string) (nodeID, addr string, err error)
 }
 
+// NodeWaiter is implemented by a Picker that may have no node to pick for
+// a moment: a balancer that just started and is still learning the ring.
+// An upgrade then waits for one, up to DialTimeout, instead of being
+// refused at once (the clients of a restarted balancer arrive before its
+// first ring).
+type NodeWaiter interface {
+	// WaitNodes returns when there is a node to pick or ctx ends.
+	WaitNodes(ctx context.Context)
+}
+
 // maxNodeResponse bounds what is read from a node before the relay starts:
 // the upgrade response head, or a refusal and its body.
 const maxNodeResponse = 64 << 10
@@ -51,6 +61,7 @@ type Proxy struct {
 	relay   *relay.Relay
 
 	admission   *admission
+	pending     chan struct{} // a token per upgrade being set up; nil = no bound (MaxPending)
 	connections *prometheus.GaugeVec
 	refused     *prometheus.CounterVec
 	fallbacks   prometheus.Counter
@@ -90,7 +101,7 @@ func New(cfg Config, pick Picker, log *zap.Logger, reg prometheus.Registerer) (*
 		admission: newAdmission(cfg),
 		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "ringcast_balancer_connections_refused_total",
-			Help: "Upgrades refused before any node was dialled, by reason (per_ip_conns, per_ip_rate, sources_full, bad_request, shutting_down).",
+			Help: "Upgrades refused, by reason: before any node was dialled (per_ip_conns, per_ip_rate, sources_full, overloaded, bad_request, shutting_down), or because no node could take it (no_node).",
 		}, []string{"reason"}),
 		fallbacks: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "ringcast_balancer_dial_fallbacks_total",
@@ -104,6 +115,9 @@ func New(cfg Config, pick Picker, log *zap.Logger, reg prometheus.Registerer) (*
 		}),
 		links: make(map[string]map[relay.Link]netip.Addr),
 		down:  make(map[string]time.Time),
+	}
+	if cfg.MaxPending > 0 {
+		p.pending = make(chan struct{}, cfg.MaxPending)
 	}
 	rcfg := relay.Config{BufferSize: cfg.BufferSize, IdleTimeout: cfg.IdleTimeout, WriteTimeout: cfg.WriteTimeout}
 	p.relay, err = relay.New(rcfg, p.log, bytesTotal.WithLabelValues("to_node"), bytesTotal.WithLabelValues("to_client"))
@@ -142,6 +156,13 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		p.refuse(w, no.reason, no.status, "too many connections from "+src.String()+" ("+no.reason+"), retry later")
 		return
 	}
+	if !p.setup() {
+		p.admission.release(src)
+		w.Header().Set("Retry-After", "1")
+		p.refuse(w, "overloaded", http.StatusServiceUnavailable, "balancer overloaded: too many connections being set up, retry later")
+		return
+	}
+	defer p.setupDone()
 	// The verified identity routes the connection: with auth on, the
 	// token's sub, never a client_id that only claims to be someone.
 	id, err := p.cfg.Auth.Identify(r)
@@ -153,12 +174,17 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	clientID := id.ClientID
+	if nw, ok := p.pick.(NodeWaiter); ok {
+		ctx, cancel := context.WithTimeout(r.Context(), p.cfg.DialTimeout)
+		nw.WaitNodes(ctx)
+		cancel()
+	}
 	nodeID, node, br, err := p.dialOwner(r, src, clientID)
 	if err != nil {
 		p.admission.release(src)
 		if r.Context().Err() == nil {
-			w.Header().Set("Connection", "close")
-			http.Error(w, "no node available: "+err.Error(), http.StatusServiceUnavailable)
+			w.Header().Set("Retry-After", "1")
+			p.refuse(w, "no_node", http.StatusServiceUnavailable, "no node available: "+err.Error())
 		}
 		return
 	}
@@ -173,6 +199,26 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	p.handshake.Observe(time.Since(start).Seconds())
+}
+
+// setup takes a token for an upgrade being set up, or reports that
+// MaxPending are already.
+func (p *Proxy) setup() bool {
+	if p.pending == nil {
+		return true
+	}
+	select {
+	case p.pending <- struct{}{}:
+		return true
+	default:
+		return false
+	}
+}
+
+func (p *Proxy) setupDone() {
+	if p.pending != nil {
+		<-p.pending
+	}
 }
 
 // refuse answers an upgrade the proxy will not relay and closes the

@@ -116,9 +116,10 @@ var MemberlistLeaks = []goleak.Option{
 }
 
 // Scrape reads metric name from the Prometheus text exposition at url (a
-// process's /metrics), summed over its series. For other processes, whose
+// process's /metrics), summed over its series whose label values start
+// with labels (in label-name order), like Metric. For other processes, whose
 // registry a test cannot reach in memory; the text is parsed, not grepped.
-func Scrape(ctx context.Context, url, name string) (float64, error) {
+func Scrape(ctx context.Context, url, name string, labels ...string) (float64, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
 		return 0, err
@@ -141,7 +142,17 @@ func Scrape(ctx context.Context, url, name string) (float64, error) {
 		return 0, fmt.Errorf("%s has no metric %s", url, name)
 	}
 	var sum float64
+next:
 	for _, m := range f.GetMetric() {
+		got := m.GetLabel()
+		if len(got) < len(labels) {
+			continue
+		}
+		for i, l := range labels {
+			if got[i].GetValue() != l {
+				continue next
+			}
+		}
 		sum += value(m)
 	}
 	return sum, nil
