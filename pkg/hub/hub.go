@@ -59,7 +59,37 @@ type Hub struct {
 	mu       sync.RWMutex
 	channels map[string]*channel
 	clients  map[string][]Sink // client id → its connections here (tabs, devices)
-	subs     map[Sink]map[string]*member
+	subs     map[Sink]subs     // every attached sink, with its subscriptions
+}
+
+// subs is one sink's subscriptions. A slice, not a map: most connections
+// hold a handful of channels (at most MaxChannels), and an idle one costs
+// 24 bytes per channel instead of a map's table.
+type subs []sub
+
+type sub struct {
+	channel string
+	m       *member
+}
+
+// get returns the subscription to name, or nil.
+func (ss subs) get(name string) *member {
+	for _, x := range ss {
+		if x.channel == name {
+			return x.m
+		}
+	}
+	return nil
+}
+
+// without returns ss without the subscription to name, and whether it had one.
+func (ss subs) without(name string) (subs, bool) {
+	for i, x := range ss {
+		if x.channel == name {
+			return slices.Delete(ss, i, i+1), true
+		}
+	}
+	return ss, false
 }
 
 type channel struct {
@@ -161,7 +191,7 @@ func New(cfg Config, br bridge.Bridge, log *zap.Logger, reg prometheus.Registere
 		log:      log.Named("hub"),
 		channels: map[string]*channel{},
 		clients:  map[string][]Sink{},
-		subs:     map[Sink]map[string]*member{},
+		subs:     map[Sink]subs{},
 	}
 	h.met = newMetrics(h, reg)
 	return h, nil
@@ -183,7 +213,7 @@ func (h *Hub) Attach(ctx context.Context, s Sink) (Sink, error) {
 		}
 	}
 	h.clients[id] = append(h.clients[id], s)
-	h.subs[s] = map[string]*member{}
+	h.subs[s] = nil
 	h.mu.Unlock()
 	if prev != nil {
 		h.detach(prev, false)
@@ -218,8 +248,8 @@ func (h *Hub) detach(s Sink, release bool) {
 	} else {
 		release = false // the id is still connected here
 	}
-	for name := range h.subs[s] {
-		h.leave(s, name)
+	for _, x := range h.subs[s] {
+		h.leave(s, x.channel)
 	}
 	delete(h.subs, s)
 	if release {
@@ -239,7 +269,8 @@ func (h *Hub) Subscribe(ctx context.Context, s Sink, name string, since *wire.Po
 		h.mu.Unlock()
 		return errors.New("connection is not attached")
 	}
-	if _, dup := mine[name]; !dup && len(mine) >= h.cfg.MaxChannels {
+	m := mine.get(name)
+	if m == nil && len(mine) >= h.cfg.MaxChannels {
 		h.mu.Unlock()
 		return fmt.Errorf("%w: the limit is %d", ErrTooManyChannels, h.cfg.MaxChannels)
 	}
@@ -249,10 +280,9 @@ func (h *Hub) Subscribe(ctx context.Context, s Sink, name string, since *wire.Po
 		ch = &channel{members: map[Sink]*member{}, ready: make(chan struct{})}
 		h.channels[name] = ch
 	}
-	m := mine[name]
 	if m == nil {
 		m = &member{s: s}
-		mine[name] = m
+		h.subs[s] = append(mine, sub{name, m})
 		ch.members[s] = m
 		ch.fanout.Store(nil)
 	} else {
@@ -345,8 +375,10 @@ func (h *Hub) Subscribe(ctx context.Context, s Sink, name string, since *wire.Po
 // Unsubscribe removes s from name and reports whether it was subscribed.
 func (h *Hub) Unsubscribe(s Sink, name string) bool {
 	h.mu.Lock()
-	_, ok := h.subs[s][name]
-	delete(h.subs[s], name)
+	mine, ok := h.subs[s].without(name)
+	if ok {
+		h.subs[s] = mine
+	}
 	h.leave(s, name)
 	h.mu.Unlock()
 	return ok

@@ -86,7 +86,7 @@ func (h *Hub) Repair(ctx context.Context) Repaired {
 			defer h.mu.RUnlock()
 			told, sent := 0, 0
 			for _, t := range g.members {
-				if h.subs[t.s][g.channel] != t.m {
+				if h.subs[t.s].get(g.channel) != t.m {
 					continue // left meanwhile
 				}
 				if err != nil {
