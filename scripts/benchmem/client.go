@@ -12,6 +12,7 @@ import (
 	"os"
 	"runtime"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/gobwas/ws"
@@ -55,11 +56,17 @@ func runClient(args []string) error {
 		d.TLSConfig = &tls.Config{InsecureSkipVerify: true} // a loopback benchmark against a self-signed pair
 	}
 	conns := make([]net.Conn, *to-*from)
+	done := make(chan struct{})
+	defer close(done)
 	g, ctx := errgroup.WithContext(context.Background())
 	g.SetLimit(*conc)
 	for i := *from; i < *to; i++ {
 		g.Go(func() (err error) {
-			conns[i-*from], err = connect(ctx, d, *url, i, *channels)
+			c, err := connect(ctx, d, *url, i, *channels)
+			if err == nil && *ping > 0 {
+				go pinger(c, *ping, done) // from now on: the node's heartbeat runs
+			}
+			conns[i-*from] = c
 			return err
 		})
 	}
@@ -67,23 +74,23 @@ func runClient(args []string) error {
 		return err
 	}
 	fmt.Println(readyLine)
-	done := make(chan struct{})
-	if *ping > 0 {
-		for _, c := range conns {
-			go pinger(c, *ping, done)
-		}
-	}
 	io.Copy(io.Discard, os.Stdin)
-	close(done)
 	runtime.KeepAlive(conns) // unreachable sockets would be closed by their finalizers
 	return nil
 }
 
+// pingFailed reports the first failed ping of the process (the rest are
+// alike; the parent sees the lost connections in the node's fds).
+var pingFailed sync.Once
+
 // pinger sends c a ping every interval, the first at a random point of the
 // first interval (clients connect in a burst, but their heartbeats drift
-// apart), and reads the pong, until done. A failure is reported on stderr
-// and ends this connection's pings: the node's side shows it.
+// apart), and reads the pong, until done. A failure ends this connection's
+// pings.
 func pinger(c net.Conn, interval time.Duration, done <-chan struct{}) {
+	fail := func(what string, err error) {
+		pingFailed.Do(func() { fmt.Fprintf(os.Stderr, "benchmem client: %s: %v (first failure of this process)\n", what, err) })
+	}
 	t := time.NewTimer(rand.N(interval))
 	defer t.Stop()
 	for {
@@ -95,11 +102,11 @@ func pinger(c net.Conn, interval time.Duration, done <-chan struct{}) {
 		t.Reset(interval)
 		c.SetDeadline(time.Now().Add(handshakeTimeout))
 		if err := wsutil.WriteClientText(c, []byte(`{"op":"ping"}`)); err != nil {
-			fmt.Fprintln(os.Stderr, "benchmem client: ping:", err)
+			fail("ping", err)
 			return
 		}
 		if _, err := wsutil.ReadServerText(c); err != nil {
-			fmt.Fprintln(os.Stderr, "benchmem client: pong:", err)
+			fail("pong", err)
 			return
 		}
 	}

@@ -257,6 +257,13 @@ func (b *bench) measureAfter(ctx context.Context, p *clustertest.Proc) (sample, 
 	case <-time.After(b.cfg.cpu):
 	}
 	s.cpu = float64(clustertest.CPUTime(p.Pid())-c0) / float64(time.Since(t0))
+	// Connections lost meanwhile (a missed heartbeat) void the figure; a
+	// /metrics connection or two may come and go.
+	if _, fds, err := footprint(p.Pid()); err != nil {
+		return s, err
+	} else if fds < s.fds-2 {
+		s.lost = s.fds - fds
+	}
 	return s, nil
 }
 
@@ -265,6 +272,9 @@ func (b *bench) row(what string, round, conns int, before, after sample) {
 	mark := ""
 	if !after.stable || !before.stable {
 		mark = " (rss unsettled)"
+	}
+	if after.lost > 0 {
+		mark += fmt.Sprintf(" (%d conns lost in the cpu window)", after.lost)
 	}
 	fmt.Printf(rowFormat, what+mark, strconv.Itoa(round), strconv.Itoa(conns),
 		fmt.Sprintf("%d KB", before.rssKB), fmt.Sprintf("%d KB", after.rssKB),
@@ -291,6 +301,7 @@ type sample struct {
 	heap, stack, goroutines float64 // the Go runtime's view, from /metrics
 	stable                  bool    // RSS held still for settleWindow
 	cpu                     float64 // CPU seconds per second over the -cpu window; -1 = not measured
+	lost                    int     // fds fewer at the end of the -cpu window than at its start
 }
 
 const (
