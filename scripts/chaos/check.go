@@ -125,16 +125,24 @@ type tally struct {
 	otherExamples []string
 }
 
-// failover is the time from fault to resubscribed, over the affected clients.
+// failover is the time from fault to resubscribed, over the affected clients,
+// and the two steps before it: the client saw its link end, and the next
+// node welcomed it. (A step that takes long for every client points at the
+// step; all three close together at a large p50 point at a machine that
+// serves every handshake at once, too slowly.)
 type failover struct {
-	Faults   int     `json:"faults"`
-	Affected int     `json:"affected"`
-	Never    int     `json:"never"`             // affected clients not resubscribed by the end
-	Dropped  int     `json:"dropped,omitempty"` // term: affected clients cut off without a drain request
-	P50MS    float64 `json:"p50_ms"`
-	P99MS    float64 `json:"p99_ms"`
-	MaxMS    float64 `json:"max_ms"`
-	took     []time.Duration
+	Faults       int     `json:"faults"`
+	Affected     int     `json:"affected"`
+	Never        int     `json:"never"`             // affected clients not resubscribed by the end
+	Dropped      int     `json:"dropped,omitempty"` // term: affected clients cut off without a drain request
+	P50MS        float64 `json:"p50_ms"`
+	P99MS        float64 `json:"p99_ms"`
+	MaxMS        float64 `json:"max_ms"`
+	EndP99MS     float64 `json:"link_end_p99_ms"` // the client saw its link end
+	WelcomeP99MS float64 `json:"welcome_p99_ms"`  // the next session was welcomed
+	took         []time.Duration
+	ended        []time.Duration
+	welcomed     []time.Duration
 }
 
 type distribution struct {
@@ -467,6 +475,10 @@ func failovers(h *history) ([]*failover, map[string]*failover) {
 			if f.Kind == faultTerm && s.Reason != "reconnect "+wire.ReasonDrain {
 				fo.Dropped++
 			}
+			fo.ended = append(fo.ended, s.End-f.Start)
+			if k+1 < len(c.Sessions) {
+				fo.welcomed = append(fo.welcomed, c.Sessions[k+1].Welcome-f.Start)
+			}
 			if took, ok := c.resubscribed(k + 1); ok {
 				fo.took = append(fo.took, took-f.Start)
 			} else {
@@ -484,6 +496,8 @@ func failovers(h *history) ([]*failover, map[string]*failover) {
 			agg.Never += fo.Never
 			agg.Dropped += fo.Dropped
 			agg.took = append(agg.took, fo.took...)
+			agg.ended = append(agg.ended, fo.ended...)
+			agg.welcomed = append(agg.welcomed, fo.welcomed...)
 		}
 	}
 	for _, fo := range append(per, slices.Collect(maps.Values(byKind))...) {
@@ -504,12 +518,18 @@ func nextHit(faults []fault, j int, node, balancer string) time.Duration {
 }
 
 func (fo *failover) summarize() {
-	ms := make([]float64, len(fo.took))
-	for i, d := range fo.took {
+	d := distributionOf(millis(fo.took))
+	fo.P50MS, fo.P99MS, fo.MaxMS = d.P50, d.P99, d.Max
+	fo.EndP99MS = distributionOf(millis(fo.ended)).P99
+	fo.WelcomeP99MS = distributionOf(millis(fo.welcomed)).P99
+}
+
+func millis(ds []time.Duration) []float64 {
+	ms := make([]float64, len(ds))
+	for i, d := range ds {
 		ms[i] = float64(d) / float64(time.Millisecond)
 	}
-	d := distributionOf(ms)
-	fo.P50MS, fo.P99MS, fo.MaxMS = d.P50, d.P99, d.Max
+	return ms
 }
 
 // resubscribed returns when the client was first subscribed to all its

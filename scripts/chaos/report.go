@@ -96,7 +96,7 @@ func (r *report) print(w io.Writer) {
 
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(w, "\nfaults")
-	fmt.Fprintln(tw, "at\tkind\ttarget\thealed\taffected\tresubscribed p50\tp99\tmax\tnever\t")
+	fmt.Fprintln(tw, "at\tkind\ttarget\thealed\taffected\tresubscribed p50\tp99\tmax\tnever\tlink end p99\twelcome p99\t")
 	for _, f := range r.Faults {
 		fmt.Fprintf(tw, "%.1fs\t%s\t%s\t%.1fs\t%s  %s\n", f.StartS, f.Kind, f.Target, f.EndS, f.failover.row(), f.Note)
 	}
@@ -177,7 +177,7 @@ func (r *report) print(w io.Writer) {
 }
 
 func (fo *failover) row() string {
-	s := fmt.Sprintf("%d\t%s\t%s\t%s\t%d\t", fo.Affected, ms(fo.P50MS), ms(fo.P99MS), ms(fo.MaxMS), fo.Never)
+	s := fmt.Sprintf("%d\t%s\t%s\t%s\t%d\t%s\t%s\t", fo.Affected, ms(fo.P50MS), ms(fo.P99MS), ms(fo.MaxMS), fo.Never, ms(fo.EndP99MS), ms(fo.WelcomeP99MS))
 	if fo.Dropped > 0 {
 		s += fmt.Sprintf("  %d dropped without a drain request", fo.Dropped)
 	}
