@@ -8,12 +8,10 @@ import (
 	"io"
 	"math/rand/v2"
 	"net"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -26,25 +24,9 @@ import (
 // probeWait bounds the wait for the final probe messages.
 const probeWait = 5 * time.Second
 
-var httpc = &http.Client{Timeout: time.Second}
-
-// get fetches url within the client timeout and returns a 200 body.
-func get(ctx context.Context, url string) ([]byte, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
-	if err != nil {
-		return nil, err
-	}
-	resp, err := httpc.Do(req)
-	if err != nil {
-		return nil, err
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(io.LimitReader(resp.Body, 4<<20))
-	if err == nil && resp.StatusCode != http.StatusOK {
-		err = fmt.Errorf("GET %s: %s", url, resp.Status)
-	}
-	return b, err
-}
+// scrapeTimeout bounds one read of a node's /metrics: a paused node is
+// unreachable, not waited for.
+const scrapeTimeout = time.Second
 
 // scenario runs one chaos scenario and returns its report.
 func scenario(ctx context.Context, cfg config, out io.Writer) (*report, error) {
@@ -298,17 +280,10 @@ func finalState(ctx context.Context, cl *clustertest.Cluster, members []*member)
 
 // nodeSessions reads ringcast_node_connections from a node's /metrics.
 func nodeSessions(ctx context.Context, addr string) (int, error) {
-	b, err := get(ctx, "http://"+addr+"/metrics")
-	if err != nil {
-		return 0, err
-	}
-	for line := range strings.Lines(string(b)) {
-		if v, ok := strings.CutPrefix(line, "ringcast_node_connections "); ok {
-			f, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
-			return int(f), err
-		}
-	}
-	return 0, errors.New("no ringcast_node_connections in /metrics")
+	ctx, cancel := context.WithTimeout(ctx, scrapeTimeout)
+	defer cancel()
+	v, err := testkit.Scrape(ctx, "http://"+addr+"/metrics", "ringcast_node_connections")
+	return int(v), err
 }
 
 // timeline samples the balancers' /v1/cluster and every node's own session
