@@ -1,6 +1,5 @@
-// Package testkit is what ringcast's tests share: waiting for a condition
-// with a deadline, reading metrics from a registry, memberlist's goleak allowances,
-// a throwaway TLS certificate authority.
+// Package testkit is what ringcast's tests share: waiting with a deadline, metrics from a
+// registry, goleak allowances, a throwaway CA, loopback TCP servers and echo checks.
 package testkit
 
 import (

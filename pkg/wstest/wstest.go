@@ -1,5 +1,5 @@
-// Package wstest is the raw WebSocket client of ringcast's tests: it writes
-// frames as given (fragments, bad opcodes) and parses what the server sends.
+// Package wstest is the raw WebSocket client of ringcast's tests: it sends upgrades and
+// frames as given (malformed ones too) and parses what the server sends.
 package wstest
 
 import (
