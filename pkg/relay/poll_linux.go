@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+
+	"github.com/ringcast/ringcast/pkg/epoll"
 )
 
 // Relaying on epoll. When both sockets of a connection have a file
@@ -71,8 +73,7 @@ func (pl *poller) stop() {
 	}
 	pl.wg.Wait()
 	for _, s := range pl.shards {
-		syscall.Close(s.wake)
-		syscall.Close(s.epfd)
+		s.ep.Close()
 	}
 }
 
@@ -200,9 +201,9 @@ func (l *link) Close() {
 // shard relays the links registered with its epoll instance.
 type shard struct {
 	r     *Relay
-	start time.Time // shard time is monotonic nanoseconds since start
-	epfd  int
-	wake  int // eventfd: links were queued, or stop
+	start time.Time       // shard time is monotonic nanoseconds since start
+	ep    *epoll.Instance // its eventfd: links were queued, or stop
+	epfd  int             // ep.FD
 
 	mu       sync.Mutex
 	incoming []*link // queued by add, registered by the shard's goroutine
@@ -226,22 +227,11 @@ type visit struct {
 }
 
 func newShard(r *Relay) (*shard, error) {
-	fd, err := syscall.EpollCreate1(syscall.EPOLL_CLOEXEC)
+	ep, err := epoll.New(wakeSlot, syscall.EPOLLIN|epollET)
 	if err != nil {
-		return nil, os.NewSyscallError("epoll_create1", err)
+		return nil, err
 	}
-	wake, _, errno := syscall.Syscall(syscall.SYS_EVENTFD2, 0, syscall.O_CLOEXEC|syscall.O_NONBLOCK, 0)
-	if errno != 0 {
-		syscall.Close(fd)
-		return nil, os.NewSyscallError("eventfd2", errno)
-	}
-	ev := syscall.EpollEvent{Events: syscall.EPOLLIN | epollET, Fd: wakeSlot}
-	if err := syscall.EpollCtl(fd, syscall.EPOLL_CTL_ADD, int(wake), &ev); err != nil {
-		syscall.Close(int(wake))
-		syscall.Close(fd)
-		return nil, os.NewSyscallError("epoll_ctl", err)
-	}
-	s := &shard{r: r, start: time.Now(), epfd: fd, wake: int(wake), timed: make(map[*link]struct{})}
+	s := &shard{r: r, start: time.Now(), ep: ep, epfd: ep.FD, timed: make(map[*link]struct{})}
 	s.buf = r.bufs.Get().(*[]byte)
 	return s, nil
 }
@@ -258,16 +248,12 @@ func (s *shard) add(l *link) {
 }
 
 // wakeup makes the shard's epoll_wait return.
-func (s *shard) wakeup() {
-	one := [8]byte{1}
-	syscall.Write(s.wake, one[:]) // EAGAIN only when the counter is full: it is awake anyway
-}
+func (s *shard) wakeup() { s.ep.Wakeup() }
 
 // register gives the shard the links queued to it; it reports false when
 // the shard is to stop.
 func (s *shard) register() bool {
-	var b [8]byte
-	syscall.Read(s.wake, b[:])
+	s.ep.Drain()
 	s.mu.Lock()
 	in, stop := s.incoming, s.stopping
 	s.incoming = nil

@@ -41,7 +41,7 @@ type Conn struct {
 	// epoll instance c's socket is registered with and its last parking.
 	ctx  context.Context
 	pl   *poller
-	ep   *epoll
+	ep   *instance
 	slot int32
 	gen  uint32
 

@@ -1,13 +1,14 @@
 package session
 
 import (
-	"os"
 	"runtime"
 	"sync"
 	"syscall"
 	"time"
 
 	"go.uber.org/zap"
+
+	"github.com/ringcast/ringcast/pkg/epoll"
 )
 
 // Idle connections on epoll. A connection with nothing left to read is
@@ -31,6 +32,9 @@ const (
 	wakeData   = -1  // event data of a poller's eventfd
 	oneShot    = syscall.EPOLLIN | syscall.EPOLLRDHUP | syscall.EPOLLONESHOT
 )
+
+// instance is the epoll instance a connection is registered with (Conn.ep).
+type instance = epoll.Instance
 
 // pollers is the Upgrader's set of pollers; connections are spread over them.
 type pollers struct {
@@ -64,8 +68,8 @@ type poller struct {
 	tick time.Duration // deadline sweep interval
 
 	mu    sync.Mutex
-	ep    *epoll // the running instance; nil while no connection is parked
-	slots []slot // by slot number; c == nil when free
+	ep    *epoll.Instance // the running instance; nil while no connection is parked
+	slots []slot          // by slot number; c == nil when free
 	free  []int32
 	n     int    // connections parked
 	gen   uint32 // the last parking's number: stale events carry older ones
@@ -75,40 +79,6 @@ type slot struct {
 	c   *Conn
 	gen uint32
 	by  int64 // unix nanoseconds: the heartbeat deadline
-}
-
-// epoll is a poller instance: its epoll descriptor and the eventfd that
-// wakes its goroutine. A connection remembers the instance it is
-// registered with (Conn.ep), to add or re-arm.
-type epoll struct{ fd, wake int }
-
-func newEpoll() (*epoll, error) {
-	fd, err := syscall.EpollCreate1(syscall.EPOLL_CLOEXEC)
-	if err != nil {
-		return nil, os.NewSyscallError("epoll_create1", err)
-	}
-	wake, _, errno := syscall.Syscall(syscall.SYS_EVENTFD2, 0, syscall.O_CLOEXEC|syscall.O_NONBLOCK, 0)
-	if errno != 0 {
-		syscall.Close(fd)
-		return nil, os.NewSyscallError("eventfd2", errno)
-	}
-	ev := syscall.EpollEvent{Events: syscall.EPOLLIN, Fd: wakeData}
-	if err := syscall.EpollCtl(fd, syscall.EPOLL_CTL_ADD, int(wake), &ev); err != nil {
-		syscall.Close(int(wake))
-		syscall.Close(fd)
-		return nil, os.NewSyscallError("epoll_ctl", err)
-	}
-	return &epoll{fd: fd, wake: int(wake)}, nil
-}
-
-func (ep *epoll) wakeup() {
-	one := [8]byte{1}
-	syscall.Write(ep.wake, one[:]) // EAGAIN only when the counter is full: awake anyway
-}
-
-func (ep *epoll) close() {
-	syscall.Close(ep.wake)
-	syscall.Close(ep.fd)
 }
 
 // add parks c until its socket is readable or its heartbeat deadline
@@ -122,7 +92,7 @@ func (p *poller) add(c *Conn) bool {
 	c.nc.SetReadDeadline(time.Time{})
 	p.mu.Lock()
 	if p.ep == nil {
-		ep, err := newEpoll()
+		ep, err := epoll.New(wakeData, syscall.EPOLLIN)
 		if err != nil {
 			p.mu.Unlock()
 			p.u.log.Warn("idle connections wait on goroutines: no epoll", zap.Error(err))
@@ -140,7 +110,7 @@ func (p *poller) add(c *Conn) bool {
 		p.slots[s] = slot{}
 		p.free = append(p.free, s)
 		if p.n == 0 {
-			p.ep.wakeup() // nothing parked: let the instance stop
+			p.ep.Wakeup() // nothing parked: let the instance stop
 		}
 		p.mu.Unlock()
 		return false
@@ -166,12 +136,12 @@ func (p *poller) arm(c *Conn) error {
 		if c.ep != p.ep {
 			op = syscall.EPOLL_CTL_ADD
 		}
-		errno = syscall.EpollCtl(p.ep.fd, op, int(fd), &ev)
+		errno = syscall.EpollCtl(p.ep.FD, op, int(fd), &ev)
 		switch {
 		case errno == syscall.EEXIST:
-			errno = syscall.EpollCtl(p.ep.fd, syscall.EPOLL_CTL_MOD, int(fd), &ev)
+			errno = syscall.EpollCtl(p.ep.FD, syscall.EPOLL_CTL_MOD, int(fd), &ev)
 		case errno == syscall.ENOENT:
-			errno = syscall.EpollCtl(p.ep.fd, syscall.EPOLL_CTL_ADD, int(fd), &ev)
+			errno = syscall.EpollCtl(p.ep.FD, syscall.EPOLL_CTL_ADD, int(fd), &ev)
 		}
 	})
 	if err != nil {
@@ -209,7 +179,7 @@ func (p *poller) kick(c *Conn) {
 	p.mu.Lock()
 	got := p.take(c.slot, c.gen) == c
 	if got && p.n == 0 {
-		p.ep.wakeup()
+		p.ep.Wakeup()
 	}
 	p.mu.Unlock()
 	if got {
@@ -221,14 +191,14 @@ func (p *poller) kick(c *Conn) {
 // run waits on ep until no connection is parked: each readable connection
 // goes to a goroutine that reads it, each one past its deadline to one that
 // closes it.
-func (p *poller) run(ep *epoll) {
+func (p *poller) run(ep *epoll.Instance) {
 	defer p.u.deps.WG.Done()
 	var events [pollEvents]syscall.EpollEvent
 	var ready, late []*Conn
 	next := time.Now().Add(p.tick)
 	for {
 		wait := max(0, int((time.Until(next)+time.Millisecond-1)/time.Millisecond))
-		n, err := syscall.EpollWait(ep.fd, events[:], wait)
+		n, err := syscall.EpollWait(ep.FD, events[:], wait)
 		if err != nil && err != syscall.EINTR {
 			p.u.log.Error("epoll wait: idle connections move to goroutines", zap.Error(err))
 			n = 0
@@ -237,8 +207,7 @@ func (p *poller) run(ep *epoll) {
 		p.mu.Lock()
 		for _, ev := range events[:max(n, 0)] {
 			if ev.Fd == wakeData {
-				var b [8]byte
-				syscall.Read(ep.wake, b[:])
+				ep.Drain()
 				continue
 			}
 			if c := p.take(ev.Fd, uint32(ev.Pad)); c != nil {
@@ -275,7 +244,7 @@ func (p *poller) run(ep *epoll) {
 		clear(late)
 		ready, late = ready[:0], late[:0]
 		if stop {
-			ep.close()
+			ep.Close()
 			return
 		}
 	}

@@ -8,7 +8,7 @@ type pollers struct{}
 
 type poller struct{}
 
-type epoll struct{}
+type instance struct{}
 
 func newPollers(*Upgrader) *pollers { return nil }
 
