@@ -63,8 +63,9 @@ type Config struct {
 	// until the total is back under 3/4 of it. Default DefaultMaxOutbound.
 	MaxOutbound int64
 	// MaxLag closes a connection 4008 whose oldest unwritten frame is older
-	// than this. Default 5s: a client that far behind is better off
-	// reconnecting and recovering from history.
+	// than this when another frame is queued for it (with none coming, a
+	// stuck write ends by WriteTimeout). Default 5s: a client that far
+	// behind is better off reconnecting and recovering from history.
 	MaxLag time.Duration
 	// SendBuffer is the kernel send buffer (SO_SNDBUF) of every connection,
 	// bytes, so that a slow link's backlog stays in the queue where MaxLag
