@@ -34,6 +34,7 @@ func run(ctx context.Context, args []string, env func(string) string, stderr io.
 	fs.StringVar(&cfg.ID, "id", "", "node id, unique in the cluster (required)")
 	fs.StringVar(&cfg.Addr, "addr", d.Addr, "HTTP and WebSocket listen address (port 0 = any)")
 	fs.StringVar(&cfg.Advertise, "advertise", "", "WebSocket address balancers and peers dial, when it differs from -addr")
+	fs.StringVar(&cfg.HealthAddr, "health-addr", "", "a second listen address serving only /healthz, /readyz and /metrics, apart from client traffic (empty: none; the main address serves them too)")
 	fs.StringVar(&cfg.Gossip, "gossip", d.Gossip, "gossip bind address")
 	fs.StringVar(&cfg.GossipAdv, "gossip-advertise", "", "gossip address peers use, when it differs from -gossip")
 	fs.Var(&join, "join", "comma-separated gossip seeds: host:port, or dns:NAME:PORT for every address of NAME")

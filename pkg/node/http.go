@@ -19,13 +19,20 @@ func (s *Server) routes() http.Handler {
 	mux.HandleFunc("GET /ws", s.serveWS)
 	mux.HandleFunc("POST /v1/publish", s.auth.RequireAPIKey(s.servePublish))
 	mux.HandleFunc("POST /v1/send", s.auth.RequireAPIKey(s.serveSend))
-	mux.HandleFunc("GET /healthz", httpapi.ServeHealthz)
-	mux.HandleFunc("GET /readyz", s.serveReady)
-	mux.Handle("GET /metrics", promhttp.HandlerFor(s.reg, promhttp.HandlerOpts{}))
+	s.probeRoutes(mux)
 	if s.mesh != nil {
 		mux.Handle("GET /v1/mesh", s.mesh.Handler())
 	}
 	return mux
+}
+
+// probeRoutes are the health, readiness and metrics endpoints, served with
+// the API and, with HealthAddr, on a listener of their own. None takes a
+// lock client traffic takes (/readyz reads atomics and the gossip view).
+func (s *Server) probeRoutes(mux *http.ServeMux) {
+	mux.HandleFunc("GET /healthz", httpapi.ServeHealthz)
+	mux.HandleFunc("GET /readyz", s.serveReady)
+	mux.Handle("GET /metrics", promhttp.HandlerFor(s.reg, promhttp.HandlerOpts{}))
 }
 
 func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {

@@ -37,6 +37,7 @@ type Config struct {
 	ID          string        // node id, unique in the cluster; required
 	Addr        string        // HTTP/WebSocket listen address; default 127.0.0.1:9001 (port 0 = any)
 	Advertise   string        // WebSocket address others dial when it differs from Addr
+	HealthAddr  string        // a second listener for /healthz, /readyz and /metrics only, apart from client traffic; empty = none
 	Gossip      string        // gossip bind address; default 127.0.0.1:7001
 	GossipAdv   string        // gossip address others use when it differs from Gossip
 	Join        []string      // gossip seeds
@@ -209,6 +210,11 @@ type Server struct {
 	conns    map[*session.Conn]struct{}
 	draining atomic.Bool   // set under mu (track checks it there); /readyz reads it without
 	admit    chan struct{} // admission control: one token per connection being set up
+
+	// health serves the probes on HealthAddr (nil without): its own
+	// listener and accept loop, so a backlog of clients never delays them.
+	health   *http.Server
+	healthLn net.Listener
 }
 
 // New binds the node's sockets and wires its parts; Run starts it.
@@ -234,6 +240,12 @@ func New(cfg Config) (*Server, error) {
 		return nil, fmt.Errorf("listen %s: %w", cfg.Addr, err)
 	}
 	s.ln = ln
+	if cfg.HealthAddr != "" {
+		if s.healthLn, err = net.Listen("tcp", cfg.HealthAddr); err != nil {
+			ln.Close()
+			return nil, fmt.Errorf("listen %s: %w", cfg.HealthAddr, err)
+		}
+	}
 	adv := cfg.Advertise
 	if adv == "" {
 		adv = ln.Addr().String()
@@ -290,7 +302,15 @@ func New(cfg Config) (*Server, error) {
 	}
 	if err != nil {
 		ln.Close()
+		if s.healthLn != nil {
+			s.healthLn.Close()
+		}
 		return nil, err
+	}
+	if s.healthLn != nil {
+		mux := http.NewServeMux()
+		s.probeRoutes(mux)
+		s.health = httpapi.NewServer(mux, cfg.Log.Named("health"))
 	}
 
 	s.probe = &http.Client{Timeout: time.Second}
@@ -300,6 +320,14 @@ func New(cfg Config) (*Server, error) {
 
 // Addr is the address the node serves HTTP and WebSockets on.
 func (s *Server) Addr() string { return s.ln.Addr().String() }
+
+// HealthAddr is the address of the probes' own listener ("" without one).
+func (s *Server) HealthAddr() string {
+	if s.healthLn == nil {
+		return ""
+	}
+	return s.healthLn.Addr().String()
+}
 
 // GossipAddr is the node's bound gossip address.
 func (s *Server) GossipAddr() string { return s.cluster.GossipAddr() }
@@ -316,6 +344,9 @@ func (s *Server) Run(ctx context.Context) error {
 	g.Go(func() error { return s.cluster.Run(cctx) })
 	g.Go(func() error { return s.bridge.Run(bctx) })
 	g.Go(func() error { return httpapi.Serve(s.http, s.ln) })
+	if s.health != nil {
+		g.Go(func() error { return httpapi.Serve(s.health, s.healthLn) })
+	}
 	wctx, stopWatch := context.WithCancel(context.Background())
 	g.Go(func() error { s.watch(wctx); return nil })
 	g.Go(func() error {
@@ -345,6 +376,10 @@ func (s *Server) Run(ctx context.Context) error {
 	s.closeAll()
 	stopWatch()
 	s.wg.Wait()
+	if s.health != nil {
+		// The probes answer (503 draining) until the clients are gone.
+		s.health.Close()
+	}
 	stopBridge()
 	stopCluster()
 	if gerr := g.Wait(); err == nil && gerr != nil {
