@@ -21,18 +21,28 @@ func TestMain(m *testing.M) {
 		goleak.IgnoreAnyFunction("net/http.(*persistConn).writeLoop"))
 }
 
-// TestShortScenario runs a short chaos scenario against real processes and
-// requires every invariant to hold.
-func TestShortScenario(t *testing.T) {
-	if testing.Short() {
-		t.Skip("starts a cluster of processes for half a minute")
-	}
+// scenarioReport is what the scenario tests read of a report.
+type scenarioReport struct {
+	OK         bool     `json:"ok"`
+	Violations []string `json:"violations"`
+	Faults     []struct {
+		Kind      string         `json:"kind"`
+		Note      string         `json:"note"`
+		Readiness *readiness     `json:"readiness"`
+		Outage    map[string]int `json:"outage_publishes"`
+	} `json:"faults"`
+	Messages  tally          `json:"messages"`
+	Publishes map[string]int `json:"publishes"`
+}
+
+// runScenario runs the scenario of args, fails the test unless every
+// invariant held, and returns its report.
+func runScenario(t *testing.T, args ...string) scenarioReport {
+	t.Helper()
 	dir := t.TempDir()
 	path := filepath.Join(dir, "report.json")
+	args = append(args, "-report", path, "-logs", filepath.Join(dir, "logs"))
 	var out bytes.Buffer
-	// Seed 110 draws one fault of each kind: kill, balancer, term, pause.
-	args := []string{"-nodes", "3", "-clients", "60", "-channels", "4", "-rate", "40", "-duration", "36s",
-		"-fault-every", "7s", "-settle", "20s", "-seed", "110", "-report", path, "-logs", filepath.Join(dir, "logs")}
 	err := run(context.Background(), args, &out)
 	t.Log(out.String())
 	if err != nil {
@@ -42,18 +52,25 @@ func TestShortScenario(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var rep struct {
-		OK         bool     `json:"ok"`
-		Violations []string `json:"violations"`
-		Faults     []fault  `json:"faults"`
-		Messages   tally    `json:"messages"`
-	}
+	var rep scenarioReport
 	if err := json.Unmarshal(b, &rep); err != nil {
 		t.Fatal(err)
 	}
 	if !rep.OK || len(rep.Violations) > 0 {
 		t.Errorf("report ok = %v, violations %v", rep.OK, rep.Violations)
 	}
+	return rep
+}
+
+// TestShortScenario runs a short chaos scenario against real processes and
+// requires every invariant to hold.
+func TestShortScenario(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a cluster of processes for half a minute")
+	}
+	// Seed 110 draws one fault of each kind: kill, balancer, term, pause.
+	rep := runScenario(t, "-nodes", "3", "-clients", "60", "-channels", "4", "-rate", "40", "-duration", "36s",
+		"-fault-every", "7s", "-settle", "20s", "-seed", "110")
 	kinds := map[string]bool{}
 	for _, f := range rep.Faults {
 		kinds[f.Kind] = true
@@ -63,6 +80,47 @@ func TestShortScenario(t *testing.T) {
 	}
 	if rep.Messages.Delivered == 0 || rep.Messages.Delivered < rep.Messages.Expected*9/10 {
 		t.Errorf("delivered %d of %d expected messages, want at least 90%%", rep.Messages.Delivered, rep.Messages.Expected)
+	}
+}
+
+// TestRedisPrimaryKilled runs nodes with history on a Redis Cluster (3
+// primaries, 3 replicas) and on Sentinel while the nemesis kills the
+// primary of a channel: every invariant holds (no acknowledged message
+// lost without recovered:false), each kill shows in /readyz and heals,
+// and every publish that failed meanwhile failed as bridge_unavailable.
+func TestRedisPrimaryKilled(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts Redis and a cluster of processes for half a minute")
+	}
+	for _, tc := range []struct {
+		bridge, duration string
+		faults           int
+	}{
+		{bridgeCluster, "24s", 2}, // the primaries of chaos-0 and chaos-1
+		{bridgeSentinel, "16s", 1},
+	} {
+		t.Run(tc.bridge, func(t *testing.T) {
+			rep := runScenario(t, "-bridge", tc.bridge, "-faults", faultRedis, "-history", "100", "-nodes", "2",
+				"-clients", "30", "-channels", "4", "-rate", "40", "-duration", tc.duration, "-fault-every", "8s",
+				"-settle", "20s", "-seed", "1")
+			if len(rep.Faults) != tc.faults {
+				t.Errorf("faults injected %+v, want %d primaries killed", rep.Faults, tc.faults)
+			}
+			for _, f := range rep.Faults {
+				rd := f.Readiness
+				if f.Kind != faultRedis || rd == nil || rd.NotReadyMS < 0 || rd.ReadyMS < 0 {
+					t.Errorf("fault %+v: want a primary killed, /readyz 503 and then 200 again", f)
+					continue
+				}
+				if f.Outage[statusUnavailable] == 0 || f.Outage[statusFailed] > 0 {
+					t.Errorf("%s: publishes during the outage %v, want some %s and none %s", f.Note, f.Outage, statusUnavailable, statusFailed)
+				}
+				t.Logf("%s: not ready after %.0f ms, ready again after %.0f ms, publishes meanwhile %v", f.Note, rd.NotReadyMS, rd.ReadyMS, f.Outage)
+			}
+			if rep.Messages.Delivered == 0 || rep.Messages.Lost > 0 {
+				t.Errorf("messages %+v: want deliveries and no loss untold", rep.Messages)
+			}
+		})
 	}
 }
 
@@ -285,6 +343,7 @@ func TestParseFlags(t *testing.T) {
 		{"-rate", "0"},
 		{"-history", "-1"},
 		{"-history", "10"},
+		{"-bridge", "sentinel", "-net"},
 		{"extra"},
 	} {
 		if _, err := parseFlags(args, &bytes.Buffer{}); err == nil {

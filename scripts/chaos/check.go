@@ -33,6 +33,10 @@ const (
 	statusFailed  = "failed"   // error or timeout: may or may not have been applied
 	statusNotSent = "not_sent" // never left the publisher
 	statusNobody  = "nobody"   // a send answered delivered:false
+	// statusUnavailable is a failure told as such: 503 or an error frame
+	// with code bridge_unavailable. Like statusFailed, the operation may
+	// still have been applied (Redis died after running it).
+	statusUnavailable = "unavailable"
 )
 
 // history is everything the harness recorded, the checker's only input.
@@ -102,6 +106,8 @@ type fault struct {
 	Start  time.Duration `json:"-"`
 	End    time.Duration `json:"-"` // when healed; open if never
 	Note   string        `json:"note,omitempty"`
+	// Readiness is measured around a Redis fault.
+	Readiness *readiness `json:"readiness,omitempty"`
 }
 
 // hits reports whether the fault concerns a session on node through balancer.
@@ -140,9 +146,12 @@ type failover struct {
 	MaxMS        float64 `json:"max_ms"`
 	EndP99MS     float64 `json:"link_end_p99_ms"` // the client saw its link end
 	WelcomeP99MS float64 `json:"welcome_p99_ms"`  // the next session was welcomed
-	took         []time.Duration
-	ended        []time.Duration
-	welcomed     []time.Duration
+	// Outage counts, by outcome, the publishes that overlapped a Redis
+	// fault until the nodes were ready again.
+	Outage   map[string]int `json:"outage_publishes,omitempty"`
+	took     []time.Duration
+	ended    []time.Duration
+	welcomed []time.Duration
 }
 
 type distribution struct {
@@ -164,8 +173,11 @@ type result struct {
 	// DrainedAgain counts the clients drained more than once: moved onto
 	// a node that drained before they moved back (a rolling restart that
 	// outran the rebalance).
-	DrainedAgain int      `json:"drained_again"`
-	Examples     []string `json:"examples,omitempty"`
+	DrainedAgain int `json:"drained_again"`
+	// Unready lists the Redis faults /readyz did not report, or after
+	// which the nodes did not become ready again.
+	Unready  []string `json:"unready,omitempty"`
+	Examples []string `json:"examples,omitempty"`
 }
 
 type opKey struct {
@@ -296,6 +308,27 @@ func check(h *history) result {
 	}
 	res.Reconnects = distributionOf(reconnects)
 	res.PerFault, res.Failover = failovers(h)
+	for i, f := range h.Faults {
+		if f.Readiness == nil {
+			continue
+		}
+		at := fmt.Sprintf("%s at %v (%s)", f.Kind, f.Start.Round(time.Millisecond), f.Note)
+		if f.Readiness.NotReadyMS < 0 {
+			res.Unready = append(res.Unready, fmt.Sprintf("%s: /readyz did not report it within %v", at, notReadyWait))
+		}
+		end := f.End
+		if f.Readiness.ReadyMS < 0 {
+			res.Unready = append(res.Unready, fmt.Sprintf("%s: nodes not ready again within %v", at, readyWait))
+		} else {
+			end = f.Start + time.Duration(f.Readiness.ReadyMS*float64(time.Millisecond))
+		}
+		res.PerFault[i].Outage = map[string]int{}
+		for _, p := range h.Publishes {
+			if p.Start < end && p.End > f.Start {
+				res.PerFault[i].Outage[p.Status]++
+			}
+		}
+	}
 	res.Examples = append(append(append(append([]string{},
 		res.Messages.lostExamples...), res.Messages.otherExamples...),
 		res.Directs.lostExamples...), res.Directs.otherExamples...)
@@ -351,6 +384,9 @@ func (r *result) violations() []string {
 				v = append(v, fmt.Sprintf("%s %s: %d", k.name, f.what, f.n))
 			}
 		}
+	}
+	if len(r.Unready) > 0 {
+		v = append(v, fmt.Sprintf("readiness: %s", strings.Join(r.Unready, "; ")))
 	}
 	return v
 }

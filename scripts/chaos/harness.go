@@ -1,20 +1,16 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
 	"io"
 	"math/rand/v2"
-	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/ringcast/ringcast/pkg/clustertest"
@@ -52,13 +48,17 @@ func scenario(ctx context.Context, cfg config, out io.Writer) (*report, error) {
 		defer nw.Close()
 		host = nw.Host()
 	}
-	var rs *redisServer
-	if cfg.Bridge == "redis" {
-		if rs, err = startRedis(logs, host); err != nil {
+	var channels []string
+	for i := range cfg.Channels {
+		channels = append(channels, fmt.Sprintf("chaos-%d", i))
+	}
+	var rd deployment
+	if cfg.Bridge != bridgeMesh {
+		if rd, err = startDeployment(cfg.Bridge, logs, host, channels); err != nil {
 			return nil, err
 		}
-		defer rs.stop()
-		bridge = "redis://" + rs.addr
+		defer rd.stop()
+		bridge = rd.url()
 	}
 	fmt.Fprintf(out, "starting %d balancer(s) and %d nodes (bridge %s, history %d); logs in %s\n",
 		cfg.Balancers, cfg.Nodes, bridge, cfg.History, logs)
@@ -74,15 +74,12 @@ func scenario(ctx context.Context, cfg config, out io.Writer) (*report, error) {
 	}
 	defer cl.Close()
 
-	var urls, bases, balancers, nodes, channels []string
+	var urls, bases, balancers, nodes []string
 	for _, b := range cl.Balancers {
 		urls, bases, balancers = append(urls, "ws://"+b.Addr+"/ws"), append(bases, "http://"+b.Addr), append(balancers, b.Name)
 	}
 	for _, n := range cl.Nodes {
 		nodes = append(nodes, n.Name)
-	}
-	for i := range cfg.Channels {
-		channels = append(channels, fmt.Sprintf("chaos-%d", i))
 	}
 	clk := clock{t0: time.Now()}
 	fl, err := startFleet(ctx, clk, cfg.Clients, urls, balancers, channels)
@@ -140,7 +137,7 @@ func scenario(ctx context.Context, cfg config, out io.Writer) (*report, error) {
 			fmt.Fprintf(out, "planned: +%v %s %s for %v\n", p.At, p.Kind, p.Target, p.Hold.Round(100*time.Millisecond))
 		}
 	}
-	nem := &nemesis{cl: cl, net: nw, redis: rs, clk: clk, out: out, busy: map[string]bool{}}
+	nem := &nemesis{cl: cl, net: nw, redis: rd, clk: clk, out: out, busy: map[string]bool{}}
 	nemDone := make(chan struct{})
 	go func() { defer close(nemDone); nem.run(ctx, start, schedule) }()
 	select {
@@ -381,70 +378,6 @@ func (tl *timeline) snapshot() []sample {
 	tl.mu.Lock()
 	defer tl.mu.Unlock()
 	return slices.Clone(tl.samples)
-}
-
-// redisServer is a throwaway redis-server without persistence: a restart
-// loses every key.
-type redisServer struct {
-	addr, dir string
-	cmd       *exec.Cmd
-}
-
-func startRedis(dir, host string) (*redisServer, error) {
-	addr, err := clustertest.FreePort(host)
-	if err != nil {
-		return nil, err
-	}
-	rs := &redisServer{addr: addr, dir: dir}
-	return rs, rs.start()
-}
-
-func (rs *redisServer) start() error {
-	host, port, _ := net.SplitHostPort(rs.addr)
-	f, err := os.OpenFile(filepath.Join(rs.dir, "redis.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	cmd := exec.Command("redis-server", "--port", port, "--bind", host, "--protected-mode", "no", "--save", "", "--appendonly", "no", "--dir", rs.dir)
-	cmd.Stdout, cmd.Stderr = f, f
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		return fmt.Errorf("start redis-server (apt-get install redis-server): %w", err)
-	}
-	rs.cmd = cmd
-	err = testkit.Wait(context.Background(), 10*time.Second, func() error { return redisPing(rs.addr) })
-	if err != nil {
-		rs.stop()
-		return fmt.Errorf("redis-server on %s: %w", rs.addr, err)
-	}
-	return nil
-}
-
-// stop kills the server and waits for it; stopping a stopped server does nothing.
-func (rs *redisServer) stop() {
-	if rs.cmd != nil {
-		rs.cmd.Process.Kill()
-		rs.cmd.Wait()
-		rs.cmd = nil
-	}
-}
-
-func redisPing(addr string) error {
-	c, err := net.DialTimeout("tcp", addr, time.Second)
-	if err != nil {
-		return err
-	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(time.Second))
-	if _, err := io.WriteString(c, "PING\r\n"); err != nil {
-		return err
-	}
-	line, err := bufio.NewReader(c).ReadString('\n')
-	if err == nil && line != "+PONG\r\n" {
-		err = fmt.Errorf("PING answered %q", line)
-	}
-	return err
 }
 
 func tailFile(path string, n int) string {

@@ -4,12 +4,14 @@ import (
 	"context"
 	"errors"
 	"math/rand/v2"
+	"net/http"
 	"sync"
 	"time"
 
 	"github.com/ringcast/ringcast/pkg/client"
 	"github.com/ringcast/ringcast/pkg/clustertest"
 	"github.com/ringcast/ringcast/pkg/proc"
+	"github.com/ringcast/ringcast/pkg/wire"
 )
 
 // opTimeout bounds one publish or send: past it the outcome is unknown.
@@ -39,25 +41,42 @@ type publishFunc func(ctx context.Context, channel string, data tag) string
 // httpPublish publishes through POST /v1/publish on a balancer.
 func httpPublish(base string) publishFunc {
 	return func(ctx context.Context, channel string, data tag) string {
-		code, err := clustertest.PostJSON(ctx, base+"/v1/publish", map[string]any{"channel": channel, "data": data}, nil)
-		if err == nil && code == 200 {
-			return statusOK
+		var out struct {
+			Code string `json:"code"`
 		}
-		return statusFailed
+		code, err := clustertest.PostJSON(ctx, base+"/v1/publish", map[string]any{"channel": channel, "data": data}, &out)
+		return httpStatus(err, code, out.Code, true)
 	}
 }
 
 // wsPublish publishes over a client's WebSocket and waits for the ack.
 func wsPublish(c *client.Client) publishFunc {
 	return func(ctx context.Context, channel string, data tag) string {
+		var we *wire.Error
 		switch err := c.Publish(ctx, channel, data); {
 		case err == nil:
 			return statusOK
 		case errors.Is(err, client.ErrNotConnected):
 			return statusNotSent
+		case errors.As(err, &we) && we.Code == wire.CodeBridgeUnavailable:
+			return statusUnavailable
 		}
 		return statusFailed
 	}
+}
+
+// httpStatus is the outcome of a POST answered code with error code
+// errCode; delivered is a send's answer (true for a publish).
+func httpStatus(err error, code int, errCode string, delivered bool) string {
+	switch {
+	case err == nil && code == http.StatusOK && delivered:
+		return statusOK
+	case err == nil && code == http.StatusOK:
+		return statusNobody
+	case err == nil && code == http.StatusServiceUnavailable && errCode == wire.CodeBridgeUnavailable:
+		return statusUnavailable
+	}
+	return statusFailed
 }
 
 // publisher publishes one message per tick, one at a time, cycling through
@@ -80,19 +99,13 @@ func sender(ctx context.Context, clk clock, name string, every time.Duration, ba
 	proc.Every(ctx, every, func(seq int64) {
 		id := to[rng.IntN(len(to))]
 		var out struct {
-			Delivered bool `json:"delivered"`
+			Delivered bool   `json:"delivered"`
+			Code      string `json:"code"`
 		}
 		octx, cancel := context.WithTimeout(context.Background(), opTimeout)
 		start := clk.now()
 		code, err := clustertest.PostJSON(octx, bases[int(seq)%len(bases)]+"/v1/send", map[string]any{"client_id": id, "data": tag{P: name, S: seq}}, &out)
 		cancel()
-		status := statusFailed
-		switch {
-		case err == nil && code == 200 && out.Delivered:
-			status = statusOK
-		case err == nil && code == 200:
-			status = statusNobody
-		}
-		log.add(op{Pub: name, Seq: seq, To: id, Start: start, End: clk.now(), Status: status})
+		log.add(op{Pub: name, Seq: seq, To: id, Start: start, End: clk.now(), Status: httpStatus(err, code, out.Code, out.Delivered)})
 	})
 }

@@ -59,9 +59,9 @@ func parseFlags(args []string, out io.Writer) (config, error) {
 	fs.Float64Var(&c.Rate, "rate", 50, "publishes per second, over all publishers (direct sends: a tenth of it)")
 	fs.DurationVar(&c.Duration, "duration", 60*time.Second, "how long the load and the faults run")
 	fs.DurationVar(&c.FaultEvery, "fault-every", 10*time.Second, "one fault every this long")
-	faults := fs.String("faults", strings.Join(defaultFaults, ","), "fault kinds to draw from: kill,pause,term,balancer; redis (with -bridge redis); partition,cut-balancer (with -net, the default there); empty: none")
-	fs.StringVar(&c.Bridge, "bridge", "mesh", "bridge between nodes: mesh | redis (starts its own redis-server)")
-	fs.IntVar(&c.History, "history", 0, "history per channel on the nodes (-history-size; needs -bridge redis); 0 = off: at-most-once")
+	faults := fs.String("faults", strings.Join(defaultFaults, ","), "fault kinds to draw from: kill,pause,term,balancer; redis (with a Redis -bridge); partition,cut-balancer (with -net, the default there); empty: none")
+	fs.StringVar(&c.Bridge, "bridge", bridgeMesh, "bridge between nodes: mesh | redis (starts one redis-server) | cluster (a Redis Cluster of 3 primaries and 3 replicas) | sentinel (a primary, a replica and redis-sentinel)")
+	fs.IntVar(&c.History, "history", 0, "history per channel on the nodes (-history-size; needs a Redis -bridge); 0 = off: at-most-once")
 	fs.Uint64Var(&c.Seed, "seed", 0, "seed of the fault schedule; 0 = random (printed, to reproduce)")
 	fs.IntVar(&c.MinAlive, "min-alive", 2, "nodes that are never faulted at the same time")
 	fs.DurationVar(&c.Settle, "settle", 10*time.Second, "after the load, how long the cluster gets to converge")
@@ -93,14 +93,16 @@ func parseFlags(args []string, out io.Writer) (config, error) {
 		return c, errors.New("-nodes, -balancers, -clients and -channels must be at least 1")
 	case c.Rate <= 0 || c.Duration <= 0 || c.FaultEvery <= 0 || c.Settle < 0:
 		return c, errors.New("-rate, -duration and -fault-every must be positive, -settle not negative")
-	case c.Bridge != "mesh" && c.Bridge != "redis":
-		return c, fmt.Errorf("-bridge %q: want mesh or redis", c.Bridge)
+	case !slices.Contains(bridgeKinds, c.Bridge):
+		return c, fmt.Errorf("-bridge %q: want one of %s", c.Bridge, strings.Join(bridgeKinds, ", "))
 	case c.History < 0 || c.MinAlive < 0:
 		return c, errors.New("-history and -min-alive must not be negative")
-	case c.History > 0 && c.Bridge != "redis":
-		return c, errors.New("-history needs -bridge redis: the mesh keeps no history")
-	case slices.Contains(c.Faults, faultRedis) && c.Bridge != "redis":
-		return c, errors.New("-faults redis needs -bridge redis")
+	case c.History > 0 && c.Bridge == bridgeMesh:
+		return c, errors.New("-history needs a Redis -bridge: the mesh keeps no history")
+	case slices.Contains(c.Faults, faultRedis) && c.Bridge == bridgeMesh:
+		return c, errors.New("-faults redis needs a Redis -bridge")
+	case c.Net && (c.Bridge == bridgeCluster || c.Bridge == bridgeSentinel):
+		return c, fmt.Errorf("-bridge %s binds to 127.0.0.1 only: not with -net", c.Bridge)
 	case !c.Net && slices.ContainsFunc(c.Faults, func(k string) bool { return slices.Contains(netFaults, k) }):
 		return c, fmt.Errorf("-faults %s need -net", strings.Join(netFaults, ","))
 	}

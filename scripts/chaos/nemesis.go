@@ -21,7 +21,7 @@ const (
 	faultPause    = "pause"    // SIGSTOP a node past failure detection, then SIGCONT
 	faultTerm     = "term"     // SIGTERM a node (graceful drain), restart it
 	faultBalancer = "balancer" // SIGKILL a balancer, restart it
-	faultRedis    = "redis"    // SIGKILL redis-server, restart it empty: history is lost
+	faultRedis    = "redis"    // -bridge redis: SIGKILL redis-server, restart it empty (history is lost); cluster, sentinel: SIGKILL a primary, restart it once a replica took over
 	faultRolling  = "rolling"  // SIGTERM every node in turn, restart it, wait until it is ready, next
 	faultFlap     = "flap"     // SIGKILL a node and restart it, flapTimes times: down flapDown, up flapUp
 	// With -net, each process in a network namespace:
@@ -76,8 +76,8 @@ type planned struct {
 	Hold   time.Duration
 }
 
-// redisTarget names redis-server in a schedule.
-const redisTarget = "redis-server"
+// redisTarget names the Redis deployment in a schedule.
+const redisTarget = "redis"
 
 // busyFor is how long the target is expected to be out.
 func (p planned) busyFor() time.Duration {
@@ -157,7 +157,7 @@ func plan(seed uint64, duration, every time.Duration, kinds, nodes, balancers []
 type nemesis struct {
 	cl    *clustertest.Cluster
 	net   *clustertest.Net // nil without -net
-	redis *redisServer     // nil without -bridge redis
+	redis deployment       // nil with -bridge mesh
 	clk   clock
 	out   io.Writer
 
@@ -205,6 +205,7 @@ func (n *nemesis) run(ctx context.Context, start time.Time, schedule []planned) 
 // episode injects one fault, holds it and heals it.
 func (n *nemesis) episode(ctx context.Context, p planned) {
 	pr := n.proc(p.Target)
+	began := time.Now()
 	f := fault{Kind: p.Kind, Target: p.Target, Start: n.clk.now(), End: open}
 	what := p.Kind + " " + p.Target
 	if p.Peer != "" {
@@ -223,6 +224,7 @@ func (n *nemesis) episode(ctx context.Context, p planned) {
 		return
 	}
 	var err error
+	var ready chan struct{} // closed when a Redis fault's readiness is known
 	switch p.Kind {
 	case faultPartition:
 		var others []string
@@ -235,7 +237,17 @@ func (n *nemesis) episode(ctx context.Context, p planned) {
 	case faultCutBal:
 		err = n.net.Cut(p.Target, p.Peer)
 	case faultRedis:
-		n.redis.stop()
+		var hit string
+		if hit, err = n.redis.fail(); err == nil {
+			f.Note = hit
+			rd := &readiness{NotReadyMS: waitReadyz(ctx, n.cl.Nodes, false, began, notReadyWait)}
+			f.Readiness, ready = rd, make(chan struct{})
+			// Ready again may come before the heal: a replica took over.
+			go func() {
+				defer close(ready)
+				rd.ReadyMS = waitReadyz(ctx, n.cl.Nodes, true, began, readyWait)
+			}()
+		}
 	case faultKill, faultBalancer:
 		pr.Kill()
 	case faultPause:
@@ -256,7 +268,10 @@ func (n *nemesis) episode(ctx context.Context, p planned) {
 	case faultPartition, faultCutBal:
 		err = n.net.Heal(p.Target)
 	case faultRedis:
-		err = n.redis.start()
+		err = n.redis.heal()
+		if ready != nil {
+			<-ready
+		}
 	case faultPause:
 		err = pr.Signal(syscall.SIGCONT)
 	default:

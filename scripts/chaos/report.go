@@ -98,7 +98,12 @@ func (r *report) print(w io.Writer) {
 	fmt.Fprintln(w, "\nfaults")
 	fmt.Fprintln(tw, "at\tkind\ttarget\thealed\taffected\tresubscribed p50\tp99\tmax\tnever\tlink end p99\twelcome p99\t")
 	for _, f := range r.Faults {
-		fmt.Fprintf(tw, "%.1fs\t%s\t%s\t%.1fs\t%s  %s\n", f.StartS, f.Kind, f.Target, f.EndS, f.failover.row(), f.Note)
+		note := f.Note
+		if rd := f.Readiness; rd != nil {
+			note += fmt.Sprintf("; /readyz 503 after %s, 200 again after %s; publishes meanwhile: %s",
+				msOrNever(rd.NotReadyMS), msOrNever(rd.ReadyMS), counts(f.failover.Outage))
+		}
+		fmt.Fprintf(tw, "%.1fs\t%s\t%s\t%.1fs\t%s  %s\n", f.StartS, f.Kind, f.Target, f.EndS, f.failover.row(), note)
 	}
 	for _, k := range append(slices.Clone(faultKinds), "all") {
 		if fo := r.Failover[k]; fo != nil && fo.Faults > 0 {
@@ -197,6 +202,14 @@ func (n *nodeSample) cell() string {
 		s += " x"
 	}
 	return s
+}
+
+// msOrNever is ms for a readiness time, "never" for -1.
+func msOrNever(v float64) string {
+	if v < 0 {
+		return "never"
+	}
+	return ms(v)
 }
 
 func ms(v float64) string {

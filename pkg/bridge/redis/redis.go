@@ -7,7 +7,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"hash/crc32"
 	"slices"
 	"strings"
 	"sync"
@@ -98,7 +97,7 @@ func (b *Bridge) partition(key string) int {
 	if b.parts == 0 {
 		return 0
 	}
-	return int(crc32.ChecksumIEEE([]byte(key)) % uint32(b.parts))
+	return topology.Partition(key, b.parts)
 }
 
 // tag returns the hash tag of a partition, "" on one server.

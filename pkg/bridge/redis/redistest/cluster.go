@@ -6,7 +6,6 @@ import (
 	"os/exec"
 	"strconv"
 	"strings"
-	"testing"
 	"time"
 
 	goredis "github.com/redis/go-redis/v9"
@@ -17,7 +16,7 @@ import (
 // (cluster-node-timeout 1000), so a killed primary's replica takes over
 // within a few seconds. Its methods are not safe for concurrent use.
 type Cluster struct {
-	tb    testing.TB
+	tb    TB
 	Nodes []*Server // primaries first, then replicas, as created
 }
 
@@ -27,7 +26,7 @@ type Cluster struct {
 // It returns once every node reports the cluster ok and every replica is
 // in sync. Without redis-server or redis-cli the test is skipped, unless CI
 // is set.
-func StartCluster(tb testing.TB, primaries, replicas int) *Cluster {
+func StartCluster(tb TB, primaries, replicas int) *Cluster {
 	tb.Helper()
 	cli := lookPath(tb, "redis-cli")
 	c := &Cluster{tb: tb}
@@ -126,11 +125,44 @@ func (c *Cluster) Slot(key string) int {
 // Primary returns the running node that serves slot as a primary.
 func (c *Cluster) Primary(slot int) *Server {
 	c.tb.Helper()
+	p, err := c.primary(slot)
+	if err != nil {
+		c.tb.Fatalf("redistest: %v", err)
+	}
+	return p
+}
+
+// WaitPromoted waits (up to 30 s) until a running node other than old
+// serves slot as a primary and the cluster is healthy, and returns it.
+func (c *Cluster) WaitPromoted(slot int, old *Server) *Server {
+	c.tb.Helper()
+	var why string
+	deadline := time.Now().Add(30 * time.Second)
+	for time.Now().Before(deadline) {
+		p, err := c.primary(slot)
+		switch {
+		case err != nil:
+			why = err.Error()
+		case p == old:
+			why = fmt.Sprintf("%s still serves slot %d", old.Addr(), slot)
+		default:
+			why = c.unhealthy()
+		}
+		if why == "" {
+			return p
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	c.tb.Fatalf("redistest: no new primary of slot %d within 30s: %s", slot, why)
+	return nil
+}
+
+func (c *Cluster) primary(slot int) (*Server, error) {
 	cl := c.client(c.any())
 	defer cl.Close()
 	shards, err := cl.ClusterShards(context.Background()).Result()
 	if err != nil {
-		c.tb.Fatalf("redistest: CLUSTER SHARDS: %v", err)
+		return nil, fmt.Errorf("CLUSTER SHARDS: %w", err)
 	}
 	for _, sh := range shards {
 		for _, r := range sh.Slots {
@@ -140,14 +172,13 @@ func (c *Cluster) Primary(slot int) *Server {
 			for _, nd := range sh.Nodes {
 				for _, n := range c.Nodes {
 					if nd.Role == "master" && nd.Health == "online" && int(nd.Port) == n.Port() {
-						return n
+						return n, nil
 					}
 				}
 			}
 		}
 	}
-	c.tb.Fatalf("redistest: no primary serves slot %d", slot)
-	return nil
+	return nil, fmt.Errorf("no primary serves slot %d", slot)
 }
 
 // OtherPrimary returns a running primary other than p.

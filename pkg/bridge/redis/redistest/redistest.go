@@ -13,14 +13,26 @@ import (
 	"os/exec"
 	"strconv"
 	"syscall"
-	"testing"
 	"time"
 )
+
+// TB is the part of testing.TB the package uses, so that a program can run
+// deployments too (scripts/chaos does): Fatal, Fatalf and Skipf must not
+// return (a program may panic), and the Cleanup functions must run when it
+// is done with the deployment.
+type TB interface {
+	Helper()
+	Fatal(args ...any)
+	Fatalf(format string, args ...any)
+	Skipf(format string, args ...any)
+	Cleanup(f func())
+	TempDir() string
+}
 
 // Server is one redis-server process. Its methods are not safe for
 // concurrent use.
 type Server struct {
-	tb     testing.TB
+	tb     TB
 	bin    string
 	dir    string
 	port   int
@@ -33,7 +45,7 @@ type Server struct {
 // Start runs redis-server on a free 127.0.0.1 port with --save ” and
 // --appendonly no, and stops it in tb.Cleanup. Without redis-server on PATH
 // the test is skipped, unless the CI environment variable is set.
-func Start(tb testing.TB, args ...string) *Server {
+func Start(tb TB, args ...string) *Server {
 	tb.Helper()
 	return launch(tb, "redis-server", func(s *Server) ([]string, error) {
 		return append([]string{
@@ -45,7 +57,7 @@ func Start(tb testing.TB, args ...string) *Server {
 
 // launch starts bin with args on a free port, retrying on a port taken
 // meanwhile.
-func launch(tb testing.TB, bin string, args func(*Server) ([]string, error)) *Server {
+func launch(tb TB, bin string, args func(*Server) ([]string, error)) *Server {
 	tb.Helper()
 	path := lookPath(tb, bin)
 	s := &Server{tb: tb, bin: path, dir: tb.TempDir(), args: args}
@@ -63,7 +75,7 @@ func launch(tb testing.TB, bin string, args func(*Server) ([]string, error)) *Se
 }
 
 // lookPath finds bin, skipping the test without it unless CI is set.
-func lookPath(tb testing.TB, bin string) string {
+func lookPath(tb TB, bin string) string {
 	tb.Helper()
 	path, err := exec.LookPath(bin)
 	if err != nil {
@@ -134,6 +146,7 @@ func (s *Server) start() error {
 	}
 	cmd := exec.Command(s.bin, args...)
 	cmd.Stdout, cmd.Stderr = s.out, s.out
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL} // no server outlives a crashed test
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("redistest: start redis-server: %w", err)
 	}
@@ -179,7 +192,7 @@ func ping(addr string) error {
 	return nil
 }
 
-func freePort(tb testing.TB) int {
+func freePort(tb TB) int {
 	tb.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

@@ -7,7 +7,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"testing"
 	"time"
 
 	goredis "github.com/redis/go-redis/v9"
@@ -21,7 +20,7 @@ const Master = "ringcast"
 // killed primary is replaced within a few seconds. Its methods are not safe
 // for concurrent use.
 type Sentinel struct {
-	tb       testing.TB
+	tb       TB
 	Servers  []*Server // the primary and the replica, as started
 	Sentinel *Server
 }
@@ -30,7 +29,7 @@ type Sentinel struct {
 // tb.Cleanup, and returns once the sentinel knows the replica in sync.
 // Without redis-server or redis-sentinel the test is skipped, unless CI is
 // set.
-func StartSentinel(tb testing.TB) *Sentinel {
+func StartSentinel(tb TB) *Sentinel {
 	tb.Helper()
 	primary := Start(tb, "--repl-ping-replica-period", "1")
 	replica := Start(tb, "--replicaof", "127.0.0.1", strconv.Itoa(primary.Port()), "--repl-ping-replica-period", "1")
@@ -53,7 +52,7 @@ sentinel parallel-syncs %s 1
 		}
 		return []string{conf, "--loglevel", "warning"}, nil
 	})
-	st.waitReplica()
+	st.WaitReplica()
 	return st
 }
 
@@ -110,8 +109,10 @@ func role(s *Server) string {
 	return ""
 }
 
-// waitReplica waits until the sentinel lists the replica with its link up.
-func (st *Sentinel) waitReplica() {
+// WaitReplica waits (up to 30 s) until the sentinel lists one replica of
+// the primary, with its link up: after a failover, the old primary once it
+// was restarted.
+func (st *Sentinel) WaitReplica() {
 	st.tb.Helper()
 	c := goredis.NewSentinelClient(&goredis.Options{Addr: st.Sentinel.Addr(), MaxRetries: -1})
 	defer c.Close()

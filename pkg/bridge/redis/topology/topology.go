@@ -9,6 +9,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"hash/crc32"
 	"net"
 	"net/url"
 	"strconv"
@@ -114,6 +115,12 @@ func (t tuning) apply(name *string, dial, read, write, pool *time.Duration, ctxT
 	*ctxTimeout = true
 	*retries = -1 // a retried publish script could apply twice
 	*noIdentity = true
+}
+
+// Partition returns which of n partitions a channel name or client id is
+// in.
+func Partition(key string, n int) int {
+	return int(crc32.ChecksumIEEE([]byte(key)) % uint32(n))
 }
 
 // PartitionTags returns n hash tags whose slots spread evenly over the
