@@ -25,7 +25,11 @@ func TestRedisClusterPrimaryKilled(t *testing.T) {
 	for i := range channels {
 		channels[i] = "feed" + strconv.Itoa(i)
 	}
-	primaryKilled(t, rc.URL(), channels, func() { rc.Primary(0).Kill() }, rc.WaitHealthy)
+	var old *redistest.Server
+	primaryKilled(t, rc.URL(), channels, func() {
+		old = rc.Primary(0)
+		old.Kill()
+	}, func() { rc.WaitPromoted(0, old) })
 }
 
 // Nodes on a Sentinel-managed primary and replica: the primary is killed
