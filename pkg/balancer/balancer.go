@@ -197,17 +197,10 @@ func New(cfg Config) (*Server, error) {
 // newReach wires the reachability probes: an unreachable node's relays
 // are closed, and the set is published in gossip.
 func (s *Server) newReach() *reach {
-	probes := &http.Client{Transport: &http.Transport{
-		DialContext:         (&net.Dialer{Timeout: s.cfg.ProbeTimeout}).DialContext,
-		MaxIdleConnsPerHost: 1,
-		IdleConnTimeout:     time.Minute,
-	}}
 	return &reach{
 		interval: s.cfg.ProbeInterval, timeout: s.cfg.ProbeTimeout, misses: s.cfg.ProbeMisses,
-		log: s.log.Named("reach"),
-		probe: func(ctx context.Context, addr string) error {
-			return httpapi.Probe(ctx, probes, "http://"+addr+"/healthz", s.cfg.ProbeTimeout)
-		},
+		log:      s.log.Named("reach"),
+		newProbe: newHealthProbe,
 		changed: func(id string, down bool, set []string) {
 			if down {
 				if n := s.proxy.CloseNode(id); n > 0 {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
@@ -15,7 +16,10 @@ import (
 // probes every node gossip lists (alive, suspect, or dead while it may still
 // hold relays to it) every interval, each probe bounded by timeout, and
 // calls a node unreachable after misses failed probes in a row, reachable
-// again after one that succeeds. Gossip alone cannot tell: a node cut off
+// again after one that succeeds. A probe that is late but whose request the
+// node's kernel acknowledged (see healthProbe) counts as a miss only while
+// gossip declares the node dead: that is a frozen process, while one that
+// gossip still sees is only slow. Gossip alone cannot tell: a node cut off
 // from one balancer still gossips with everyone else, and a starved node
 // gossip declared dead may still serve its clients well.
 //
@@ -25,8 +29,8 @@ type reach struct {
 	interval, timeout time.Duration
 	misses            int
 	log               *zap.Logger
-	// probe checks the node serving at addr, within ctx.
-	probe func(ctx context.Context, addr string) error
+	// newProbe returns the checker of the node serving at addr.
+	newProbe func(addr string) prober
 	// changed is told each node that became unreachable (down) or
 	// reachable again, and the whole unreachable set after the change. It
 	// runs on the probing goroutine of that node, one call at a time.
@@ -46,7 +50,7 @@ type reach struct {
 // target is one probed node.
 type target struct {
 	addr   string
-	dead   bool          // gossip declares it dead
+	dead   atomic.Bool   // gossip declares it dead
 	kick   chan struct{} // 1-buffered: probe now
 	cancel context.CancelFunc
 }
@@ -83,14 +87,12 @@ func (r *reach) sync(members []cluster.Member) {
 		case m.State == cluster.StateLeft:
 			continue
 		case t != nil && t.addr == m.Addr:
-			dead := m.State == cluster.StateDead
-			if dead && !t.dead {
+			if dead := m.State == cluster.StateDead; t.dead.Swap(dead) != dead && dead {
 				select {
 				case t.kick <- struct{}{}:
 				default:
 				}
 			}
-			t.dead = dead
 			seen[m.ID] = true
 			continue
 		case m.State == cluster.StateDead && t == nil:
@@ -104,7 +106,8 @@ func (r *reach) sync(members []cluster.Member) {
 		}
 		seen[m.ID] = true
 		ctx, cancel := context.WithCancel(r.ctx)
-		t = &target{addr: m.Addr, dead: m.State == cluster.StateDead, kick: make(chan struct{}, 1), cancel: cancel}
+		t = &target{addr: m.Addr, kick: make(chan struct{}, 1), cancel: cancel}
+		t.dead.Store(m.State == cluster.StateDead)
 		r.targets[m.ID] = t
 		r.wg.Go(func() { r.watch(ctx, m.ID, t) })
 	}
@@ -126,7 +129,9 @@ func (r *reach) sync(members []cluster.Member) {
 func (r *reach) watch(ctx context.Context, id string, t *target) {
 	timer := time.NewTimer(0)
 	defer timer.Stop()
-	missed := 0
+	p := r.newProbe(t.addr)
+	defer p.close()
+	misses := 0
 	for {
 		select {
 		case <-ctx.Done():
@@ -136,24 +141,31 @@ func (r *reach) watch(ctx context.Context, id string, t *target) {
 			timer.Stop()
 		}
 		start := time.Now()
-		pctx, cancel := context.WithTimeout(ctx, r.timeout)
-		err := r.probe(pctx, t.addr)
-		cancel()
+		v := p.check(ctx, r.timeout)
 		if ctx.Err() != nil {
 			return
 		}
-		if err == nil {
-			missed = 0
+		switch {
+		case v == answered:
+			misses = 0
 			if r.set(id, false) {
 				r.log.Info("node reachable again from this balancer", zap.String("node", id))
 			}
-		} else if missed++; missed >= r.misses {
+		case v == slow && !t.dead.Load():
+			// The path works and the process is alive in gossip, only
+			// slow (a reconnect storm, a loaded machine): its relays are
+			// fine. A frozen process is declared dead by gossip; then a
+			// late answer counts as a miss.
+		default:
+			misses++
+		}
+		if misses >= r.misses {
 			if r.set(id, true) {
 				r.log.Warn("node unreachable from this balancer", zap.String("node", id), zap.String("addr", t.addr),
-					zap.Int("misses", missed), zap.Error(err))
+					zap.Int("misses", misses), zap.Bool("dead_in_gossip", t.dead.Load()))
 			}
 			r.mu.Lock()
-			done := t.dead && !r.relays(id) && r.targets[id] == t
+			done := t.dead.Load() && !r.relays(id) && r.targets[id] == t
 			if done {
 				delete(r.targets, id)
 			}

@@ -17,7 +17,8 @@ import (
 // node's probe hangs until its timeout, as over a path that drops packets.
 type fakeNet struct {
 	mu     sync.Mutex
-	cut    map[string]bool // addr → probes hang
+	cut    map[string]bool // addr → probes hang, unacknowledged
+	frozen map[string]bool // addr → probes hang, acknowledged by the node's kernel
 	probes map[string]int
 	events []string // "down n2 @1.05s", "up n2 @…"
 	relays map[string]bool
@@ -25,23 +26,13 @@ type fakeNet struct {
 }
 
 func newFakeNet() *fakeNet {
-	return &fakeNet{cut: map[string]bool{}, probes: map[string]int{}, relays: map[string]bool{}, start: time.Now()}
+	return &fakeNet{cut: map[string]bool{}, frozen: map[string]bool{}, probes: map[string]int{}, relays: map[string]bool{}, start: time.Now()}
 }
 
 func (f *fakeNet) reach(interval, timeout time.Duration, misses int) *reach {
 	return &reach{
 		interval: interval, timeout: timeout, misses: misses, log: zap.NewNop(),
-		probe: func(ctx context.Context, addr string) error {
-			f.mu.Lock()
-			f.probes[addr]++
-			cut := f.cut[addr]
-			f.mu.Unlock()
-			if cut {
-				<-ctx.Done()
-				return ctx.Err()
-			}
-			return nil
-		},
+		newProbe: func(addr string) prober { return &fakeProbe{f, addr} },
 		changed: func(id string, down bool, set []string) {
 			f.mu.Lock()
 			defer f.mu.Unlock()
@@ -60,6 +51,40 @@ func (f *fakeNet) reach(interval, timeout time.Duration, misses int) *reach {
 		targets: map[string]*target{},
 		down:    map[string]bool{},
 	}
+}
+
+// fakeProbe answers at once unless its node is cut or frozen; then it
+// takes the whole timeout.
+type fakeProbe struct {
+	f    *fakeNet
+	addr string
+}
+
+func (p *fakeProbe) check(ctx context.Context, timeout time.Duration) verdict {
+	f := p.f
+	f.mu.Lock()
+	f.probes[p.addr]++
+	cut, frozen := f.cut[p.addr], f.frozen[p.addr]
+	f.mu.Unlock()
+	if !cut && !frozen {
+		return answered
+	}
+	select {
+	case <-ctx.Done():
+	case <-time.After(timeout):
+	}
+	if cut {
+		return missed
+	}
+	return slow
+}
+
+func (p *fakeProbe) close() {}
+
+func (f *fakeNet) freeze(addr string, frozen bool) {
+	f.mu.Lock()
+	f.frozen[addr] = frozen
+	f.mu.Unlock()
 }
 
 func (f *fakeNet) set(addr string, cut bool) {
@@ -169,15 +194,21 @@ func TestReachGossipDeath(t *testing.T) {
 			t.Fatalf("a gossip death the probes contradict acted on: %q", f.log())
 		}
 
-		// n2 froze: gossip says dead at 2.1 s; the probe starts at once
-		// instead of at the 3 s tick, and fails at 2.4 s.
-		f.set("a2", true)
+		// n2 froze: its kernel still acknowledges, so while gossip says
+		// alive its late answers are only slow.
+		f.freeze("a2", true)
+		time.Sleep(100 * time.Millisecond)
+		if r.isDown("n2") {
+			t.Fatal("a slow node gossip sees alive was called unreachable")
+		}
+		// Gossip says dead at 2.2 s; the probe starts at once instead of
+		// at the 3 s tick, and is late (a miss now) at 2.5 s.
 		r.sync(nodes(cluster.StateDead, cluster.StateDead))
 		time.Sleep(350 * time.Millisecond)
 		// Its relays closed and it is dead: probing it stops, and it
 		// leaves the unreachable set (off the ring, nothing to route around).
-		if ev := f.log(); !slices.Equal(ev, []string{"down n2 @2.4s", "up n2 @2.4s"}) {
-			t.Fatalf("events %q, want [down n2 @2.4s up n2 @2.4s]", ev)
+		if ev := f.log(); !slices.Equal(ev, []string{"down n2 @2.5s", "up n2 @2.5s"}) {
+			t.Fatalf("events %q, want [down n2 @2.5s up n2 @2.5s]", ev)
 		}
 		r.mu.Lock()
 		_, probing := r.targets["n2"]

@@ -24,7 +24,7 @@ func TestBalancerCutFromNode(t *testing.T) {
 	if err := c.WaitConverged(ctx, 3); err != nil {
 		t.Fatal(err)
 	}
-	f, err := clustertest.NewFleet(ctx, c.URL(), "cut", 90, []string{"room"}, nil) // all through b1
+	f, err := clustertest.NewFleet(ctx, c.URL(), "cut", failoverClients(), []string{"room"}, nil) // all through b1
 	if err != nil {
 		t.Fatal(err)
 	}

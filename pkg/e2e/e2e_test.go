@@ -238,6 +238,8 @@ func TestFailover(t *testing.T) {
 	}
 	p50, p99 := percentile(took, 50), percentile(took, 99)
 	t.Logf("failover of %d clients: p50 %v p99 %v max %v (load %s)", len(took), p50, p99, percentile(took, 100), clustertest.LoadAvg())
+	refused, _ := testkit.Scrape(ctx, c.HTTP()+"/metrics", "ringcast_balancer_connections_refused_total")
+	t.Logf("upgrades the balancer refused: %v", refused)
 	// From the SIGKILL to the resubscribe on the new owner: the fallback
 	// does not wait for gossip.
 	if p99 > time.Second {
