@@ -417,8 +417,8 @@ func TestOverloadSlowLink(t *testing.T) {
 // TestTrickledMessagesWithinBudget: 400 connections each trickle an
 // unfinished fragmented message of 65,000 bytes (26 MB in all); the bytes
 // held stay within -max-unfinished (the frames past it close their
-// connections 1013) and the node's RSS grows by the budget times the
-// garbage collector's headroom, not by 400 × the messages' size.
+// connections 1013) and the node's RSS grows by about the budget, not by
+// 400 × the messages' size.
 func TestTrickledMessagesWithinBudget(t *testing.T) {
 	const (
 		conns  = 400
@@ -466,9 +466,12 @@ func TestTrickledMessagesWithinBudget(t *testing.T) {
 	if peakHeld > budget {
 		t.Errorf("held %v bytes, over the budget %d", peakHeld, budget)
 	}
-	// Each held byte sits in a message buffer that append may have grown
-	// to twice its length.
-	if peakRSS-idle > 2*budget+8<<20 {
+	// The frames are held as they came (no outgrown buffers): the bytes
+	// held, their allocations' rounding and the garbage collector's
+	// headroom on what little garbage there is, plus what 400 readers in
+	// the middle of a message hold (goroutine stacks, read buffers).
+	// Measured: 1.3 × the budget + 2 MiB.
+	if peakRSS-idle > budget*3/2+4<<20 {
 		t.Errorf("RSS grew by %s under a budget of %s", mib(peakRSS-idle), mib(budget))
 	}
 }

@@ -272,13 +272,13 @@ func (c *Conn) cleanup(attached bool) {
 // when the socket ran dry between messages (the caller hands the wait to a
 // fresh goroutine) and false when the connection is over.
 func (c *Conn) loop(ctx context.Context) bool {
-	var msg []byte
+	var asm assembly
 	var msgOp ws.OpCode
 	for {
-		if msg == nil && !c.readable() {
+		if !asm.open && !c.readable() {
 			return true
 		}
-		if msg != nil && !c.wait() {
+		if asm.open && !c.wait() {
 			return false
 		}
 		if _, closing := c.closingSince(); closing {
@@ -304,16 +304,16 @@ func (c *Conn) loop(ctx context.Context) bool {
 			continue
 		}
 		switch {
-		case h.OpCode == ws.OpContinuation && msg == nil:
+		case h.OpCode == ws.OpContinuation && !asm.open:
 			c.closeNow(int(ws.StatusProtocolError), "continuation without a message")
 			return false
-		case h.OpCode != ws.OpContinuation && msg != nil:
+		case h.OpCode != ws.OpContinuation && asm.open:
 			c.closeNow(int(ws.StatusProtocolError), "new message inside a fragmented one")
 			return false
 		case h.OpCode != ws.OpContinuation:
 			msgOp = h.OpCode
 		}
-		if h.Length > int64(c.u.cfg.MaxMessage-len(msg)) {
+		if h.Length > int64(c.u.cfg.MaxMessage-asm.n) {
 			c.closeNow(wire.CloseTooBig, "message too big")
 			return false
 		}
@@ -322,19 +322,16 @@ func (c *Conn) loop(ctx context.Context) bool {
 			return false
 		}
 		c.nc.SetReadDeadline(c.readDeadline())
-		start := len(msg)
-		msg = append(msg, make([]byte, h.Length)...)
-		if _, err := io.ReadFull(c.in(), msg[start:]); err != nil {
+		p := asm.next(int(h.Length))
+		if _, err := io.ReadFull(c.in(), p); err != nil {
 			c.end(err)
 			return false
 		}
-		ws.Cipher(msg[start:], h.Mask, 0)
-		if msg == nil {
-			msg = []byte{} // an empty first fragment still opens a message
-		}
+		ws.Cipher(p, h.Mask, 0)
 		if !h.Fin {
 			continue
 		}
+		msg := asm.message()
 		if msgOp == ws.OpText && !utf8.Valid(msg) {
 			c.closeNow(int(ws.StatusInvalidFramePayloadData), "invalid UTF-8")
 			return false
@@ -342,7 +339,6 @@ func (c *Conn) loop(ctx context.Context) bool {
 		c.u.met.in.Inc()
 		c.handle(ctx, msg)
 		c.releaseMessage()
-		msg = nil
 	}
 }
 

@@ -97,6 +97,43 @@ func (c *Conn) releaseMessage() {
 	c.asmBy = 0
 }
 
+// assembly is the client message being read, kept as its frames brought
+// it, one allocation each, and joined once the last arrives: a message
+// that grows a frame at a time leaves no outgrown buffers behind for the
+// garbage collector, so what MaxUnfinished counts is about what it costs.
+type assembly struct {
+	open  bool     // a message has begun (an empty first frame too)
+	first []byte   // the first frame's payload: all of an unfragmented message
+	more  [][]byte // the later frames'
+	n     int      // payload bytes so far
+}
+
+// next returns room for the payload of the message's next frame.
+func (a *assembly) next(n int) []byte {
+	b := make([]byte, n)
+	if a.open {
+		a.more = append(a.more, b)
+	} else {
+		a.first, a.open = b, true
+	}
+	a.n += n
+	return b
+}
+
+// message returns the whole payload and starts over.
+func (a *assembly) message() []byte {
+	msg := a.first
+	if len(a.more) > 0 {
+		msg = make([]byte, 0, a.n)
+		msg = append(msg, a.first...)
+		for _, b := range a.more {
+			msg = append(msg, b...)
+		}
+	}
+	*a = assembly{}
+	return msg
+}
+
 // readDeadline is when the next read must have returned: the heartbeat
 // bound, or sooner the completion bound of a message being read.
 func (c *Conn) readDeadline() time.Time {
