@@ -470,8 +470,9 @@ func TestTrickledMessagesWithinBudget(t *testing.T) {
 	// held, their allocations' rounding and the garbage collector's
 	// headroom on what little garbage there is, plus what 400 readers in
 	// the middle of a message hold (goroutine stacks, read buffers).
-	// Measured: 1.3 × the budget + 2 MiB.
-	if peakRSS-idle > budget*3/2+4<<20 {
+	// Measured: 12.5–16.7 MiB for 8 MiB, 4.8 MiB for 2 MiB; 26 MB would be
+	// the messages' size.
+	if peakRSS-idle > 2*budget+4<<20 {
 		t.Errorf("RSS grew by %s under a budget of %s", mib(peakRSS-idle), mib(budget))
 	}
 }
