@@ -42,7 +42,7 @@ type Config struct {
 	APITimeout time.Duration // admin API calls forwarded to nodes; default 5s
 	// ProbeInterval is how often the balancer checks, on its own path,
 	// each node it may relay to: GET /healthz on the node's HTTP address
-	// (a kept-alive connection, redialled after a failure). Gossip cannot
+	// over one kept-alive connection (see healthProbe). Gossip cannot
 	// tell a node cut off from this balancer only. Default 250ms: four
 	// small requests a second per node; longer notices a cut later.
 	ProbeInterval time.Duration
@@ -55,9 +55,10 @@ type Config struct {
 	// publishes it in its gossip metadata so that no node's sweep sends
 	// clients back to it; one check that succeeds makes it reachable
 	// again. Default 3 (a cut is acted on within about 1.2 s); fewer
-	// reacts sooner but a loaded machine's slow answers close healthy
-	// relays. A gossip death alone never closes relays: it only makes the
-	// next check start at once.
+	// reacts sooner. A late answer to a request the node's kernel
+	// acknowledged is no miss while gossip sees the node alive (a slow
+	// node keeps its relays), and a gossip death alone never closes
+	// relays: it only makes the next check start at once.
 	ProbeMisses int
 	Auth        auth.Config // client tokens and the API key; the same on every balancer and node
 	// TLSCert and TLSKey (PEM files) serve HTTPS and wss:// on Addr. The
