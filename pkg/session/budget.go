@@ -204,8 +204,8 @@ func clock() int64 { return int64(time.Since(clockBase)) + 1 }
 func (c *Conn) enqueue(op ws.OpCode, b []byte) bool {
 	now := clock()
 	c.mu.Lock()
-	defer c.mu.Unlock()
 	if c.closing {
+		c.mu.Unlock()
 		return false
 	}
 	reason := ""
@@ -219,11 +219,14 @@ func (c *Conn) enqueue(op ws.OpCode, b []byte) bool {
 	}
 	if reason != "" {
 		c.shedLocked(reason)
+		c.mu.Unlock()
+		c.kick()
 		return false
 	}
 	c.queue = append(c.queue, outFrame{op, b, now})
 	c.queued += len(b)
 	c.startWriter()
+	c.mu.Unlock()
 	return true
 }
 
@@ -249,14 +252,19 @@ func (c *Conn) lagging(now int64) bool {
 // shed closes c as a slow consumer; false when it was closing already.
 func (c *Conn) shed(reason string) bool {
 	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.shedLocked(reason)
+	ok := c.shedLocked(reason)
+	c.mu.Unlock()
+	if ok {
+		c.kick() // a parked reader drains the peer under the close deadlines
+	}
+	return ok
 }
 
 // shedLocked drops c's queue, gives its bytes back to the budget and
 // queues a 4008 close. What a writer holds already goes first, under a
 // write deadline of CloseGrace, so a client that does not read gives its
-// memory back within that. Called with c.mu held.
+// memory back within that. Called with c.mu held; the caller kicks c
+// after unlocking.
 func (c *Conn) shedLocked(reason string) bool {
 	if c.closing {
 		return false
