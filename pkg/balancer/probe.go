@@ -32,13 +32,21 @@ type prober interface {
 // path works and the process is only slow (a loaded node, or a frozen
 // one: gossip tells those apart), and the same request stays outstanding
 // on the same connection — a node whose accept queue overflows in a
-// reconnect storm does not lose it. Otherwise the path is cut.
+// reconnect storm does not lose it — for up to slowLimit. Otherwise the
+// path is cut.
 type healthProbe struct {
 	addr    string
 	conn    net.Conn
 	br      *bufio.Reader
-	pending bool // a request was sent and its answer not read
+	pending bool      // a request was sent and its answer not read
+	sentAt  time.Time // when the pending request was sent
 }
+
+// slowLimit bounds how long an acknowledged request may stay unanswered
+// before it is a miss: a node that gossip sees but that answers nothing
+// for that long is of no use to its clients either, and an answer lost to
+// a cut after its request was acknowledged must not hide the cut.
+const slowLimit = 2 * time.Second
 
 func newHealthProbe(addr string) prober { return &healthProbe{addr: addr} }
 
@@ -60,14 +68,14 @@ func (p *healthProbe) check(ctx context.Context, timeout time.Duration) verdict 
 			p.close()
 			return missed
 		}
-		p.pending = true
+		p.pending, p.sentAt = true, time.Now()
 	}
 	// Wait for the first byte without consuming anything: a timeout here
 	// leaves the answer to be read whole by a later check.
 	p.conn.SetReadDeadline(deadline)
 	if _, err := p.br.Peek(1); err != nil {
 		var ne net.Error
-		if errors.As(err, &ne) && ne.Timeout() && ctx.Err() == nil && acknowledged(p.conn) {
+		if errors.As(err, &ne) && ne.Timeout() && ctx.Err() == nil && time.Since(p.sentAt) < slowLimit && acknowledged(p.conn) {
 			return slow
 		}
 		p.close()

@@ -78,6 +78,15 @@ func TestHealthProbe(t *testing.T) {
 	if v := frozen.check(ctx, 100*time.Millisecond); v != slow {
 		t.Errorf("frozen process: verdict %v, want slow", v)
 	}
+	// Unanswered for longer than slowLimit: a miss.
+	var last verdict
+	deadline := time.Now().Add(slowLimit + time.Second)
+	for last != missed && time.Now().Before(deadline) {
+		last = frozen.check(ctx, 200*time.Millisecond)
+	}
+	if last != missed {
+		t.Errorf("frozen process after %v: verdict %v, want missed", slowLimit, last)
+	}
 }
 
 func closedAddr(t *testing.T) string {
