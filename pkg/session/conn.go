@@ -34,7 +34,11 @@ type Conn struct {
 	since   time.Time // when the connection was accepted
 	nc      net.Conn
 	raw     syscall.RawConn
-	pending []byte // bytes the upgrade read ahead
+	// Bytes read from the socket (or by the upgrade) that the frame
+	// parser has not taken yet: a pooled buffer, held only while it has
+	// some, so an idle connection holds none. The reader's own.
+	rb         *[]byte
+	rpos, rend int32
 
 	// Waiting while idle (poll_linux.go): the poller c parks on (nil =
 	// goroutines), the context Start was given, and, guarded by pl.mu, the
@@ -132,23 +136,59 @@ func (r *reader) Read(p []byte) (int, error) { return (*Conn)(r).read(p) }
 // in is the connection as an io.Reader.
 func (c *Conn) in() io.Reader { return (*reader)(c) }
 
-// read reads the upgrade's read-ahead first, then the socket.
+// readBufSize is the size of the pooled read buffers: a few requests, or
+// the start of a big message (the rest of which is read in place).
+const readBufSize = 2048
+
+var readBufs = sync.Pool{New: func() any { b := make([]byte, readBufSize); return &b }}
+
+// read returns buffered bytes first; otherwise it fills a pooled buffer
+// with what the socket has (most requests arrive whole with one read), or
+// reads a long p straight from the socket.
 func (c *Conn) read(p []byte) (int, error) {
-	if len(c.pending) > 0 {
-		n := copy(p, c.pending)
-		c.pending = c.pending[n:]
-		if len(c.pending) == 0 {
-			c.pending = nil
+	if c.rb == nil {
+		if len(p) >= readBufSize {
+			return c.nc.Read(p)
 		}
-		return n, nil
+		b := readBufs.Get().(*[]byte)
+		n, err := c.nc.Read(*b)
+		if n <= 0 {
+			readBufs.Put(b)
+			return 0, err
+		}
+		c.rb, c.rpos, c.rend = b, 0, int32(n)
 	}
-	return c.nc.Read(p)
+	n := copy(p, (*c.rb)[c.rpos:c.rend])
+	c.rpos += int32(n)
+	if c.rpos == c.rend {
+		c.releaseRead()
+	}
+	return n, nil
+}
+
+// buffer holds b (the upgrade's read-ahead) for the parser.
+func (c *Conn) buffer(b []byte) {
+	if len(b) > readBufSize {
+		b = append([]byte(nil), b...) // not pooled: releaseRead drops it
+		c.rb, c.rpos, c.rend = &b, 0, int32(len(b))
+		return
+	}
+	c.rb = readBufs.Get().(*[]byte)
+	c.rpos, c.rend = 0, int32(copy(*c.rb, b))
+}
+
+// releaseRead gives the read buffer back.
+func (c *Conn) releaseRead() {
+	if c.rb != nil && len(*c.rb) == readBufSize {
+		readBufs.Put(c.rb)
+	}
+	c.rb = nil
 }
 
 // waitReadable parks until the socket has data (or EOF, or the deadline),
 // without holding a buffer.
 func (c *Conn) waitReadable() error {
-	if len(c.pending) > 0 || c.raw == nil {
+	if c.rb != nil || c.raw == nil {
 		return nil
 	}
 	return c.raw.Read(peekReady)
@@ -204,11 +244,22 @@ func (c *Conn) serve(ctx context.Context) {
 // idle waits for the client's next bytes: parked on a poller, without a
 // goroutine, or on a new park goroutine.
 func (c *Conn) idle(ctx context.Context) {
-	if len(c.pending) == 0 && c.pl != nil && c.pl.add(c) {
+	if c.rb == nil && c.pl != nil && c.pl.add(c) {
 		return
 	}
 	c.u.deps.WG.Add(1)
 	go c.park(ctx)
+}
+
+// woken reads a connection its poller saw readable (or gave up watching:
+// the read then waits under the read deadline).
+func (c *Conn) woken(ctx context.Context) {
+	defer c.u.deps.WG.Done()
+	if c.ready() && c.loop(ctx) {
+		c.idle(ctx)
+		return
+	}
+	c.cleanup(true)
 }
 
 // park waits until the client sends something, then reads. Waiting always
@@ -240,18 +291,26 @@ func (c *Conn) expire(ctx context.Context) {
 // wait parks until the socket is readable. It returns false when the
 // connection is over: closing, timed out or gone.
 func (c *Conn) wait() bool {
+	if !c.ready() {
+		return false
+	}
+	if err := c.waitReadable(); err != nil {
+		c.end(err)
+		return false
+	}
+	return true
+}
+
+// ready sets the read deadline for the client's next bytes. It returns
+// false once a close frame is queued: then it has given the peer a bounded
+// time to read it and answer, and handles nothing more.
+func (c *Conn) ready() bool {
 	if at, closing := c.closingSince(); closing {
-		// A close frame is queued: handle nothing more, and give the peer
-		// a bounded time to read it and answer.
 		c.nc.SetReadDeadline(at.Add(c.u.cfg.CloseGrace))
 		c.discard()
 		return false
 	}
 	c.nc.SetReadDeadline(c.readDeadline())
-	if err := c.waitReadable(); err != nil {
-		c.end(err)
-		return false
-	}
 	return true
 }
 
@@ -263,19 +322,21 @@ func (c *Conn) cleanup(attached bool) {
 	c.finish()
 	c.nc.Close()
 	c.releaseMessage()
+	c.releaseRead()
 	if c.u.deps.Done != nil {
 		c.u.deps.Done(c)
 	}
 }
 
-// loop reads and handles frames while the socket has data. It returns true
-// when the socket ran dry between messages (the caller hands the wait to a
-// fresh goroutine) and false when the connection is over.
+// loop reads and handles frames while the socket has data; its caller saw
+// it readable. It returns true when the socket ran dry between messages
+// (the caller hands the wait to a poller or a fresh goroutine) and false
+// when the connection is over.
 func (c *Conn) loop(ctx context.Context) bool {
 	var asm assembly
 	var msgOp ws.OpCode
-	for {
-		if !asm.open && !c.readable() {
+	for first := true; ; first = false {
+		if !asm.open && !first && !c.readable() {
 			return true
 		}
 		if asm.open && !c.wait() {
@@ -372,7 +433,7 @@ func (c *Conn) control(h ws.Header) bool {
 
 // readable reports, without blocking, whether the socket has data (or EOF).
 func (c *Conn) readable() bool {
-	if len(c.pending) > 0 || c.raw == nil {
+	if c.rb != nil || c.raw == nil {
 		return true
 	}
 	has := true

@@ -234,7 +234,7 @@ func (p *poller) run(ep *epoll.Instance) {
 		p.mu.Unlock()
 		for _, c := range ready {
 			c.u.deps.WG.Add(1)
-			go c.park(c.ctx)
+			go c.woken(c.ctx)
 		}
 		for _, c := range late {
 			c.u.deps.WG.Add(1)

@@ -2,10 +2,15 @@ package session
 
 import (
 	"bytes"
+	"encoding/json"
 	"fmt"
+	"io"
 	"runtime/pprof"
 	"testing"
 	"time"
+
+	"github.com/gobwas/ws"
+	"github.com/gobwas/ws/wsutil"
 
 	"github.com/ringcast/ringcast/pkg/testkit"
 	"github.com/ringcast/ringcast/pkg/wire"
@@ -82,5 +87,39 @@ func TestIdleWaitConfig(t *testing.T) {
 	cfg = Config{Node: "n1"}
 	if err := cfg.validate(); err != nil || cfg.IdleWait != IdleEpoll {
 		t.Errorf("default IdleWait %q (%v), want %q", cfg.IdleWait, err, IdleEpoll)
+	}
+}
+
+// TestFramesBehindTheUpgrade sends two requests in the same write as the
+// upgrade request: the upgrade read them ahead, and each is answered.
+func TestFramesBehindTheUpgrade(t *testing.T) {
+	for _, mode := range []string{IdleEpoll, IdleGoroutine} {
+		t.Run(mode, func(t *testing.T) {
+			n := start(t, func(c *testConfig) { c.IdleWait = mode })
+			var b bytes.Buffer
+			for _, req := range []string{`{"op":"ping","id":1}`, `{"op":"ping","id":2}`} {
+				if err := ws.WriteFrame(&b, ws.MaskFrame(ws.NewTextFrame([]byte(req)))); err != nil {
+					t.Fatal(err)
+				}
+			}
+			rc := wstest.DialRaw(t, n.addr(), wstest.UpgradeRequest("ahead")+b.String())
+			if rc.Resp.StatusCode != 101 {
+				t.Fatalf("status %d, want 101", rc.Resp.StatusCode)
+			}
+			rw := struct {
+				io.Reader
+				io.Writer
+			}{rc.R, rc}
+			for _, want := range []string{wire.OpWelcome, wire.OpPong, wire.OpPong} {
+				p, err := wsutil.ReadServerText(rw)
+				if err != nil {
+					t.Fatalf("waiting for %s: %v", want, err)
+				}
+				var f wire.Frame
+				if err := json.Unmarshal(p, &f); err != nil || f.Op != want {
+					t.Fatalf("got %s (%v), want %s", p, err, want)
+				}
+			}
+		})
 	}
 }

@@ -286,8 +286,8 @@ func (u *Upgrader) Upgrade(w http.ResponseWriter, r *http.Request) *Conn {
 	c := &Conn{u: u, id: id, session: session, nc: nc, since: time.Now()}
 	c.ident.Store(ident)
 	if n := rw.Reader.Buffered(); n > 0 {
-		c.pending, _ = rw.Reader.Peek(n)
-		c.pending = append([]byte(nil), c.pending...)
+		b, _ := rw.Reader.Peek(n)
+		c.buffer(b)
 	}
 	if sc, ok := nc.(syscall.Conn); ok {
 		c.raw, _ = sc.SyscallConn()
