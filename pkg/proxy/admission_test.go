@@ -271,3 +271,13 @@ func TestWaitsForFirstNodes(t *testing.T) {
 		t.Errorf("relayed after %v, before there was a node", d)
 	}
 }
+
+// TestAllMarkedDown: when every node is marked down (all failed a dial
+// lately, as in a reconnect storm), an upgrade still tries them rather
+// than answering 503.
+func TestAllMarkedDown(t *testing.T) {
+	b := startBackend(t, "n1", nil)
+	p, addr, _ := startProxy(t, Config{}, &fakePicker{nodes: []testNode{{"n1", b.addr()}}})
+	p.markDown("n1")
+	connect(t, addr, "c1", "n1")
+}

@@ -247,6 +247,12 @@ func (p *Proxy) dialOwner(r *http.Request, src netip.Addr, clientID string) (str
 	for i := range p.cfg.MaxAttempts {
 		if !next {
 			nodeID, addr, err = p.pick.Pick(clientID, p.excluded(tried))
+			if err != nil && len(p.excluded(tried)) > len(tried) {
+				// Down marks leave no node: every node failed a dial
+				// lately, as in a reconnect storm that makes them all
+				// slow. A slow node beats a 503: try them anyway.
+				nodeID, addr, err = p.pick.Pick(clientID, tried)
+			}
 		}
 		next = false
 		if err != nil {
