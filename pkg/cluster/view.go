@@ -16,7 +16,7 @@ type State string
 const (
 	StateAlive State = "alive"
 	// StateSuspect is part of the public vocabulary (/v1/cluster) but is not
-	// reported yet: memberlist v0.5.4 does not expose suspicion to its
+	// reported yet: memberlist (v0.7.0) does not expose suspicion to its
 	// delegates, so a suspected member reads alive until declared dead.
 	StateSuspect State = "suspect"
 	StateDead    State = "dead"
