@@ -41,11 +41,10 @@ type Conn struct {
 	rpos, rend int32
 
 	// Waiting while idle (poll_linux.go): the poller c parks on (nil =
-	// goroutines), the context Start was given, and, guarded by pl.mu, the
-	// epoll instance c's socket is registered with and its last parking.
+	// goroutines), the context Start was given, and, guarded by pl.mu,
+	// its last parking.
 	ctx  context.Context
 	pl   *poller
-	ep   *instance
 	slot int32
 	gen  uint32
 

@@ -33,9 +33,6 @@ const (
 	oneShot    = syscall.EPOLLIN | syscall.EPOLLRDHUP | syscall.EPOLLONESHOT
 )
 
-// instance is the epoll instance a connection is registered with (Conn.ep).
-type instance = epoll.Instance
-
 // pollers is the Upgrader's set of pollers; connections are spread over them.
 type pollers struct {
 	ps   []*poller
@@ -115,7 +112,6 @@ func (p *poller) add(c *Conn) bool {
 		p.mu.Unlock()
 		return false
 	}
-	c.ep = p.ep
 	p.n++
 	p.mu.Unlock()
 	// A close queued before c was in its slot found nothing to kick.
@@ -125,22 +121,16 @@ func (p *poller) add(c *Conn) bool {
 	return true
 }
 
-// arm registers c's socket one-shot, or re-arms it. Adding or re-arming
-// reports data that is there already, so nothing that arrived before is
-// missed. Called with p.mu held.
+// arm re-arms c's socket one-shot, or registers it when this instance
+// does not have it yet (its first parking here: the connection keeps no
+// note of it). Adding or re-arming reports data that is there already, so
+// nothing that arrived before is missed. Called with p.mu held.
 func (p *poller) arm(c *Conn) error {
 	var errno error
 	err := c.raw.Control(func(fd uintptr) {
 		ev := syscall.EpollEvent{Events: oneShot, Fd: c.slot, Pad: int32(c.gen)}
-		op := syscall.EPOLL_CTL_MOD
-		if c.ep != p.ep {
-			op = syscall.EPOLL_CTL_ADD
-		}
-		errno = syscall.EpollCtl(p.ep.FD, op, int(fd), &ev)
-		switch {
-		case errno == syscall.EEXIST:
-			errno = syscall.EpollCtl(p.ep.FD, syscall.EPOLL_CTL_MOD, int(fd), &ev)
-		case errno == syscall.ENOENT:
+		errno = syscall.EpollCtl(p.ep.FD, syscall.EPOLL_CTL_MOD, int(fd), &ev)
+		if errno == syscall.ENOENT {
 			errno = syscall.EpollCtl(p.ep.FD, syscall.EPOLL_CTL_ADD, int(fd), &ev)
 		}
 	})

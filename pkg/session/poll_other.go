@@ -8,8 +8,6 @@ type pollers struct{}
 
 type poller struct{}
 
-type instance struct{}
-
 func newPollers(*Upgrader) *pollers { return nil }
 
 func (*pollers) pick() *poller { return nil }
