@@ -200,6 +200,9 @@ var clockBase = time.Now()
 // clock is a monotonic timestamp in nanoseconds, never 0.
 func clock() int64 { return int64(time.Since(clockBase)) + 1 }
 
+// clockTime is the time of clock reading t (monotonic, like time.Now's).
+func clockTime(t int64) time.Time { return clockBase.Add(time.Duration(t - 1)) }
+
 // enqueue queues one frame for c, or closes c as a slow consumer.
 func (c *Conn) enqueue(op ws.OpCode, b []byte) bool {
 	now := clock()
@@ -287,7 +290,7 @@ func (c *Conn) shedLocked(reason string) bool {
 // queueClose queues a close frame (never refused, counted in the budget)
 // and stops accepting frames. Called with c.mu held.
 func (c *Conn) queueClose(code int, reason string) {
-	c.closing, c.closedAt = true, time.Now()
+	c.closing, c.closedAt = true, clock()
 	b := ws.NewCloseFrameBody(ws.StatusCode(code), reason)
 	c.u.out.bytes.Add(int64(len(b)))
 	c.queue = append(c.queue, outFrame{ws.OpClose, b, clock()})

@@ -31,7 +31,7 @@ type Conn struct {
 	id      string
 	session string // the session query parameter; "" = none
 	ident   atomic.Pointer[auth.Identity]
-	since   time.Time // when the connection was accepted
+	since   int64 // clock() when the connection was accepted
 	nc      net.Conn
 	raw     syscall.RawConn
 	// Bytes read from the socket (or by the upgrade) that the frame
@@ -54,7 +54,7 @@ type Conn struct {
 	out       outState    // bytes in flight, for the node-wide budget (budget.go)
 	writing   bool        // the connection is with a writer: queued for one, or being written
 	closing   bool        // a close frame is queued: nothing more is accepted
-	closedAt  time.Time   // when closing was set
+	closedAt  int64       // clock() when closing was set
 	moveTimer *time.Timer // closes the connection if a reconnect request is ignored
 	expTimer  *time.Timer // closes the connection 4001 when its token expires
 
@@ -83,7 +83,7 @@ func (c *Conn) ClientID() string { return c.id }
 func (c *Conn) Session() string { return c.session }
 
 // Since is when the connection was accepted.
-func (c *Conn) Since() time.Time { return c.since }
+func (c *Conn) Since() time.Time { return clockTime(c.since) }
 
 // Move asks the client to reconnect elsewhere: a reconnect frame with
 // reason and after, and a close with code if the client is still here 2 s
@@ -469,7 +469,7 @@ func (c *Conn) discard() {
 func (c *Conn) closingSince() (time.Time, bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return c.closedAt, c.closing
+	return clockTime(c.closedAt), c.closing
 }
 
 // finish runs when serve returns: nothing more is queued and a pending move

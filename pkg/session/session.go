@@ -283,7 +283,7 @@ func (u *Upgrader) Upgrade(w http.ResponseWriter, r *http.Request) *Conn {
 		u.log.Debug("upgrade", zap.Error(err))
 		return nil
 	}
-	c := &Conn{u: u, id: id, session: session, nc: nc, since: time.Now()}
+	c := &Conn{u: u, id: id, session: session, nc: nc, since: clock()}
 	c.ident.Store(ident)
 	if n := rw.Reader.Buffered(); n > 0 {
 		b, _ := rw.Reader.Peek(n)
