@@ -56,7 +56,7 @@ type Config struct {
 	SendQueue         int           // frames queued per connection before it is closed 4008; default 1024
 	SendQueueBytes    int           // bytes queued per connection before it is closed 4008; default 4 MiB
 	RequestRate       float64       // messages + control frames per second per connection (burst 2×), more closes 1008; 0 = session default (100)
-	MaxUnfinished     int64         // bytes held node-wide in client messages being read, more closes 1013; 0 = session default (16 MiB)
+	MaxUnfinished     int64         // memory node-wide for client messages being read (session.Config), more closes 1013; 0 = session default (16 MiB)
 	AssemblyTimeout   time.Duration // one client message must arrive whole within this, else 1008; 0 = session default (10s)
 	MaxOutbound       int64         // bytes queued for clients node-wide; past it the slowest are closed 4008 and new work gets 503; 0 = session.DefaultMaxOutbound
 	MaxLag            time.Duration // a connection whose oldest unwritten frame is older is closed 4008; 0 = session default (5s)

@@ -165,6 +165,14 @@ func (c *Conn) read(p []byte) (int, error) {
 	return n, nil
 }
 
+// buffered is how many bytes read has that the parser has not taken.
+func (c *Conn) buffered() int64 {
+	if c.rb == nil {
+		return 0
+	}
+	return int64(c.rend - c.rpos)
+}
+
 // buffer holds b (the upgrade's read-ahead) for the parser.
 func (c *Conn) buffer(b []byte) {
 	if len(b) > readBufSize {
@@ -333,6 +341,7 @@ func (c *Conn) cleanup(attached bool) {
 // when the connection is over.
 func (c *Conn) loop(ctx context.Context) bool {
 	var asm assembly
+	defer asm.free(c.u.region) // an unfinished message's pages, when the connection ends
 	var msgOp ws.OpCode
 	for first := true; ; first = false {
 		if !asm.open && !first && !c.readable() {
@@ -377,21 +386,33 @@ func (c *Conn) loop(ctx context.Context) bool {
 			c.closeNow(wire.CloseTooBig, "message too big")
 			return false
 		}
-		if !c.holdMessage(h.Length) {
+		// A message whose bytes were all read already is handled without
+		// waiting, so never unfinished: it goes straight to the heap.
+		whole := !asm.open && h.Fin && h.Length <= c.buffered()
+		cost := h.Length
+		if !whole {
+			cost = asm.cost(h.Length)
+		}
+		if !c.holdMessage(cost) {
 			c.closeNow(wire.CloseTryAgainLater, "node busy: too many unfinished messages")
 			return false
 		}
-		c.nc.SetReadDeadline(c.readDeadline())
-		p := asm.next(int(h.Length))
-		if _, err := io.ReadFull(c.in(), p); err != nil {
-			c.end(err)
-			return false
+		var msg []byte
+		if whole {
+			msg = make([]byte, h.Length)
+			io.ReadFull(c.in(), msg) // from the buffer: cannot fail
+			ws.Cipher(msg, h.Mask, 0)
+		} else {
+			c.nc.SetReadDeadline(c.readDeadline())
+			if err := c.readFrame(&asm, h); err != nil {
+				c.end(err)
+				return false
+			}
+			if !h.Fin {
+				continue
+			}
+			msg = asm.message(c.u.region)
 		}
-		ws.Cipher(p, h.Mask, 0)
-		if !h.Fin {
-			continue
-		}
-		msg := asm.message()
 		if msgOp == ws.OpText && !utf8.Valid(msg) {
 			c.closeNow(int(ws.StatusInvalidFramePayloadData), "invalid UTF-8")
 			return false

@@ -2,6 +2,8 @@ package session
 
 import (
 	"encoding/binary"
+	"errors"
+	"io"
 	"strconv"
 	"time"
 	"unicode/utf8"
@@ -71,10 +73,10 @@ func (c *Conn) allowFrame(h ws.Header) bool {
 
 func (u *Upgrader) rateText() string { return strconv.FormatFloat(u.cfg.RequestRate, 'g', -1, 64) }
 
-// holdMessage counts n more bytes of the message being read against the
-// node-wide MaxUnfinished budget, and starts its AssemblyTimeout with its
-// first frame. It reports false, holding nothing more, when the budget is
-// spent.
+// holdMessage charges n more bytes for the message being read (its heap
+// slice, or its pages and readerCost: assembly.cost) to the node-wide
+// MaxUnfinished budget, and starts its AssemblyTimeout with its first
+// frame. It reports false, holding nothing more, when the budget is spent.
 func (c *Conn) holdMessage(n int64) bool {
 	if c.u.unfinished.Add(n) > c.u.cfg.MaxUnfinished {
 		c.u.unfinished.Add(-n)
@@ -97,41 +99,73 @@ func (c *Conn) releaseMessage() {
 	c.asmBy = 0
 }
 
-// assembly is the client message being read, kept as its frames brought
-// it, one allocation each, and joined once the last arrives: a message
-// that grows a frame at a time leaves no outgrown buffers behind for the
-// garbage collector, so what MaxUnfinished counts is about what it costs.
+// assembly is a client message that had to wait for bytes, read into
+// pages of the Upgrader's region (region.go) and joined once complete.
+// The reader's own: its pages go back when the message is complete or the
+// reader ends.
 type assembly struct {
-	open  bool     // a message has begun (an empty first frame too)
-	first []byte   // the first frame's payload: all of an unfragmented message
-	more  [][]byte // the later frames'
-	n     int      // payload bytes so far
+	open  bool    // a message has begun (an empty first frame too)
+	pages []int32 // its pages, filled in order
+	n     int     // payload bytes so far
 }
 
-// next returns room for the payload of the message's next frame.
-func (a *assembly) next(n int) []byte {
-	b := make([]byte, n)
-	if a.open {
-		a.more = append(a.more, b)
-	} else {
-		a.first, a.open = b, true
+// cost is what n more payload bytes charge the budget: the pages they
+// begin, and readerCost with the message's first frame.
+func (a *assembly) cost(n int64) int64 {
+	var c int64
+	if !a.open {
+		c = readerCost
 	}
-	a.n += n
-	return b
+	need := (int64(a.n) + n + pageSize - 1) / pageSize
+	return c + (need-int64(len(a.pages)))*pageSize
 }
 
-// message returns the whole payload and starts over.
-func (a *assembly) message() []byte {
-	msg := a.first
-	if len(a.more) > 0 {
-		msg = make([]byte, 0, a.n)
-		msg = append(msg, a.first...)
-		for _, b := range a.more {
-			msg = append(msg, b...)
+var errNoPage = errors.New("session: no free page although the budget allowed one")
+
+// readFrame reads the payload of frame h (its header read) into a's pages
+// and unmasks it. The caller charged a.cost(h.Length).
+func (c *Conn) readFrame(a *assembly, h ws.Header) error {
+	a.open = true
+	for off := 0; int64(off) < h.Length; {
+		if a.n == len(a.pages)*pageSize {
+			p := c.u.region.get()
+			if p < 0 {
+				return errNoPage
+			}
+			a.pages = append(a.pages, p)
 		}
+		last := len(a.pages) - 1
+		seg := c.u.region.page(a.pages[last])[a.n-last*pageSize:]
+		if rest := h.Length - int64(off); int64(len(seg)) > rest {
+			seg = seg[:rest]
+		}
+		if _, err := io.ReadFull(c.in(), seg); err != nil {
+			return err
+		}
+		ws.Cipher(seg, h.Mask, off)
+		off += len(seg)
+		a.n += len(seg)
+	}
+	return nil
+}
+
+// message copies the complete message out of its pages, returns them and
+// starts over.
+func (a *assembly) message(r *region) []byte {
+	msg := make([]byte, a.n)
+	for i, p := range a.pages {
+		copy(msg[i*pageSize:], r.page(p))
+	}
+	a.free(r)
+	return msg
+}
+
+// free returns a's pages and starts over.
+func (a *assembly) free(r *region) {
+	if len(a.pages) > 0 {
+		r.put(a.pages)
 	}
 	*a = assembly{}
-	return msg
 }
 
 // readDeadline is when the next read must have returned: the heartbeat

@@ -39,10 +39,13 @@ type Config struct {
 	// Default 10s: 64 KiB over a 64 kbit/s link, while a message trickled a
 	// byte at a time cannot hold its buffer for hours.
 	AssemblyTimeout time.Duration
-	// MaxUnfinished bounds the bytes held node-wide in client messages
-	// still being read; a frame that would pass it closes its connection
-	// 1013 (try again later). Default 16 MiB: 256 maximum-size messages in
-	// flight at once, far above what clients that send whole messages need.
+	// MaxUnfinished bounds the memory node-wide of client messages still
+	// being read: they are read into a region of this size outside the Go
+	// heap, and each page they take and each connection in the middle of
+	// one (its reader's state, 8 KiB) is charged to it (region.go). A frame
+	// that would pass it closes its connection 1013 (try again later).
+	// Default 16 MiB: 256 maximum-size messages in flight at once, far
+	// above what clients that send whole messages need.
 	MaxUnfinished int64
 	// RequestRate bounds the messages and control frames one connection
 	// may send per second (a token bucket, burst 2×); past it the
@@ -192,7 +195,8 @@ type Deps struct {
 // Upgrader turns WebSocket upgrade requests into connections and holds
 // what they share. Safe for concurrent use.
 type Upgrader struct {
-	unfinished atomic.Int64 // bytes held in client messages being read, bounded by MaxUnfinished
+	unfinished atomic.Int64 // bytes charged to MaxUnfinished (limits.go)
+	region     *region      // the pages of unfinished client messages (region.go)
 
 	cfg  Config
 	deps Deps
@@ -218,14 +222,17 @@ func New(cfg Config, deps Deps) (*Upgrader, error) {
 	if cfg.IdleWait == IdleEpoll {
 		u.idle = newPollers(u)
 	}
+	var err error
+	if u.region, err = newRegion(cfg.MaxUnfinished); err != nil {
+		return nil, err
+	}
 	unfinished := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "ringcast_node_unfinished_message_bytes",
-		Help: "Bytes held in client messages still being read (bounded by the node-wide budget).",
+		Help: "Bytes charged to the node-wide budget of client messages still being read: their pages and 8 KiB per connection in the middle of one.",
 	}, func() float64 { return float64(u.unfinished.Load()) })
 	if err := deps.Registry.Register(unfinished); err != nil {
 		return nil, fmt.Errorf("session: register metrics: %w", err)
 	}
-	var err error
 	if u.out, err = newOutbound(u, deps.Registry); err != nil {
 		return nil, err
 	}
