@@ -51,7 +51,7 @@ func run(ctx context.Context, args []string, env func(string) string, stderr io.
 	fs.IntVar(&cfg.MaxChannels, "max-channels", d.MaxChannels, "channels one connection may subscribe to")
 	fs.IntVar(&cfg.SendQueue, "send-queue", d.SendQueue, "frames queued per connection before it is closed as slow (4008)")
 	fs.Float64Var(&cfg.RequestRate, "request-rate", sd.RequestRate, "messages and control frames per second one connection may send (burst 2x); more closes it 1008")
-	fs.Int64Var(&cfg.MaxUnfinished, "max-unfinished", sd.MaxUnfinished, "memory node-wide for client messages still being read (their 4 KiB pages, outside the Go heap, plus 8 KiB per connection in the middle of one); a frame past it closes its connection 1013")
+	fs.Int64Var(&cfg.MaxUnfinished, "max-unfinished", sd.MaxUnfinished, "memory node-wide for client messages still being read (their 4 KiB pages, outside the Go heap, plus 16 KiB per connection in the middle of one at GOGC=100); a frame past it closes its connection 1013")
 	fs.DurationVar(&cfg.AssemblyTimeout, "assembly-timeout", sd.AssemblyTimeout, "one client message must arrive whole (all fragments) within this; else close 1008")
 	fs.Int64Var(&cfg.MaxOutbound, "max-outbound", sd.MaxOutbound, "bytes queued for clients node-wide; past it the slowest consumers are closed 4008 and new connections and publishes get 503 (default: a quarter of GOMEMLIMIT or the memory cgroup's limit, else 512 MiB)")
 	fs.DurationVar(&cfg.MaxLag, "max-lag", sd.MaxLag, "a connection whose oldest unsent frame is older than this is closed 4008 (slow consumer)")

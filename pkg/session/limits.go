@@ -114,7 +114,7 @@ type assembly struct {
 func (a *assembly) cost(n int64) int64 {
 	var c int64
 	if !a.open {
-		c = readerCost
+		c = readerCost()
 	}
 	need := (int64(a.n) + n + pageSize - 1) / pageSize
 	return c + (need-int64(len(a.pages)))*pageSize

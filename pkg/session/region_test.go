@@ -116,7 +116,7 @@ func TestFragmentedMessagesIntact(t *testing.T) {
 // connection 1013, the others go on, and what they held comes back.
 func TestUnfinishedBudget(t *testing.T) {
 	t.Parallel()
-	const budget = 2*readerCost + 3*pageSize
+	budget := 2*readerCost() + 3*pageSize
 	n := start(t, func(c *testConfig) { c.MaxUnfinished = budget })
 	charged := func(want int64) {
 		t.Helper()
@@ -129,7 +129,7 @@ func TestUnfinishedBudget(t *testing.T) {
 	if a.WriteFrame(ws.OpText, false, msg[:2000]) != nil {
 		t.Fatal("write a")
 	}
-	charged(readerCost + pageSize)
+	charged(readerCost() + pageSize)
 	if b.WriteFrame(ws.OpText, false, make([]byte, 4096)) != nil || b.WriteFrame(ws.OpContinuation, false, []byte{' '}) != nil {
 		t.Fatal("write b")
 	}
@@ -146,10 +146,10 @@ func TestUnfinishedBudget(t *testing.T) {
 	if f := a.Expect(wire.OpMessage); string(f.Data) != fmt.Sprintf("%q", strings.Repeat("x", 4000)) {
 		t.Errorf("a's message arrived as %.40s…", f.Data)
 	}
-	charged(readerCost + 2*pageSize)
+	charged(readerCost() + 2*pageSize)
 	b.NC.Close()
 	charged(0)
-	waitFor(t, "every page free", func() bool { return n.u.region.freePages() == budget/pageSize })
+	waitFor(t, "every page free", func() bool { return n.u.region.freePages() == int(budget/pageSize) })
 }
 
 func TestRegion(t *testing.T) {

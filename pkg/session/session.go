@@ -42,10 +42,11 @@ type Config struct {
 	// MaxUnfinished bounds the memory node-wide of client messages still
 	// being read: they are read into a region of this size outside the Go
 	// heap, and each page they take and each connection in the middle of
-	// one (its reader's state, 8 KiB) is charged to it (region.go). A frame
-	// that would pass it closes its connection 1013 (try again later).
-	// Default 16 MiB: 256 maximum-size messages in flight at once, far
-	// above what clients that send whole messages need.
+	// one (its reader's state and the collector's headroom for it, 16 KiB
+	// at GOGC=100) is charged to it (region.go). A frame that would pass
+	// it closes its connection 1013 (try again later). Default 16 MiB:
+	// about 200 maximum-size messages in flight at once, far above what
+	// clients that send whole messages need.
 	MaxUnfinished int64
 	// RequestRate bounds the messages and control frames one connection
 	// may send per second (a token bucket, burst 2×); past it the
@@ -228,7 +229,7 @@ func New(cfg Config, deps Deps) (*Upgrader, error) {
 	}
 	unfinished := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "ringcast_node_unfinished_message_bytes",
-		Help: "Bytes charged to the node-wide budget of client messages still being read: their pages and 8 KiB per connection in the middle of one.",
+		Help: "Bytes charged to the node-wide budget of client messages still being read: their pages and a reader allowance (16 KiB at GOGC=100) per connection in the middle of one.",
 	}, func() float64 { return float64(u.unfinished.Load()) })
 	if err := deps.Registry.Register(unfinished); err != nil {
 		return nil, fmt.Errorf("session: register metrics: %w", err)
