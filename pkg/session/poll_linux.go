@@ -70,6 +70,8 @@ type poller struct {
 	free  []int32
 	n     int    // connections parked
 	gen   uint32 // the last parking's number: stale events carry older ones
+	// warned is when a failed epoll instance was last logged.
+	warned time.Time
 }
 
 type slot struct {
@@ -91,8 +93,16 @@ func (p *poller) add(c *Conn) bool {
 	if p.ep == nil {
 		ep, err := epoll.New(wakeData, syscall.EPOLLIN)
 		if err != nil {
+			// Out of fds, most likely: this connection waits on a
+			// goroutine, and the next one tries again.
+			warn := time.Since(p.warned) > time.Minute
+			if warn {
+				p.warned = time.Now()
+			}
 			p.mu.Unlock()
-			p.u.log.Warn("idle connections wait on goroutines: no epoll", zap.Error(err))
+			if warn {
+				p.u.log.Warn("idle connections wait on goroutines: no epoll instance (logged once a minute)", zap.Error(err))
+			}
 			return false
 		}
 		p.ep = ep
