@@ -416,17 +416,25 @@ func TestOverloadSlowLink(t *testing.T) {
 
 // TestTrickledMessagesWithinBudget: 400 connections each trickle an
 // unfinished fragmented message of 65,000 bytes (26 MB in all); the bytes
-// held stay within -max-unfinished (the frames past it close their
-// connections 1013) and the node's RSS grows by no more than the budget.
+// charged stay within -max-unfinished (the frames past it close their
+// connections 1013) and the node's RSS grows by no more than the budget:
+// with 8 MiB, a third of what the messages would hold, and with 32 MiB,
+// which holds them all.
 func TestTrickledMessagesWithinBudget(t *testing.T) {
+	t.Run("8 MiB", func(t *testing.T) { testTrickled(t, 8<<20, false) })
+	t.Run("32 MiB", func(t *testing.T) { testTrickled(t, 32<<20, true) })
+}
+
+// testTrickled runs the trickle under budget; holdsAll: it is large enough
+// for every message (26 MB of pages and 400 readers' allowances).
+func testTrickled(t *testing.T, budget int64, holdsAll bool) {
 	const (
 		conns  = 400
-		budget = 8 << 20
 		frag   = 1000
-		frames = 65 // 65,000 bytes per message, 26 MB in all: three times the budget
+		frames = 65 // 65,000 bytes per message, 26 MB in all
 	)
 	c := startCluster(t, clustertest.Options{Nodes: 1, NodeArgs: []string{
-		"-max-unfinished", strconv.Itoa(budget), "-assembly-timeout", "60s", "-max-pending", "1024",
+		"-max-unfinished", strconv.FormatInt(budget, 10), "-assembly-timeout", "60s", "-max-pending", "1024",
 	}})
 	node := c.Nodes[0]
 	pid := node.Pid()
@@ -471,7 +479,7 @@ func TestTrickledMessagesWithinBudget(t *testing.T) {
 	}
 	t.Logf("%d connections trickling %d-byte messages (-max-unfinished %s): held at most %s, RSS %s idle (%s before scraping) → %s peak (+%s); writes failed on %d connections; load %s",
 		conns, frag*frames, mib(budget), mib(int64(peakHeld)), mib(idle), mib(cold), mib(peakRSS), mib(peakRSS-idle), conns-open, clustertest.LoadAvg())
-	if peakHeld > budget {
+	if peakHeld > float64(budget) {
 		t.Errorf("held %v bytes, over the budget %d", peakHeld, budget)
 	}
 	// The frames are read into the node's region of -max-unfinished
@@ -480,5 +488,8 @@ func TestTrickledMessagesWithinBudget(t *testing.T) {
 	// within the budget.
 	if peakRSS-idle > budget {
 		t.Errorf("RSS grew by %s under a budget of %s", mib(peakRSS-idle), mib(budget))
+	}
+	if holdsAll && open != conns {
+		t.Errorf("%d connections refused under a budget that holds every message", conns-open)
 	}
 }
