@@ -3,6 +3,7 @@
 package cluster
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -24,13 +25,14 @@ const leaveTimeout = 2 * time.Second
 
 // Cluster is this process's membership. Its methods are safe for concurrent use.
 type Cluster struct {
-	cfg    Config
-	log    *zap.Logger
-	ml     *memberlist.Memberlist
-	gossip string
-	meta   atomic.Pointer[[2][]byte] // encoded metadata: [0] normally, [1] once leaving
-	boot   string                    // random per process, in the metadata
-	timing timing                    // memberlist's failure detection settings
+	cfg     Config
+	log     *zap.Logger
+	ml      *memberlist.Memberlist
+	gossip  string
+	meta    atomic.Pointer[[2][]byte] // encoded metadata: [0] normally, [1] once leaving
+	boot    string                    // random per process, in the metadata
+	timing  timing                    // memberlist's failure detection settings
+	accused atomic.Uint64             // times a peer's news declared this process dead
 
 	metaMu    sync.Mutex    // serialises SetUnreachable
 	metaDirty chan struct{} // 1-buffered: the metadata changed, gossip it
@@ -70,7 +72,7 @@ func New(cfg Config) (*Cluster, error) {
 	}
 	c.snap.Store(&snapshot{view: &View{}, changed: make(chan struct{})})
 
-	mc, err := cfg.memberlistConfig()
+	mc, err := cfg.memberlistConfig(c.noteRefute)
 	if err != nil {
 		return nil, err
 	}
@@ -83,6 +85,27 @@ func New(cfg Config) (*Cluster, error) {
 	c.gossip = c.ml.LocalNode().Address()
 	return c, nil
 }
+
+// refuting is how memberlist says it refuted news that this process is
+// suspect or dead; it has no other way to tell.
+var refuting = []byte("memberlist: Refuting a ")
+
+func (c *Cluster) noteRefute(text []byte) {
+	if rest, ok := bytes.CutPrefix(text, refuting); ok &&
+		(bytes.HasPrefix(rest, []byte("suspect message")) || bytes.HasPrefix(rest, []byte("dead message"))) {
+		c.accused.Add(1)
+	}
+}
+
+// Accused reports how many times gossip suspected this process or declared
+// it dead, and it refuted the news. A process that was paused or starved
+// past failure detection learns it this way once it runs again: whichever
+// of a peer's suspect or dead messages reaches it first is refuted (the
+// other is then stale), and peers keep gossiping to the dead for a while.
+// Under the shortest suspicion a peer declares a silent member dead
+// (Detection().Earliest), so a refute after a pause that long means the
+// peers have likely taken this process off their ring meanwhile.
+func (c *Cluster) Accused() uint64 { return c.accused.Load() }
 
 // Run joins the seeds, retrying with backoff until a peer answers, re-joins
 // them every RejoinInterval while a member is seen dead, joins the records

@@ -185,7 +185,7 @@ func loopback(hostport string) bool {
 }
 
 // memberlistConfig translates c (validated, with defaults) for memberlist.
-func (c Config) memberlistConfig() (*memberlist.Config, error) {
+func (c Config) memberlistConfig(watchLog ...func(text []byte)) (*memberlist.Config, error) {
 	var mc *memberlist.Config
 	if c.Detect == DetectFast {
 		mc = memberlist.DefaultLocalConfig()
@@ -203,7 +203,7 @@ func (c Config) memberlistConfig() (*memberlist.Config, error) {
 	// accepted once its previous incarnation has been dead this long.
 	mc.DeadNodeReclaimTime = time.Second
 	mc.Name = c.ID
-	mc.Logger = logging.StdLogger(c.Log.Named("memberlist"))
+	mc.Logger = logging.StdLogger(c.Log.Named("memberlist"), watchLog...)
 
 	host, port, err := resolveHostPort(c.Bind)
 	if err != nil {

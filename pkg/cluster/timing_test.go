@@ -89,3 +89,26 @@ func TestUnreachableIsCut(t *testing.T) {
 		t.Errorf("metadata lists %d of 20 ids: %q", n, md.Unreachable)
 	}
 }
+
+// TestAccused checks that the refutes memberlist logs, and only those, are
+// counted as accusations, through the logger memberlist is given.
+func TestAccused(t *testing.T) {
+	c := &Cluster{}
+	cfg := Config{ID: "n1", Bind: "127.0.0.1:0", Detect: DetectFast}.withDefaults()
+	mc, err := cfg.memberlistConfig(c.noteRefute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range []string{
+		"[WARN] memberlist: Refuting a suspect message (from: b1)",
+		"[WARN] memberlist: Refuting a dead message (from: n2)",
+		"[WARN] memberlist: Refuting an alive message for 'n1' (127.0.0.1:7946) meta:([] VS []), vsn:([] VS [])",
+		"[DEBUG] memberlist: Failed UDP ping: n2 (timeout reached)",
+		"[INFO] memberlist: Suspect n2 has failed, no acks received",
+	} {
+		mc.Logger.Print(line)
+	}
+	if got := c.Accused(); got != 2 {
+		t.Errorf("Accused = %d after a suspect and a dead refute among other lines, want 2", got)
+	}
+}

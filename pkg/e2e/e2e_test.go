@@ -435,6 +435,11 @@ func TestPausedNode(t *testing.T) {
 	if n, err := testkit.Scrape(ctx, "http://"+victim.Addr+"/metrics", "ringcast_node_pauses_total"); err != nil || n < 1 {
 		t.Errorf("%s: ringcast_node_pauses_total = %v (%v), want at least 1: it did not fence itself after the pause", victim.Name, n, err)
 	}
+	// Its peers suspected it and declared it dead, and it heard of it once
+	// it ran again (what fences a pause shorter than the latest detection).
+	if n, err := testkit.Scrape(ctx, "http://"+victim.Addr+"/metrics", "ringcast_node_accused_total"); err != nil || n < 1 {
+		t.Errorf("%s: ringcast_node_accused_total = %v (%v), want at least 1 after a 2.5 s pause", victim.Name, n, err)
+	}
 }
 
 // TestStalledNode: a node that accepts TCP but never answers (SIGSTOP, with

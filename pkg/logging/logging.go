@@ -63,12 +63,17 @@ func Flags(fs *flag.FlagSet) func() (*zap.Logger, error) {
 // zap level and is stripped; untagged lines log at info. Each line becomes
 // the message "log" with its text in the field "text"; the caller recorded
 // is the code that called the *log.Logger.
-func StdLogger(l *zap.Logger) *log.Logger {
+func StdLogger(l *zap.Logger, watch ...func(text []byte)) *log.Logger {
 	// Skip stdWriter.Write, log.(*Logger).output and the log.(*Logger) print method.
-	return log.New(stdWriter{l.WithOptions(zap.AddCallerSkip(3))}, "", 0)
+	return log.New(stdWriter{l.WithOptions(zap.AddCallerSkip(3)), watch}, "", 0)
 }
 
-type stdWriter struct{ log *zap.Logger }
+// stdWriter logs each line at the level of its tag; watch sees each line's
+// text (without the tag) first, for events a library only logs.
+type stdWriter struct {
+	log   *zap.Logger
+	watch []func(text []byte)
+}
 
 var tags = []struct {
 	tag   []byte
@@ -89,6 +94,9 @@ func (w stdWriter) Write(p []byte) (int, error) {
 			lvl, line = t.level, bytes.TrimSpace(rest)
 			break
 		}
+	}
+	for _, f := range w.watch {
+		f(line)
 	}
 	if ce := w.log.Check(lvl, "log"); ce != nil {
 		ce.Write(zap.ByteString("text", line))

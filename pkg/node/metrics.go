@@ -41,6 +41,14 @@ func newMetrics(s *Server, reg prometheus.Registerer) *metrics {
 			}
 			return float64(len(s.cluster.View().Warming()))
 		}),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "ringcast_node_accused_total", Help: "Times gossip suspected this node or declared it dead, and it refuted the news (after a pause, CPU starvation or lost packets).",
+		}, func() float64 {
+			if s.cluster == nil {
+				return 0
+			}
+			return float64(s.cluster.Accused())
+		}),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "ringcast_node_bridge_links", Help: "Live mesh links to other nodes.",
 		}, func() float64 {

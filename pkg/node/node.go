@@ -91,13 +91,17 @@ type Config struct {
 	// answers in a millisecond; longer delays a rebalance pass behind a
 	// frozen owner, shorter may skip an owner that is only slow.
 	OwnerProbeTimeout time.Duration
-	// FenceAfter is the pause (SIGSTOP, a VM freeze) after which this node
-	// closes every session with 1012, since its peers may have declared it
-	// dead and re-homed its clients meanwhile. Default 0: the earliest a
-	// peer can declare it dead under -detect (cluster.Detection: 600ms
-	// fast, 5s lan, for clusters under 10 processes); longer risks serving
-	// sessions that moved, shorter closes sessions after pauses gossip
-	// forgave.
+	// FenceAfter is the pause (SIGSTOP, a VM freeze, CPU starvation) after
+	// which this node closes every session with 1012 at once, since every
+	// peer has declared it dead and re-homed its clients meanwhile. Default
+	// 0: the latest a peer declares a silent member dead under -detect
+	// (cluster.Detection().Latest). A shorter pause, past the earliest a
+	// peer may declare it dead (Detection().Earliest: 600ms fast, 5s lan,
+	// under 10 processes), fences only if gossip suspected this node or
+	// declared it dead meanwhile (cluster.Accused), so a stall gossip did
+	// not notice closes nothing.
+	// Shorter risks closing sessions after pauses gossip forgave; longer
+	// leans on the accusation alone.
 	FenceAfter time.Duration
 	// CloseGrace bounds how long a connection lives after its close frame
 	// was queued. Default 2s (session.Config.CloseGrace).
@@ -352,7 +356,7 @@ func (s *Server) Run(ctx context.Context) error {
 	g.Go(func() error {
 		t := time.NewTicker(fenceTick)
 		defer t.Stop()
-		s.fence(wctx, t.C, s.fenceAfter)
+		s.fence(wctx, t.C, s.fencing())
 		return nil
 	})
 	s.log.Info("node up", zap.String("id", s.cfg.ID), zap.String("addr", s.Addr()),
@@ -393,12 +397,24 @@ func (s *Server) Run(ctx context.Context) error {
 // this much after it ended, at the latest.
 const fenceTick = 100 * time.Millisecond
 
-// fenceAfter is the pause that fences this node's sessions.
-func (s *Server) fenceAfter() time.Duration {
-	if s.cfg.FenceAfter > 0 {
-		return s.cfg.FenceAfter
+// fencing is the fence's policy from Config.FenceAfter and the cluster's
+// detection timing.
+func (s *Server) fencing() fencing {
+	surely := func() time.Duration {
+		if s.cfg.FenceAfter > 0 {
+			return s.cfg.FenceAfter
+		}
+		return s.cluster.Detection().Latest
 	}
-	return s.cluster.Detection().Earliest
+	return fencing{
+		surely: surely,
+		maybe:  func() time.Duration { return min(s.cluster.Detection().Earliest, surely()) },
+		// Peers gossip a death to the dead for a while, and a push-pull
+		// sync tells it at the latest: twice the slowest detection, at
+		// least 2 s.
+		confirm: func() time.Duration { return max(2*s.cluster.Detection().Latest, 2*time.Second) },
+		accused: s.cluster.Accused,
+	}
 }
 
 // track starts c unless the node began draining since Admit let it in.

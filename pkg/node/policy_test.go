@@ -2,6 +2,7 @@ package node
 
 import (
 	"context"
+	"sync/atomic"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -114,46 +115,86 @@ func TestAskMoveFloor(t *testing.T) {
 	}
 }
 
-// TestFence checks that a pause longer than the fence limit, and only
-// such a pause, fences the node.
+// TestFence checks the fence's policy: a pause past the latest detection
+// fences at once; one past the earliest fences only when gossip declared
+// the node dead (an accusation) within the confirmation window; a stall
+// that gossip forgave, or a short one, fences nothing.
 func TestFence(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		s := policyServer(t)
 		ticks := make(chan time.Time)
+		var accused atomic.Uint64
 		ctx, cancel := context.WithCancel(t.Context())
 		done := make(chan struct{})
 		go func() {
 			defer close(done)
-			s.fence(ctx, ticks, func() time.Duration { return 600 * time.Millisecond })
+			s.fence(ctx, ticks, fencing{
+				surely:  func() time.Duration { return 3 * time.Second },
+				maybe:   func() time.Duration { return 600 * time.Millisecond },
+				confirm: func() time.Duration { return 2 * time.Second },
+				accused: accused.Load,
+			})
 		}()
 		tick := func(after time.Duration) {
 			time.Sleep(after)
 			ticks <- time.Now()
 			synctest.Wait()
 		}
+		pauses := func() float64 { return metric(t, s.met.paused, "ringcast_node_pauses_total") }
 		for range 10 {
 			tick(fenceTick)
 		}
 		tick(550 * time.Millisecond) // a stall gossip cannot have acted on
-		if n := metric(t, s.met.paused, "ringcast_node_pauses_total"); n != 0 {
-			t.Fatalf("fenced after a 550ms gap (limit 600ms): %v", n)
-		}
-		tick(700 * time.Millisecond) // peers may have declared it dead
-		if n := metric(t, s.met.paused, "ringcast_node_pauses_total"); n != 1 {
-			t.Fatalf("pauses = %v after a 700ms gap, want 1", n)
-		}
+		accused.Add(1)               // even with news of a death (a restart's old incarnation)
 		tick(fenceTick)
-		if n := metric(t, s.met.paused, "ringcast_node_pauses_total"); n != 1 {
-			t.Fatalf("pauses = %v after a normal tick, want still 1", n)
+		if n := pauses(); n != 0 {
+			t.Fatalf("fenced after a 550ms gap (earliest detection 600ms): %v", n)
+		}
+
+		tick(700 * time.Millisecond) // peers may have declared it dead: they did not
+		for range 25 {               // 2.5 s: past the confirmation window
+			tick(fenceTick)
+		}
+		if n := pauses(); n != 0 {
+			t.Fatalf("fenced after a 700ms stall that gossip forgave: %v", n)
+		}
+		accused.Add(1) // news after the window counts for nothing
+		tick(fenceTick)
+		if n := pauses(); n != 0 {
+			t.Fatalf("fenced on an accusation %v after the stall: %v", 2600*time.Millisecond, n)
+		}
+
+		tick(700 * time.Millisecond) // this time they did: the refute comes 300ms later
+		tick(fenceTick)
+		tick(fenceTick)
+		if n := pauses(); n != 0 {
+			t.Fatalf("fenced before the accusation: %v", n)
+		}
+		accused.Add(1)
+		tick(fenceTick)
+		if n := pauses(); n != 1 {
+			t.Fatalf("pauses = %v after a 700ms pause and an accusation, want 1", n)
+		}
+		accused.Add(1)
+		for range 5 {
+			tick(fenceTick)
+		}
+		if n := pauses(); n != 1 {
+			t.Fatalf("pauses = %v after normal ticks, want still 1: one pause fences once", n)
+		}
+
+		tick(3100 * time.Millisecond) // past every peer's detection: no news needed
+		if n := pauses(); n != 2 {
+			t.Fatalf("pauses = %v after a 3.1s pause, want 2", n)
 		}
 		cancel()
 		<-done
 	})
 }
 
-// TestFenceAfter checks the default limit comes from the cluster's
-// detection timing and that Config.FenceAfter overrides it.
-func TestFenceAfter(t *testing.T) {
+// TestFencing checks the policy comes from the cluster's detection timing
+// and that Config.FenceAfter overrides the pause that fences at once.
+func TestFencing(t *testing.T) {
 	cfg := LocalConfig("n1")
 	s, err := New(cfg)
 	if err != nil {
@@ -161,12 +202,24 @@ func TestFenceAfter(t *testing.T) {
 	}
 	defer s.ln.Close()
 	defer s.cluster.Run(canceled()) // releases the gossip sockets
-	if got, want := s.fenceAfter(), s.cluster.Detection().Earliest; got != want || got != 600*time.Millisecond {
-		t.Errorf("fenceAfter = %v, want the fast profile's earliest death %v (600ms)", got, want)
+	d := s.cluster.Detection()
+	p := s.fencing()
+	if got := p.maybe(); got != d.Earliest || got != 600*time.Millisecond {
+		t.Errorf("maybe = %v, want the fast profile's earliest death %v (600ms)", got, d.Earliest)
+	}
+	if got := p.surely(); got != d.Latest || got < d.Earliest {
+		t.Errorf("surely = %v, want the latest death %v, not before the earliest %v", got, d.Latest, d.Earliest)
+	}
+	if got := p.confirm(); got < 2*time.Second || got < d.Latest {
+		t.Errorf("confirm = %v, want at least 2s and the latest death %v", got, d.Latest)
 	}
 	s.cfg.FenceAfter = 2 * time.Second
-	if got := s.fenceAfter(); got != 2*time.Second {
-		t.Errorf("fenceAfter with FenceAfter 2s = %v", got)
+	if got := s.fencing().surely(); got != 2*time.Second {
+		t.Errorf("surely with FenceAfter 2s = %v", got)
+	}
+	s.cfg.FenceAfter = 100 * time.Millisecond
+	if got := s.fencing().maybe(); got != 100*time.Millisecond {
+		t.Errorf("maybe with FenceAfter 100ms = %v, want 100ms (never past surely)", got)
 	}
 }
 

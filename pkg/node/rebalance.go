@@ -162,31 +162,73 @@ func (s *Server) drain(window time.Duration) {
 	}
 }
 
-// fence watches for this process having been paused (SIGSTOP, a VM freeze)
-// for longer than Config.FenceAfter, by default the earliest a peer may
-// declare it dead (limit). Meanwhile gossip may have declared this node dead
-// and its clients been re-homed; memberlist refutes within milliseconds of
-// waking, so nothing else tells. Every session is closed with 1012: each
-// client reconnects through a balancer to its current owner and recovers
-// from its last offset.
-func (s *Server) fence(ctx context.Context, ticks <-chan time.Time, limit func() time.Duration) {
+// fence watches for this process having been paused (SIGSTOP, a VM
+// freeze) or starved of CPU long enough for its peers to declare it dead:
+// they then took it off their ring, so messages routed meanwhile missed its
+// sessions, and their clients may have been re-homed. memberlist refutes
+// within milliseconds of waking, so nothing else tells. Every session is
+// then closed with 1012: each client reconnects through a balancer to its
+// current owner and recovers from its last offset.
+//
+// A pause past fencing.surely fences at once. A shorter one past
+// fencing.maybe fences only if gossip suspected this node or declared it
+// dead meanwhile (an accusation refuted within fencing.confirm of the
+// pause): a scheduling stall gossip did not notice costs nothing.
+func (s *Server) fence(ctx context.Context, ticks <-chan time.Time, p fencing) {
 	last := time.Now()
+	seen := p.accused()
+	var watch time.Time // while non-zero: a pause ended, news may still come
+	var base uint64     // accusations counted before that pause
+	var pause time.Duration
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case now := <-ticks:
-			if gap := now.Sub(last); gap > limit() {
-				conns := s.snapshot()
-				s.log.Warn("process was paused past failure detection, closing its sessions",
-					zap.Duration("paused", gap), zap.Int("clients", len(conns)))
-				s.met.paused.Inc()
-				s.met.fenced.Add(float64(len(conns)))
-				for _, c := range conns {
-					c.Close(wire.CloseServiceRestart, "node was paused: reconnect")
+			gap := now.Sub(last)
+			last = now
+			n := p.accused()
+			switch {
+			case gap > p.surely():
+				s.fenceAll(gap, "paused past every peer's failure detection")
+				watch = time.Time{}
+			case gap > p.maybe():
+				if watch.IsZero() {
+					base = seen
+				}
+				watch, pause = now.Add(p.confirm()), gap
+				fallthrough
+			case !watch.IsZero():
+				switch {
+				case n > base:
+					s.fenceAll(pause, "paused, and gossip suspected or declared this node dead meanwhile")
+					watch = time.Time{}
+				case now.After(watch):
+					s.log.Info("process was stalled past the earliest failure detection; gossip did not notice",
+						zap.Duration("stalled", pause))
+					watch = time.Time{}
 				}
 			}
-			last = now
+			seen = n
 		}
+	}
+}
+
+// fencing is the fence's policy; see fence.
+type fencing struct {
+	surely  func() time.Duration // a pause longer than this fences at once
+	maybe   func() time.Duration // a pause longer than this fences if gossip says so
+	confirm func() time.Duration // how long after a pause that news may take
+	accused func() uint64        // cluster.Accused
+}
+
+func (s *Server) fenceAll(pause time.Duration, why string) {
+	conns := s.snapshot()
+	s.log.Warn("process was paused past failure detection, closing its sessions",
+		zap.Duration("paused", pause), zap.String("why", why), zap.Int("clients", len(conns)))
+	s.met.paused.Inc()
+	s.met.fenced.Add(float64(len(conns)))
+	for _, c := range conns {
+		c.Close(wire.CloseServiceRestart, "node was paused: reconnect")
 	}
 }
