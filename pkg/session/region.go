@@ -2,6 +2,7 @@ package session
 
 import (
 	"fmt"
+	"math"
 	"runtime"
 	"runtime/debug"
 	"sync"
@@ -43,21 +44,22 @@ var readerCost = sync.OnceValue(func() int64 {
 type region struct {
 	mem  []byte
 	mu   sync.Mutex
-	free []int32 // free pages
+	next int32   // pages from next on were never taken
+	free []int32 // pages taken and returned: as long as the most ever taken at once
 }
 
 // newRegion reserves size bytes rounded down to whole pages; the mapping
 // is released when the region is unreachable.
 func newRegion(size int64) (*region, error) {
 	n := int(size / pageSize)
+	if n > math.MaxInt32 {
+		return nil, fmt.Errorf("session: %d bytes for unfinished messages is more than %d pages", size, math.MaxInt32)
+	}
 	mem, err := mapRegion(n * pageSize)
 	if err != nil {
 		return nil, fmt.Errorf("session: map %d bytes for unfinished messages: %w", n*pageSize, err)
 	}
-	r := &region{mem: mem, free: make([]int32, n)}
-	for i := range r.free {
-		r.free[i] = int32(n - 1 - i)
-	}
+	r := &region{mem: mem}
 	if len(r.mem) > 0 {
 		runtime.AddCleanup(r, unmapRegion, r.mem)
 	}
@@ -70,7 +72,11 @@ func (r *region) get() int32 {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if len(r.free) == 0 {
-		return -1
+		if int(r.next) == len(r.mem)/pageSize {
+			return -1
+		}
+		r.next++
+		return r.next - 1
 	}
 	p := r.free[len(r.free)-1]
 	r.free = r.free[:len(r.free)-1]
