@@ -97,27 +97,39 @@ func runClient(args []string) error {
 	prefix := fs.String("prefix", "lt", "client id prefix")
 	from := fs.Int("from", 0, "first client number")
 	to := fs.Int("to", 0, "last client number + 1")
-	laddr := fs.String("laddr", "127.0.0.1", "source address")
+	laddr := fs.String("laddr", "", "source address; a three-part loopback prefix (127.0.3) spreads the clients over -sources addresses of it; empty: the system's choice")
+	sources := fs.Int("sources", 1, "with a prefix -laddr: how many source addresses (.10 up)")
 	conc := fs.Int("conc", 100, "dials in flight")
 	channels := fs.Int("channels", 1, "client i subscribes to channel <prefix>-c<i % channels>")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	targets := strings.Split(*urls, ",")
-	if *urls == "" || *to < *from || *conc <= 0 || *channels <= 0 {
-		return errors.New("need -urls, -from ≤ -to, -conc > 0, -channels > 0")
+	if *urls == "" || *to < *from || *conc <= 0 || *channels <= 0 || *sources < 1 || *sources > 240 {
+		return errors.New("need -urls, -from ≤ -to, -conc > 0, -channels > 0, 1 ≤ -sources ≤ 240")
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	st := &state{r: report{Codes: map[string]int{}}}
-	nd := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(*laddr)}, Timeout: handshakeTimeout}
-	dialer := ws.Dialer{Timeout: handshakeTimeout, NetDial: nd.DialContext}
+	// dialer i dials from source address i (a balancer limits connections
+	// per address, as it would for users behind one NAT).
+	var dialers []ws.Dialer
+	for i := range *sources {
+		nd := &net.Dialer{Timeout: handshakeTimeout}
+		switch ip := *laddr; {
+		case strings.Count(ip, ".") == 2:
+			nd.LocalAddr = &net.TCPAddr{IP: net.ParseIP(fmt.Sprintf("%s.%d", ip, 10+i))}
+		case ip != "":
+			nd.LocalAddr = &net.TCPAddr{IP: net.ParseIP(ip)}
+		}
+		dialers = append(dialers, ws.Dialer{Timeout: handshakeTimeout, NetDial: nd.DialContext})
+	}
 	sem := make(chan struct{}, *conc)
 	var wg sync.WaitGroup
 	var mu sync.Mutex
 	live := map[net.Conn]struct{}{}
 	for i := *from; i < *to; i++ {
-		c := &client{st: st, dialer: dialer, sem: sem,
+		c := &client{st: st, dialer: dialers[i%len(dialers)], sem: sem,
 			url:     fmt.Sprintf("%s?client_id=%s%d", targets[i%len(targets)], *prefix, i),
 			channel: fmt.Sprintf("%s-c%d", *prefix, i%*channels)}
 		st.clients = append(st.clients, c)

@@ -5,8 +5,11 @@
 // the servers' CPU per 1,000 deliveries.
 //
 // Clients are spread over child processes (this binary re-run in a hidden
-// mode; at most -per-proc each, under the 20,000-fd limit), each dialling
-// from its own 127.0.0.x source address. Client i subscribes to channel
+// mode; at most -per-proc each, under the 20,000-fd limit). Against a
+// loopback cluster each process dials from -sources addresses of its own
+// (127.0.<process+1>.10 and up), as users behind many addresses would, so
+// a balancer's per-address limits see no single address flooding; against
+// any other host the system picks the source. Client i subscribes to channel
 // <prefix>-c<i % channels>. Publishes go to POST /v1/publish at -rate per
 // second in total (0: as fast as -publishers closed loops go), round-robin
 // over the channels; each carries its send time, so every subscriber
@@ -33,7 +36,9 @@ import (
 	"fmt"
 	"io"
 	"maps"
+	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"os/exec"
 	"runtime"
@@ -65,6 +70,7 @@ func main() {
 type config struct {
 	urls, httpURL, prefix, apiKey, cpuPids string
 	clients, channels, perProc, conc       int
+	sources                                int
 	publishers, size, local                int
 	rate                                   float64
 	direct                                 bool
@@ -83,6 +89,7 @@ func run(ctx context.Context, args []string) error {
 	fs.IntVar(&cfg.clients, "clients", 1000, "WebSocket clients")
 	fs.IntVar(&cfg.channels, "channels", 10, "channels; client i subscribes to <prefix>-c<i mod channels>")
 	fs.IntVar(&cfg.perProc, "per-proc", 6000, "clients per client process (each process may hold 20,000 fds)")
+	fs.IntVar(&cfg.sources, "sources", 200, "source addresses per client process against a loopback cluster (1-240; 1: one address per process)")
 	fs.IntVar(&cfg.conc, "conc", 200, "dials in flight, over all client processes")
 	fs.Float64Var(&cfg.rate, "rate", 100, "HTTP publishes per second in total (0: closed loop, as fast as -publishers go)")
 	fs.IntVar(&cfg.publishers, "publishers", 8, "concurrent HTTP publishers")
@@ -102,8 +109,8 @@ func run(ctx context.Context, args []string) error {
 		return errors.New("give -url (a running cluster) or -local N (start one)")
 	}
 	if cfg.clients < 1 || cfg.channels < 1 || cfg.perProc < 1 || cfg.perProc > 18000 || cfg.conc < 1 ||
-		cfg.rate < 0 || cfg.publishers < 1 || cfg.size < 1 || cfg.duration <= 0 {
-		return errors.New("need -clients, -channels, -conc, -publishers, -size ≥ 1, 1 ≤ -per-proc ≤ 18000, -rate ≥ 0, -duration > 0")
+		cfg.sources < 1 || cfg.sources > 240 || cfg.rate < 0 || cfg.publishers < 1 || cfg.size < 1 || cfg.duration <= 0 {
+		return errors.New("need -clients, -channels, -conc, -publishers, -size ≥ 1, 1 ≤ -per-proc ≤ 18000, 1 ≤ -sources ≤ 240, -rate ≥ 0, -duration > 0")
 	}
 	self, err := os.Executable()
 	if err != nil {
@@ -286,7 +293,7 @@ func startFleet(ctx context.Context, self string, cfg config) (*fleet, error) {
 		hi := min(lo+cfg.perProc, cfg.clients)
 		cmd := exec.CommandContext(ctx, self, clientMode, "-urls", cfg.urls, "-prefix", cfg.prefix,
 			"-from", strconv.Itoa(lo), "-to", strconv.Itoa(hi),
-			"-laddr", fmt.Sprintf("127.0.0.%d", 10+n%240),
+			"-laddr", laddr(cfg.urls, n), "-sources", strconv.Itoa(cfg.sources),
 			"-conc", strconv.Itoa(max(1, cfg.conc/k)), "-channels", strconv.Itoa(cfg.channels))
 		cmd.Stderr = os.Stderr
 		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
@@ -526,4 +533,19 @@ func cpuTimes(pids []pidName) []time.Duration {
 		out[i] = clustertest.CPUTime(p.pid)
 	}
 	return out
+}
+
+// laddr is client process n's source: a 127.0.<n+1> prefix when the first
+// target is on loopback, else the system's choice.
+func laddr(urls string, n int) string {
+	u, err := url.Parse(strings.Split(urls, ",")[0])
+	if err != nil {
+		return ""
+	}
+	if ip := net.ParseIP(u.Hostname()); ip == nil || !ip.IsLoopback() {
+		if u.Hostname() != "localhost" {
+			return ""
+		}
+	}
+	return fmt.Sprintf("127.0.%d", 1+n%250)
 }
