@@ -58,7 +58,7 @@ type Config struct {
 	RequestRate       float64       // messages + control frames per second per connection (burst 2×), more closes 1008; 0 = session default (100)
 	MaxUnfinished     int64         // memory node-wide for client messages being read (session.Config), more closes 1013; 0 = session default (16 MiB)
 	AssemblyTimeout   time.Duration // one client message must arrive whole within this, else 1008; 0 = session default (10s)
-	MaxOutbound       int64         // bytes queued for clients node-wide; past it the slowest are closed 4008 and new work gets 503; 0 = session.DefaultMaxOutbound
+	MaxOutbound       int64         // bytes queued for clients node-wide; past it the slowest are closed 4008 and new work gets 503; 0 = outbound.DefaultMaxOutbound
 	MaxLag            time.Duration // a connection whose oldest unwritten frame is older is closed 4008; 0 = session default (5s)
 	SendBuffer        int           // SO_SNDBUF of client connections, bytes; 0 = session default (64 KiB), negative = kernel autotuning
 	WriteTimeout      time.Duration // a write to a client that takes longer closes it; default 10s

@@ -14,17 +14,17 @@ func (c *Conn) Identity() *auth.Identity { return c.ident.Load() }
 // expireAt arms the 4001 close for id's deadline, replacing an earlier one.
 // An identity without exp (or auth off) never expires.
 func (c *Conn) expireAt(id *auth.Identity) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.expTimer != nil {
-		c.expTimer.Stop()
-		c.expTimer = nil
-	}
-	at := id.Deadline()
-	if at.IsZero() || c.closing {
-		return
-	}
-	c.expTimer = time.AfterFunc(time.Until(at), func() { c.Close(wire.CloseUnauthorized, "token expired") })
+	c.q.Locked(func(closing bool) {
+		if c.expTimer != nil {
+			c.expTimer.Stop()
+			c.expTimer = nil
+		}
+		at := id.Deadline()
+		if at.IsZero() || closing {
+			return
+		}
+		c.expTimer = time.AfterFunc(time.Until(at), func() { c.Close(wire.CloseUnauthorized, "token expired") })
+	})
 }
 
 // refresh replaces the connection's token: same sub required. A refused

@@ -6,8 +6,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"os"
-	"path/filepath"
 	"strings"
 	"sync"
 	"syscall"
@@ -15,50 +13,11 @@ import (
 	"time"
 
 	"github.com/ringcast/ringcast/pkg/bridge"
+	"github.com/ringcast/ringcast/pkg/outbound"
 	"github.com/ringcast/ringcast/pkg/testkit"
 	"github.com/ringcast/ringcast/pkg/wire"
 	"github.com/ringcast/ringcast/pkg/wstest"
 )
-
-func TestMemoryLimit(t *testing.T) {
-	t.Parallel()
-	root := t.TempDir()
-	write := func(name, s string) {
-		p := filepath.Join(root, name)
-		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(p, []byte(s), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	write("v1/proc", "9:pids:/\n4:memory:/a/b\n0::/\n")
-	write("v1/fs/memory/a/b/memory.limit_in_bytes", "104857600\n")
-	write("v1/fs/memory/a/memory.limit_in_bytes", "9223372036854771712\n")
-	write("v2/proc", "0::/k/pod\n")
-	write("v2/fs/k/pod/memory.max", "max\n")
-	write("v2/fs/k/memory.max", "209715200\n")
-	write("ns/proc", "0::/not/here\n") // a cgroup namespace: the mount is the container's own
-	write("ns/fs/memory.max", "52428800\n")
-	write("none/proc", "0::/x\n")
-	write("none/fs/x/memory.max", "max\n")
-	for _, tt := range []struct {
-		dir  string
-		want int64
-		from string
-	}{
-		{"v1", 100 << 20, "cgroup v1"},
-		{"v2", 200 << 20, "cgroup v2"}, // the parent's limit binds
-		{"ns", 50 << 20, "cgroup v2"},
-		{"none", 0, "cgroup v2"},
-		{"missing", 0, ""},
-	} {
-		got, from := memoryLimit(filepath.Join(root, tt.dir, "proc"), filepath.Join(root, tt.dir, "fs"))
-		if got != tt.want || from != tt.from {
-			t.Errorf("%s: memoryLimit = %d (%s), want %d (%s)", tt.dir, got, from, tt.want, tt.from)
-		}
-	}
-}
 
 // flood publishes k messages of 32 KiB to channel from pub, waiting for
 // each ack. A publish refused while the node sheds is sent again once the
@@ -141,39 +100,11 @@ func TestBudgetShedsSlowestFirst(t *testing.T) {
 	}
 }
 
-func TestBudgetStates(t *testing.T) {
-	t.Parallel()
-	// The accounting alone: no connection is blocked, so shedding finds
-	// no one to close and the node stays overloaded until bytes come back.
-	var wg sync.WaitGroup
-	u := &Upgrader{deps: Deps{WG: &wg}}
-	o := &outbound{u: u, max: 100, blocked: map[*Conn]struct{}{}}
-	u.out = o
-	if !o.reserve(90) || u.Overloaded() {
-		t.Fatal("90 of 100: refused or overloaded")
-	}
-	if !o.reserve(20) || !u.Overloaded() {
-		t.Fatal("110 of 100: refused, or not overloaded")
-	}
-	if o.reserve(20) {
-		t.Fatal("130 of 100 (past 5/4) was not refused")
-	}
-	o.release(30) // 80: above 3/4, still overloaded
-	if !u.Overloaded() {
-		t.Fatal("80 of 100 after passing 100: no longer overloaded (wants 75)")
-	}
-	o.release(80)
-	wg.Wait() // the shedding pass ends once under 75
-	if u.Overloaded() || o.bytes.Load() != 0 {
-		t.Fatalf("after release: overloaded %v, bytes %d", u.Overloaded(), o.bytes.Load())
-	}
-}
-
 func TestOverloadRefusesPublish(t *testing.T) {
 	t.Parallel()
 	n := start(t, nil)
 	c := n.connect(t, "c")
-	n.u.out.over.Store(true) // what a shedding pass sets
+	n.u.out.Force(true) // what a shedding pass sets
 	for _, req := range []string{
 		`{"op":"publish","channel":"x","data":1,"id":1}`,
 		`{"op":"send","to":"c","data":1,"id":2}`,
@@ -185,7 +116,7 @@ func TestOverloadRefusesPublish(t *testing.T) {
 	}
 	c.Send(`{"op":"subscribe","channel":"x"}`) // reads are still served
 	c.Expect(wire.OpSubscribed)
-	n.u.out.over.Store(false)
+	n.u.out.Force(false)
 	c.Send(`{"op":"publish","channel":"x","data":1,"id":3}`)
 	c.Expect(wire.OpMessage)
 	c.Expect(wire.OpAck)
@@ -273,7 +204,7 @@ func TestLagClosesSlowLink(t *testing.T) {
 		// What may still sit ahead of the close frame when it is queued:
 		// a writer's take, the socket's buffer (the kernel doubles
 		// SO_SNDBUF) and the proxy's.
-		behind = maxTake + 2*16<<10 + 16<<10
+		behind = outbound.MaxTake + 2*16<<10 + 16<<10
 		slack  = time.Duration(behind) * time.Second / rate
 	)
 	n := start(t, func(c *testConfig) {

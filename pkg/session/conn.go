@@ -18,20 +18,22 @@ import (
 	"github.com/ringcast/ringcast/pkg/auth"
 	"github.com/ringcast/ringcast/pkg/bridge"
 	"github.com/ringcast/ringcast/pkg/hub"
+	"github.com/ringcast/ringcast/pkg/outbound"
+	"github.com/ringcast/ringcast/pkg/park"
 	"github.com/ringcast/ringcast/pkg/wire"
 )
 
 // Conn is one client WebSocket. Its reader (one goroutine at a time, or
-// none while it is parked on a poller) owns the socket and closes it; its
-// queued frames are written by the Upgrader's shared writers (write.go), so
-// an idle connection costs a poller slot (or one parked goroutine) and no
-// buffers.
+// none while it is parked on a poller: pkg/park) owns the socket and closes
+// it; its queued frames are written by the node's shared writers
+// (pkg/outbound), so an idle connection costs a poller slot (or one parked
+// goroutine) and no buffers.
 type Conn struct {
 	u       *Upgrader
 	id      string
 	session string // the session query parameter; "" = none
 	ident   atomic.Pointer[auth.Identity]
-	since   int64 // clock() when the connection was accepted
+	since   int64 // outbound.Clock() when the connection was accepted
 	nc      net.Conn
 	raw     syscall.RawConn
 	// Bytes read from the socket (or by the upgrade) that the frame
@@ -40,23 +42,14 @@ type Conn struct {
 	rb         *[]byte
 	rpos, rend int32
 
-	// Waiting while idle (poll_linux.go): the poller c parks on (nil =
-	// goroutines), the context Start was given, and, guarded by pl.mu,
-	// its last parking.
+	// Waiting while idle: the context Start was given, and c's place on a
+	// poller (pkg/park; none = goroutines).
 	ctx  context.Context
-	pl   *poller
-	slot int32
-	gen  uint32
+	spot park.Spot
 
-	mu        sync.Mutex
-	queue     []outFrame
-	queued    int         // bytes in queue
-	out       outState    // bytes in flight, for the node-wide budget (budget.go)
-	writing   bool        // the connection is with a writer: queued for one, or being written
-	closing   bool        // a close frame is queued: nothing more is accepted
-	closedAt  int64       // clock() when closing was set
-	moveTimer *time.Timer // closes the connection if a reconnect request is ignored
-	expTimer  *time.Timer // closes the connection 4001 when its token expires
+	q         outbound.Queue // frames for the client; its lock guards the timers too
+	moveTimer *time.Timer    // closes the connection if a reconnect request is ignored
+	expTimer  *time.Timer    // closes the connection 4001 when its token expires
 
 	asked atomic.Bool // told to reconnect elsewhere
 
@@ -68,12 +61,6 @@ type Conn struct {
 	asmBy    int64   // unix nanoseconds the message being read must be complete by; 0 = none
 }
 
-type outFrame struct {
-	op ws.OpCode
-	b  []byte
-	at int64 // clock() when queued
-}
-
 var _ hub.Sink = (*Conn)(nil)
 
 // ClientID implements hub.Sink.
@@ -83,7 +70,7 @@ func (c *Conn) ClientID() string { return c.id }
 func (c *Conn) Session() string { return c.session }
 
 // Since is when the connection was accepted.
-func (c *Conn) Since() time.Time { return clockTime(c.since) }
+func (c *Conn) Since() time.Time { return outbound.ClockTime(c.since) }
 
 // Move asks the client to reconnect elsewhere: a reconnect frame with
 // reason and after, and a close with code if the client is still here 2 s
@@ -94,36 +81,52 @@ func (c *Conn) Move(reason string, code int, after time.Duration) bool {
 		return false
 	}
 	c.Send(wire.Encode(&wire.Frame{Op: wire.OpReconnect, Reason: reason, AfterMS: wire.Int(int(after / time.Millisecond))}))
-	c.mu.Lock()
-	if !c.closing {
-		c.moveTimer = time.AfterFunc(after+2*time.Second, func() { c.Close(code, reason) })
-	}
-	c.mu.Unlock()
+	c.q.Locked(func(closing bool) {
+		if !closing {
+			c.moveTimer = time.AfterFunc(after+2*time.Second, func() { c.Close(code, reason) })
+		}
+	})
 	return true
 }
 
 // Send implements hub.Sink.
-func (c *Conn) Send(b []byte) bool { return c.enqueue(ws.OpText, b) }
+func (c *Conn) Send(b []byte) bool { return c.u.out.Send((*socket)(c), ws.OpText, b) }
 
 // Close queues a close frame; the socket is shut once it is written (or the
 // write times out). Idempotent, does not block, safe for concurrent use.
-func (c *Conn) Close(code int, reason string) {
-	c.mu.Lock()
-	if c.closing {
-		c.mu.Unlock()
-		return
-	}
-	c.queueClose(code, reason)
-	c.mu.Unlock()
-	c.kick()
-}
+func (c *Conn) Close(code int, reason string) { c.u.out.Close((*socket)(c), code, reason) }
 
 // kick moves a parked reader back to a goroutine: the connection is
 // closing and its reader drains the peer under the close deadlines.
 func (c *Conn) kick() {
-	if c.pl != nil {
-		c.pl.kick(c)
+	if park.Kick((*socket)(c)) {
+		c.u.deps.WG.Add(1)
+		go c.park(c.ctx)
 	}
+}
+
+// socket is the connection as pkg/outbound and pkg/park see it: the
+// methods they call, kept out of Conn's own API.
+type socket Conn
+
+func (s *socket) Queue() *outbound.Queue { return &s.q }
+func (s *socket) Spot() *park.Spot       { return &s.spot }
+func (s *socket) Conn() net.Conn         { return s.nc }
+func (s *socket) Raw() syscall.RawConn   { return s.raw }
+func (s *socket) Kick()                  { (*Conn)(s).kick() }
+
+// Readable reads a connection its poller saw readable on a new goroutine.
+func (s *socket) Readable() {
+	c := (*Conn)(s)
+	c.u.deps.WG.Add(1)
+	go c.woken(c.ctx)
+}
+
+// Late ends a connection whose deadline passed while it was parked.
+func (s *socket) Late() {
+	c := (*Conn)(s)
+	c.u.deps.WG.Add(1)
+	go c.expire(c.ctx)
 }
 
 // reader adapts the connection's read method to io.Reader for the frame
@@ -251,7 +254,11 @@ func (c *Conn) serve(ctx context.Context) {
 // idle waits for the client's next bytes: parked on a poller, without a
 // goroutine, or on a new park goroutine.
 func (c *Conn) idle(ctx context.Context) {
-	if c.rb == nil && c.pl != nil && c.pl.add(c) {
+	if c.rb == nil && park.Park((*socket)(c)) {
+		// A close queued before c was parked found nothing to kick.
+		if _, closing := c.closingSince(); closing {
+			c.kick()
+		}
 		return
 	}
 	c.u.deps.WG.Add(1)
@@ -438,7 +445,7 @@ func (c *Conn) control(h ws.Header) bool {
 	ws.Cipher(p, h.Mask, 0)
 	switch h.OpCode {
 	case ws.OpPing:
-		c.enqueue(ws.OpPong, append([]byte(nil), p...))
+		c.u.out.Send((*socket)(c), ws.OpPong, append([]byte(nil), p...))
 	case ws.OpClose:
 		if reason := checkClose(p); reason != "" {
 			c.closeNow(wire.CloseProtocolError, reason)
@@ -487,24 +494,19 @@ func (c *Conn) discard() {
 }
 
 // closingSince reports whether a close frame is queued, and since when.
-func (c *Conn) closingSince() (time.Time, bool) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return clockTime(c.closedAt), c.closing
-}
+func (c *Conn) closingSince() (time.Time, bool) { return c.q.Closing() }
 
 // finish runs when serve returns: nothing more is queued and a pending move
 // timer is stopped.
 func (c *Conn) finish() {
-	c.mu.Lock()
-	c.closing = true
-	if c.moveTimer != nil {
-		c.moveTimer.Stop()
-	}
-	if c.expTimer != nil {
-		c.expTimer.Stop()
-	}
-	c.mu.Unlock()
+	c.q.Finish(func() {
+		if c.moveTimer != nil {
+			c.moveTimer.Stop()
+		}
+		if c.expTimer != nil {
+			c.expTimer.Stop()
+		}
+	})
 }
 
 func (c *Conn) end(err error) {

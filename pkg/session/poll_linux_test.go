@@ -55,8 +55,8 @@ func TestIdleWait(t *testing.T) {
 			parked := func() bool { return goroutinesIn(t, "session.(*Conn).park(") == want }
 			testkit.Eventually(t, 10*time.Second, parked, "%d connections waiting on goroutines, want %d", goroutinesIn(t, "session.(*Conn).park("), want)
 			if mode == IdleEpoll {
-				if p := goroutinesIn(t, "session.(*poller).run("); p < 1 || p > len(n.u.idle.ps) {
-					t.Errorf("%d poller goroutines, want 1…%d", p, len(n.u.idle.ps))
+				if p := goroutinesIn(t, "park.(*poller).run("); p < 1 || p > n.u.idle.Pollers() {
+					t.Errorf("%d poller goroutines, want 1…%d", p, n.u.idle.Pollers())
 				}
 			}
 			cs[0].Send(`{"op":"publish","channel":"room","data":"wake"}`)

@@ -5,7 +5,6 @@ package session
 import (
 	"errors"
 	"fmt"
-	"net"
 	"net/http"
 	"slices"
 	"sync"
@@ -20,6 +19,8 @@ import (
 	"github.com/ringcast/ringcast/pkg/auth"
 	"github.com/ringcast/ringcast/pkg/httpapi"
 	"github.com/ringcast/ringcast/pkg/hub"
+	"github.com/ringcast/ringcast/pkg/outbound"
+	"github.com/ringcast/ringcast/pkg/park"
 	"github.com/ringcast/ringcast/pkg/wire"
 )
 
@@ -62,9 +63,9 @@ type Config struct {
 	// Default 2s: a client on a slow link still reads the close code
 	// (1012, 4009: why to reconnect); shorter frees the socket sooner.
 	CloseGrace time.Duration
-	// MaxOutbound bounds the bytes queued for clients node-wide (budget.go):
+	// MaxOutbound bounds the bytes queued for clients node-wide (pkg/outbound):
 	// past it the slowest consumers are closed 4008 and new work is refused
-	// until the total is back under 3/4 of it. Default DefaultMaxOutbound.
+	// until the total is back under 3/4 of it. Default outbound.DefaultMaxOutbound.
 	MaxOutbound int64
 	// MaxLag closes a connection 4008 whose oldest unwritten frame is older
 	// than this when another frame is queued for it (with none coming, a
@@ -113,8 +114,8 @@ func DefaultConfig() Config {
 	}
 }
 
-// maxOutbound is DefaultMaxOutbound, read once.
-var maxOutbound, _ = DefaultMaxOutbound()
+// maxOutbound is outbound.DefaultMaxOutbound, read once.
+var maxOutbound, _ = outbound.DefaultMaxOutbound()
 
 func (c *Config) validate() error {
 	if c.Node == "" {
@@ -203,9 +204,8 @@ type Upgrader struct {
 	deps Deps
 	log  *zap.Logger
 	met  *metrics
-	w    *writers
-	out  *outbound
-	idle *pollers // nil: idle connections wait on goroutines
+	out  *outbound.Pool
+	idle *park.Set // nil: idle connections wait on goroutines
 }
 
 // New checks cfg and deps and registers the session metrics.
@@ -219,9 +219,9 @@ func New(cfg Config, deps Deps) (*Upgrader, error) {
 	if deps.Log == nil {
 		deps.Log = zap.NewNop()
 	}
-	u := &Upgrader{cfg: cfg, deps: deps, log: deps.Log, met: newMetrics(deps.Registry), w: newWriters(deps.WG)}
+	u := &Upgrader{cfg: cfg, deps: deps, log: deps.Log, met: newMetrics(deps.Registry)}
 	if cfg.IdleWait == IdleEpoll {
-		u.idle = newPollers(u)
+		u.idle = park.New(3*cfg.Heartbeat, deps.WG, deps.Log)
 	}
 	var err error
 	if u.region, err = newRegion(cfg.MaxUnfinished); err != nil {
@@ -234,11 +234,21 @@ func New(cfg Config, deps Deps) (*Upgrader, error) {
 	if err := deps.Registry.Register(unfinished); err != nil {
 		return nil, fmt.Errorf("session: register metrics: %w", err)
 	}
-	if u.out, err = newOutbound(u, deps.Registry); err != nil {
+	if u.out, err = outbound.New(outbound.Config{
+		SendQueue: cfg.SendQueue, SendQueueBytes: cfg.SendQueueBytes, MaxOutbound: cfg.MaxOutbound,
+		MaxLag: cfg.MaxLag, WriteTimeout: cfg.WriteTimeout, CloseGrace: cfg.CloseGrace, SendBuffer: cfg.SendBuffer,
+	}, deps.WG, deps.Registry); err != nil {
 		return nil, err
 	}
 	return u, nil
 }
+
+// Overloaded reports whether the node is over its outbound budget and
+// shedding: new connections and publishes should be refused meanwhile.
+func (u *Upgrader) Overloaded() bool { return u.out.Overloaded() }
+
+// MaxOutbound is the node-wide outbound budget in effect, in bytes.
+func (u *Upgrader) MaxOutbound() int64 { return u.out.MaxOutbound() }
 
 // Upgrade checks the handshake (RFC 6455, identity, session, Origin,
 // connections of the id), asks Deps.Admit, and upgrades r. It returns nil
@@ -291,7 +301,7 @@ func (u *Upgrader) Upgrade(w http.ResponseWriter, r *http.Request) *Conn {
 		u.log.Debug("upgrade", zap.Error(err))
 		return nil
 	}
-	c := &Conn{u: u, id: id, session: session, nc: nc, since: clock()}
+	c := &Conn{u: u, id: id, session: session, nc: nc, since: outbound.Clock()}
 	c.ident.Store(ident)
 	if n := rw.Reader.Buffered(); n > 0 {
 		b, _ := rw.Reader.Peek(n)
@@ -300,11 +310,9 @@ func (u *Upgrader) Upgrade(w http.ResponseWriter, r *http.Request) *Conn {
 	if sc, ok := nc.(syscall.Conn); ok {
 		c.raw, _ = sc.SyscallConn()
 	}
-	if tc, ok := nc.(*net.TCPConn); ok && u.cfg.SendBuffer > 0 {
-		tc.SetWriteBuffer(u.cfg.SendBuffer)
-	}
+	u.out.Tune(nc)
 	if c.raw != nil && u.idle != nil {
-		c.pl = u.idle.pick()
+		u.idle.Assign(&c.spot)
 	}
 	return c
 }
@@ -336,8 +344,7 @@ func (u *Upgrader) release() {
 }
 
 type metrics struct {
-	in   prometheus.Counter
-	slow *prometheus.CounterVec
+	in prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -345,14 +352,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		in: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "ringcast_node_frames_in_total", Help: "Client messages read.",
 		}),
-		slow: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "ringcast_node_slow_consumers_total",
-			Help: "Connections closed 4008 as slow consumers, by reason: queue (send queue full), lag (oldest unwritten frame older than -max-lag), budget (node over -max-outbound).",
-		}, []string{"reason"}),
 	}
-	for _, r := range []string{reasonQueue, reasonLag, reasonBudget} {
-		m.slow.WithLabelValues(r)
-	}
-	reg.MustRegister(m.in, m.slow)
+	reg.MustRegister(m.in)
 	return m
 }

@@ -1,4 +1,4 @@
-package session
+package park
 
 import (
 	"runtime"
@@ -15,17 +15,18 @@ import (
 // parked on one of a few pollers instead of a goroutine of its own: its
 // socket is armed one-shot in the poller's epoll instance (the runtime keeps
 // the descriptor, and its own registration, for the reads and writes) and
-// its heartbeat deadline sits in the poller's slot table. When bytes (or the
-// peer's end) arrive, the poller hands the connection to a fresh goroutine
-// that reads and handles frames as the goroutine path does, then parks it
-// again. So an idle connection costs a slot and no goroutine, stack, timer
-// or buffer. Each poller's goroutine runs while it has connections parked.
+// its deadline sits in the poller's slot table. When bytes (or the peer's
+// end) arrive, the poller calls the connection's Readable, which hands it to
+// a fresh goroutine that reads and handles frames as the goroutine path
+// does, then parks it again. So an idle connection costs a slot and no
+// goroutine, stack, timer or buffer. Each poller's goroutine runs while it
+// has connections parked.
 //
-// Deadlines: every tick the poller sweeps its slots and hands each
-// connection past its heartbeat deadline to a goroutine that closes it 1001,
-// as the goroutine path's read deadline would. Whatever else ends a parked
-// connection (a queued close frame, a failed write) calls kick, which moves
-// it back to a goroutine; nothing closes the socket of a parked connection.
+// Deadlines: every tick the poller sweeps its slots and calls Late on each
+// connection past its deadline, which closes it as the goroutine path's
+// read deadline would. Whatever else ends a parked connection (a queued
+// close frame, a failed write) calls Kick, which takes it off its poller
+// back to a goroutine; nothing closes the socket of a parked connection.
 
 const (
 	pollEvents = 128 // events taken per epoll_wait
@@ -33,36 +34,51 @@ const (
 	oneShot    = syscall.EPOLLIN | syscall.EPOLLRDHUP | syscall.EPOLLONESHOT
 )
 
-// pollers is the Upgrader's set of pollers; connections are spread over them.
-type pollers struct {
+// Spot is a connection's place on a poller. The zero value parks nowhere:
+// Park reports false.
+type Spot struct {
+	p    *poller // set by Set.Assign
+	slot int32   // guarded by p.mu, as gen: c's last parking
+	gen  uint32
+}
+
+// Set is the pollers connections are spread over.
+type Set struct {
 	ps   []*poller
 	mu   sync.Mutex
 	next int
 }
 
-func newPollers(u *Upgrader) *pollers {
-	// 3 × Heartbeat is the deadline: sweeping 16 times in it closes a
-	// silent link at most ~6 % late.
-	tick := min(max(3*u.cfg.Heartbeat/16, 5*time.Millisecond), time.Second)
-	ps := &pollers{}
+// New returns GOMAXPROCS pollers for connections whose deadline is timeout
+// after they park. wg counts the pollers' goroutines; log reports when
+// epoll fails (connections then wait on goroutines).
+func New(timeout time.Duration, wg *sync.WaitGroup, log *zap.Logger) *Set {
+	// Sweeping 16 times per timeout closes a silent link at most ~6 % late.
+	tick := min(max(timeout/16, 5*time.Millisecond), time.Second)
+	ps := &Set{}
 	for range runtime.GOMAXPROCS(0) {
-		ps.ps = append(ps.ps, &poller{u: u, tick: tick})
+		ps.ps = append(ps.ps, &poller{timeout: timeout, tick: tick, wg: wg, log: log})
 	}
 	return ps
 }
 
-// pick returns the poller of a new connection.
-func (ps *pollers) pick() *poller {
+// Pollers is the number of pollers, each with at most one goroutine.
+func (ps *Set) Pollers() int { return len(ps.ps) }
+
+// Assign gives a new connection's spot its poller.
+func (ps *Set) Assign(sp *Spot) {
 	ps.mu.Lock()
 	defer ps.mu.Unlock()
 	ps.next++
-	return ps.ps[ps.next%len(ps.ps)]
+	sp.p = ps.ps[ps.next%len(ps.ps)]
 }
 
 // poller is one epoll instance, its goroutine and the connections parked on it.
 type poller struct {
-	u    *Upgrader
-	tick time.Duration // deadline sweep interval
+	timeout time.Duration // a parked connection's deadline, from when it parks
+	tick    time.Duration // deadline sweep interval
+	wg      *sync.WaitGroup
+	log     *zap.Logger
 
 	mu    sync.Mutex
 	ep    *epoll.Instance // the running instance; nil while no connection is parked
@@ -74,21 +90,29 @@ type poller struct {
 	warned time.Time
 }
 
+// slot is a parked connection and its deadline. Its parking's number is
+// the one in c's Spot: both are set together, under p.mu, and a slot holds
+// c only until c is taken, so they match while it does.
 type slot struct {
-	c   *Conn
-	gen uint32
-	by  int64 // unix nanoseconds: the heartbeat deadline
+	c  Conn
+	by int64 // unix nanoseconds: the deadline
 }
 
-// add parks c until its socket is readable or its heartbeat deadline
-// passes. It reports false, with c untouched, when c cannot be parked (the
-// caller waits on a goroutine instead). Only c's reader calls it, between
-// messages.
-func (p *poller) add(c *Conn) bool {
-	by := time.Now().Add(3 * c.u.cfg.Heartbeat).UnixNano()
+// Park parks c until its socket is readable or its deadline passes. It
+// reports false, with c untouched, when c cannot be parked (the caller waits
+// on a goroutine instead): its spot has no poller, or epoll failed. Only c's
+// reader calls it, between messages; a close queued meanwhile finds nothing
+// to Kick, so the caller checks for one after a true.
+func Park(c Conn) bool {
+	sp := c.Spot()
+	p := sp.p
+	if p == nil {
+		return false
+	}
+	by := time.Now().Add(p.timeout).UnixNano()
 	// The runtime's read deadline would run a timer per connection: the
 	// sweep keeps the deadline while c is parked.
-	c.nc.SetReadDeadline(time.Time{})
+	c.Conn().SetReadDeadline(time.Time{})
 	p.mu.Lock()
 	if p.ep == nil {
 		ep, err := epoll.New(wakeData, syscall.EPOLLIN)
@@ -101,19 +125,19 @@ func (p *poller) add(c *Conn) bool {
 			}
 			p.mu.Unlock()
 			if warn {
-				p.u.log.Warn("idle connections wait on goroutines: no epoll instance (logged once a minute)", zap.Error(err))
+				p.log.Warn("idle connections wait on goroutines: no epoll instance (logged once a minute)", zap.Error(err))
 			}
 			return false
 		}
 		p.ep = ep
-		p.u.deps.WG.Add(1)
+		p.wg.Add(1)
 		go p.run(ep)
 	}
 	s := p.alloc()
 	p.gen++
-	p.slots[s] = slot{c: c, gen: p.gen, by: by}
-	c.slot, c.gen = s, p.gen
-	if err := p.arm(c); err != nil {
+	p.slots[s] = slot{c: c, by: by}
+	sp.slot, sp.gen = s, p.gen
+	if err := p.arm(c, sp); err != nil {
 		p.slots[s] = slot{}
 		p.free = append(p.free, s)
 		if p.n == 0 {
@@ -124,10 +148,6 @@ func (p *poller) add(c *Conn) bool {
 	}
 	p.n++
 	p.mu.Unlock()
-	// A close queued before c was in its slot found nothing to kick.
-	if _, closing := c.closingSince(); closing {
-		p.kick(c)
-	}
 	return true
 }
 
@@ -135,10 +155,10 @@ func (p *poller) add(c *Conn) bool {
 // does not have it yet (its first parking here: the connection keeps no
 // note of it). Adding or re-arming reports data that is there already, so
 // nothing that arrived before is missed. Called with p.mu held.
-func (p *poller) arm(c *Conn) error {
+func (p *poller) arm(c Conn, sp *Spot) error {
 	var errno error
-	err := c.raw.Control(func(fd uintptr) {
-		ev := syscall.EpollEvent{Events: oneShot, Fd: c.slot, Pad: int32(c.gen)}
+	err := c.Raw().Control(func(fd uintptr) {
+		ev := syscall.EpollEvent{Events: oneShot, Fd: sp.slot, Pad: int32(sp.gen)}
 		errno = syscall.EpollCtl(p.ep.FD, syscall.EPOLL_CTL_MOD, int(fd), &ev)
 		if errno == syscall.ENOENT {
 			errno = syscall.EpollCtl(p.ep.FD, syscall.EPOLL_CTL_ADD, int(fd), &ev)
@@ -162,10 +182,16 @@ func (p *poller) alloc() int32 {
 
 // take removes the connection parked in slot s under gen and returns it,
 // or nil when it is not parked there any more. Called with p.mu held.
-func (p *poller) take(s int32, gen uint32) *Conn {
-	if s < 0 || int(s) >= len(p.slots) || p.slots[s].c == nil || p.slots[s].gen != gen {
+func (p *poller) take(s int32, gen uint32) Conn {
+	if s < 0 || int(s) >= len(p.slots) || p.slots[s].c == nil || p.slots[s].c.Spot().gen != gen {
 		return nil
 	}
+	return p.remove(s)
+}
+
+// remove empties the occupied slot s and returns its connection. Called
+// with p.mu held.
+func (p *poller) remove(s int32) Conn {
 	c := p.slots[s].c
 	p.slots[s] = slot{}
 	p.free = append(p.free, s)
@@ -173,34 +199,36 @@ func (p *poller) take(s int32, gen uint32) *Conn {
 	return c
 }
 
-// kick moves c, if it is parked, back to a goroutine: a close frame was
-// queued or its socket is finished with. Safe for concurrent use.
-func (p *poller) kick(c *Conn) {
+// Kick takes c, if it is parked, off its poller: a close frame was queued
+// or its socket is finished with. It reports whether c was parked; the
+// caller then waits for c's bytes on a goroutine. Safe for concurrent use.
+func Kick(c Conn) bool {
+	sp := c.Spot()
+	p := sp.p
+	if p == nil {
+		return false
+	}
 	p.mu.Lock()
-	got := p.take(c.slot, c.gen) == c
+	got := p.take(sp.slot, sp.gen) == c
 	if got && p.n == 0 {
 		p.ep.Wakeup()
 	}
 	p.mu.Unlock()
-	if got {
-		c.u.deps.WG.Add(1)
-		go c.park(c.ctx)
-	}
+	return got
 }
 
 // run waits on ep until no connection is parked: each readable connection
-// goes to a goroutine that reads it, each one past its deadline to one that
-// closes it.
+// is handed to its Readable, each one past its deadline to its Late.
 func (p *poller) run(ep *epoll.Instance) {
-	defer p.u.deps.WG.Done()
+	defer p.wg.Done()
 	var events [pollEvents]syscall.EpollEvent
-	var ready, late []*Conn
+	var ready, late []Conn
 	next := time.Now().Add(p.tick)
 	for {
 		wait := max(0, int((time.Until(next)+time.Millisecond-1)/time.Millisecond))
 		n, err := syscall.EpollWait(ep.FD, events[:], wait)
 		if err != nil && err != syscall.EINTR {
-			p.u.log.Error("epoll wait: idle connections move to goroutines", zap.Error(err))
+			p.log.Error("epoll wait: idle connections move to goroutines", zap.Error(err))
 			n = 0
 		}
 		failed := err != nil && err != syscall.EINTR
@@ -220,9 +248,9 @@ func (p *poller) run(ep *epoll.Instance) {
 				switch s := &p.slots[i]; {
 				case s.c == nil:
 				case failed: // back to goroutines, which wait under read deadlines
-					ready = append(ready, p.take(int32(i), s.gen))
+					ready = append(ready, p.remove(int32(i)))
 				case s.by <= at:
-					late = append(late, p.take(int32(i), s.gen))
+					late = append(late, p.remove(int32(i)))
 				}
 			}
 			next = now.Add(p.tick)
@@ -233,12 +261,10 @@ func (p *poller) run(ep *epoll.Instance) {
 		}
 		p.mu.Unlock()
 		for _, c := range ready {
-			c.u.deps.WG.Add(1)
-			go c.woken(c.ctx)
+			c.Readable()
 		}
 		for _, c := range late {
-			c.u.deps.WG.Add(1)
-			go c.expire(c.ctx)
+			c.Late()
 		}
 		clear(ready)
 		clear(late)

@@ -1,4 +1,4 @@
-package session
+package outbound
 
 import (
 	"encoding/binary"
@@ -12,7 +12,7 @@ import (
 	"github.com/gobwas/ws"
 )
 
-// Writing. A connection with frames queued is handed to the Upgrader's
+// Writing. A connection with frames queued is handed to the Pool's
 // writers: at most GOMAXPROCS goroutines, started when work arrives and gone
 // when none is left, that take ready connections in turn and write each
 // one's whole queue with one non-blocking writev. While a writer works
@@ -29,39 +29,38 @@ const (
 
 // writers is the ready queue and the shared writer goroutines.
 type writers struct {
-	wg  *sync.WaitGroup
 	max int
 
 	mu      sync.Mutex
-	ready   []*Conn // connections with frames queued, in turn
-	running int     // writer goroutines
+	ready   []Sink // connections with frames queued, in turn
+	running int    // writer goroutines
 }
 
-func newWriters(wg *sync.WaitGroup) *writers {
-	return &writers{wg: wg, max: runtime.GOMAXPROCS(0)}
-}
+func newWriters() writers { return writers{max: runtime.GOMAXPROCS(0)} }
 
-// push puts c in the ready queue, starting a writer if fewer than max run.
-// c.writing is set, so c is in the queue at most once.
-func (w *writers) push(c *Conn) {
+// push puts s in the ready queue, starting a writer if fewer than max run.
+// Its queue's writing is set, so s is in the ready queue at most once.
+func (p *Pool) push(s Sink) {
+	w := &p.w
 	w.mu.Lock()
-	w.ready = append(w.ready, c)
+	w.ready = append(w.ready, s)
 	start := w.running < w.max
 	if start {
 		w.running++
 	}
 	w.mu.Unlock()
 	if start {
-		w.wg.Add(1)
-		go w.run()
+		p.wg.Add(1)
+		go p.run()
 	}
 }
 
 // run writes ready connections until none is left.
-func (w *writers) run() {
-	defer w.wg.Done()
+func (p *Pool) run() {
+	defer p.wg.Done()
+	w := &p.w
 	var sc scratch
-	var batch []*Conn
+	var batch []Sink
 	for {
 		w.mu.Lock()
 		k := min(len(w.ready), writerBatch)
@@ -75,9 +74,9 @@ func (w *writers) run() {
 		clear(w.ready[rest:])
 		w.ready = w.ready[:rest]
 		w.mu.Unlock()
-		for _, c := range batch {
-			if c.flush(&sc) {
-				w.push(c)
+		for _, s := range batch {
+			if p.flush(s, &sc) {
+				p.push(s)
 			}
 		}
 		clear(batch)
@@ -95,100 +94,101 @@ type scratch struct {
 // written, so a parked writer pins no client's memory.
 func (sc *scratch) release() { clear(sc.bufs[:cap(sc.bufs)]) }
 
-// startWriter hands c to a writer if none has it. Called with c.mu held.
-func (c *Conn) startWriter() {
-	if c.writing {
+// startWriter hands s to a writer if none has it. Called with q.mu held.
+func (p *Pool) startWriter(s Sink, q *Queue) {
+	if q.writing {
 		return
 	}
-	c.writing = true
-	if c.raw == nil {
-		c.u.deps.WG.Add(1)
-		go c.writeLoop(nil, false)
+	q.writing = true
+	if s.Raw() == nil {
+		p.wg.Add(1)
+		go p.writeLoop(s, nil, false)
 		return
 	}
-	c.u.w.push(c)
+	p.push(s)
 }
 
-// flush writes what c has queued, up to maxTake bytes, without blocking.
-// It reports whether more is queued (c goes back to the ready queue, behind
-// the others); otherwise c has left the writers.
-func (c *Conn) flush(sc *scratch) bool {
-	batch := c.take()
+// flush writes what s has queued, up to MaxTake bytes, without blocking.
+// It reports whether more is queued (s goes back to the ready queue, behind
+// the others); otherwise s has left the writers.
+func (p *Pool) flush(s Sink, sc *scratch) bool {
+	q := s.Queue()
+	batch := q.take()
 	if batch == nil {
 		return false
 	}
 	closed := sc.build(batch)
-	n, err := c.writev(sc)
+	n, err := writev(s.Raw(), sc)
 	left := sc.after(n)
 	sc.release()
 	clear(batch)
 	if err != nil {
-		c.nc.Close() // the reader sees it and cleans up
-		c.markWriterDone()
+		s.Conn().Close() // the reader sees it and cleans up
+		p.writerDone(s)
 		return false
 	}
 	if len(left) > 0 {
 		// The socket is full: this connection's writes may now block.
-		c.wrote(size(left))
-		c.u.deps.WG.Add(1)
-		go c.writeLoop(left, closed)
+		p.wrote(q, size(left))
+		p.wg.Add(1)
+		go p.writeLoop(s, left, closed)
 		return false
 	}
 	if closed {
-		c.wrote(0)
-		c.closeWrite()
+		p.wrote(q, 0)
+		p.closeWrite(s)
 		return false
 	}
-	return c.wrote(0)
+	return p.wrote(q, 0)
 }
 
-// maxTake bounds the bytes a writer takes from one connection's queue at a
+// MaxTake bounds the bytes a writer takes from one connection's queue at a
 // time (at least one frame): what a slow reader has in flight beyond its
 // queue, and so how long a close frame waits behind data already taken.
-const maxTake = 64 << 10
+const MaxTake = 64 << 10
 
-// take moves the oldest queued frames, up to maxTake bytes, into flight;
-// it returns nil (and c leaves the writers) when none are queued.
-func (c *Conn) take() []outFrame {
-	c.mu.Lock()
-	defer c.mu.Unlock()
+// take moves the oldest queued frames, up to MaxTake bytes, into flight;
+// it returns nil (and the connection leaves the writers) when none are queued.
+func (q *Queue) take() []frame {
+	q.mu.Lock()
+	defer q.mu.Unlock()
 	k, n := 0, 0
-	for k < len(c.queue) && (k == 0 || n+len(c.queue[k].b) <= maxTake) {
-		n += len(c.queue[k].b)
+	for k < len(q.frames) && (k == 0 || n+len(q.frames[k].b) <= MaxTake) {
+		n += len(q.frames[k].b)
 		k++
 	}
 	if k == 0 {
-		c.writing = false
+		q.writing = false
 		return nil
 	}
-	batch := c.queue[:k:k]
-	if k == len(c.queue) {
-		c.queue = nil
+	batch := q.frames[:k:k]
+	if k == len(q.frames) {
+		q.frames = nil
 	} else {
-		c.queue = c.queue[k:]
+		q.frames = q.frames[k:]
 	}
-	c.queued -= n
-	c.out.inflight, c.out.inflightAt = n, batch[0].at
+	q.queued -= n
+	q.out.inflight, q.out.inflightAt = n, batch[0].at
 	return batch
 }
 
 // wrote records that the frames in flight were written but for left bytes
 // (still in flight), giving the rest back to the node-wide budget. With
-// nothing left it reports whether more is queued, and c leaves the writers
-// when not.
-func (c *Conn) wrote(left int) bool {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	left = min(left, c.out.inflight)
-	c.u.out.release(c.out.inflight - left)
-	c.out.inflight = left
+// nothing left it reports whether more is queued, and the connection
+// leaves the writers when not.
+func (p *Pool) wrote(q *Queue, left int) bool {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	left = min(left, q.out.inflight)
+	p.release(q.out.inflight - left)
+	q.out.inflight = left
 	if left > 0 {
 		return false
 	}
-	c.out.inflightAt = 0
-	more := len(c.queue) > 0
+	q.out.inflightAt = 0
+	more := len(q.frames) > 0
 	if !more {
-		c.writing = false
+		q.writing = false
 	}
 	return more
 }
@@ -203,7 +203,7 @@ func size(bufs net.Buffers) int {
 
 // build lays out batch as header and payload buffers and reports whether
 // it ends with a close frame.
-func (sc *scratch) build(batch []outFrame) bool {
+func (sc *scratch) build(batch []frame) bool {
 	if cap(sc.hdrs) < len(batch) {
 		sc.hdrs = make([][14]byte, len(batch))
 	}
@@ -236,9 +236,9 @@ func (sc *scratch) after(n int) net.Buffers {
 	return left
 }
 
-// writev writes sc.bufs to c's socket without waiting, as far as it takes
-// them, and returns the bytes written. EAGAIN is not an error.
-func (c *Conn) writev(sc *scratch) (int, error) {
+// writev writes sc.bufs to raw without waiting, as far as it takes them,
+// and returns the bytes written. EAGAIN is not an error.
+func writev(raw syscall.RawConn, sc *scratch) (int, error) {
 	total := 0
 	for i := 0; i < len(sc.bufs); {
 		k := min(len(sc.bufs)-i, maxIovecs)
@@ -252,7 +252,7 @@ func (c *Conn) writev(sc *scratch) (int, error) {
 		}
 		var n int
 		var errno syscall.Errno
-		err := c.raw.Write(func(fd uintptr) bool {
+		err := raw.Write(func(fd uintptr) bool {
 			for {
 				r, _, e := syscall.Syscall(syscall.SYS_WRITEV, fd, uintptr(unsafe.Pointer(&sc.iov[0])), uintptr(len(sc.iov)))
 				if e == syscall.EINTR {
@@ -280,37 +280,38 @@ func (c *Conn) writev(sc *scratch) (int, error) {
 	return total, nil
 }
 
-// writeLoop writes c's frames with blocking writes under the write
-// deadline, starting with left, until c's queue is empty: the path of a
+// writeLoop writes s's frames with blocking writes under the write
+// deadline, starting with left, until its queue is empty: the path of a
 // connection whose socket filled up (or that has no raw socket). Meanwhile
 // the connection is a candidate for shedding (budget.go).
-func (c *Conn) writeLoop(left net.Buffers, closed bool) {
-	defer c.u.deps.WG.Done()
-	c.u.out.setBlocked(c, true)
-	defer c.u.out.setBlocked(c, false)
+func (p *Pool) writeLoop(s Sink, left net.Buffers, closed bool) {
+	defer p.wg.Done()
+	p.setBlocked(s, true)
+	defer p.setBlocked(s, false)
+	q, nc := s.Queue(), s.Conn()
 	var sc scratch
 	for {
 		if len(left) > 0 {
-			c.setWriteDeadline()
-			_, err := left.WriteTo(c.nc)
+			p.setWriteDeadline(q, nc)
+			_, err := left.WriteTo(nc)
 			sc.release()
 			if err != nil {
-				c.nc.Close() // the reader sees it and cleans up
-				c.markWriterDone()
+				nc.Close() // the reader sees it and cleans up
+				p.writerDone(s)
 				return
 			}
 			// The shared writers' raw writes would fail once it passed.
-			c.clearWriteDeadline()
+			clearWriteDeadline(q, nc)
 		}
-		more := c.wrote(0)
+		more := p.wrote(q, 0)
 		if closed {
-			c.closeWrite()
+			p.closeWrite(s)
 			return
 		}
 		if !more {
 			return
 		}
-		batch := c.take()
+		batch := q.take()
 		if batch == nil {
 			return
 		}
@@ -322,48 +323,50 @@ func (c *Conn) writeLoop(left net.Buffers, closed bool) {
 
 // setWriteDeadline bounds a blocking write by WriteTimeout, or sooner by
 // the cut a shed connection got.
-func (c *Conn) setWriteDeadline() {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	dl := time.Now().Add(c.u.cfg.WriteTimeout)
-	if !c.out.cut.IsZero() && c.out.cut.Before(dl) {
-		dl = c.out.cut
+func (p *Pool) setWriteDeadline(q *Queue, nc net.Conn) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	dl := time.Now().Add(p.cfg.WriteTimeout)
+	if !q.out.cut.IsZero() && q.out.cut.Before(dl) {
+		dl = q.out.cut
 	}
-	c.nc.SetWriteDeadline(dl)
+	nc.SetWriteDeadline(dl)
 }
 
 // clearWriteDeadline lifts the deadline after a blocking write, unless the
 // connection was shed: its cut stays.
-func (c *Conn) clearWriteDeadline() {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.out.cut.IsZero() {
-		c.nc.SetWriteDeadline(time.Time{})
+func clearWriteDeadline(q *Queue, nc net.Conn) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.out.cut.IsZero() {
+		nc.SetWriteDeadline(time.Time{})
 	}
 }
 
 // closeWrite runs once the close frame went out: half-close and let the
 // reader drain the peer's close frame briefly, so the peer sees our code
 // rather than 1006.
-func (c *Conn) closeWrite() {
-	if tc, ok := c.nc.(*net.TCPConn); ok {
+func (p *Pool) closeWrite(s Sink) {
+	nc := s.Conn()
+	if tc, ok := nc.(*net.TCPConn); ok {
 		tc.CloseWrite()
 	}
-	c.nc.SetReadDeadline(time.Now().Add(time.Second))
-	c.markWriterDone()
+	nc.SetReadDeadline(time.Now().Add(time.Second))
+	p.writerDone(s)
 }
 
-// markWriterDone stops accepting frames after the socket is finished with,
+// writerDone stops accepting frames after the socket is finished with,
 // and gives what was queued or in flight back to the budget.
-func (c *Conn) markWriterDone() {
-	c.mu.Lock()
-	c.closing = true
-	c.u.out.release(c.queued + c.out.inflight)
-	c.queue, c.queued = nil, 0
-	c.out.inflight, c.out.inflightAt = 0, 0
-	c.writing = false
-	c.mu.Unlock()
-	c.kick()
+func (p *Pool) writerDone(s Sink) {
+	q := s.Queue()
+	q.mu.Lock()
+	q.closing = true
+	p.release(q.queued + q.out.inflight)
+	q.frames, q.queued = nil, 0
+	q.out.inflight, q.out.inflightAt = 0, 0
+	q.writing = false
+	q.mu.Unlock()
+	s.Kick()
 }
 
 // putHeader writes a server (unmasked, final) frame header into b.
