@@ -1,5 +1,5 @@
-// Package session is one client's WebSocket on a node: handshake, read
-// loop, bounded write queue, heartbeat and limits, serving requests through the hub.
+// Package session is one client's WebSocket on a node: handshake, read loop,
+// limits, heartbeat and requests served through the hub (frames out: pkg/outbound).
 package session
 
 import (
