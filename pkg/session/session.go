@@ -17,6 +17,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/ringcast/ringcast/pkg/auth"
+	"github.com/ringcast/ringcast/pkg/defaults"
 	"github.com/ringcast/ringcast/pkg/httpapi"
 	"github.com/ringcast/ringcast/pkg/hub"
 	"github.com/ringcast/ringcast/pkg/outbound"
@@ -122,43 +123,26 @@ func (c *Config) validate() error {
 		return errors.New("session: Node is required")
 	}
 	d := DefaultConfig()
-	for _, v := range []struct{ p, def *time.Duration }{
-		{&c.Heartbeat, &d.Heartbeat}, {&c.WriteTimeout, &d.WriteTimeout},
-		{&c.RequestTimeout, &d.RequestTimeout}, {&c.HandshakeTimeout, &d.HandshakeTimeout},
-		{&c.AssemblyTimeout, &d.AssemblyTimeout}, {&c.CloseGrace, &d.CloseGrace}, {&c.MaxLag, &d.MaxLag},
-	} {
-		if *v.p < 0 {
-			return fmt.Errorf("session: duration %v < 0", *v.p)
-		}
-		if *v.p == 0 {
-			*v.p = *v.def
-		}
+	if err := errors.Join(
+		defaults.Set("Heartbeat", &c.Heartbeat, d.Heartbeat),
+		defaults.Set("WriteTimeout", &c.WriteTimeout, d.WriteTimeout),
+		defaults.Set("RequestTimeout", &c.RequestTimeout, d.RequestTimeout),
+		defaults.Set("HandshakeTimeout", &c.HandshakeTimeout, d.HandshakeTimeout),
+		defaults.Set("AssemblyTimeout", &c.AssemblyTimeout, d.AssemblyTimeout),
+		defaults.Set("CloseGrace", &c.CloseGrace, d.CloseGrace),
+		defaults.Set("MaxLag", &c.MaxLag, d.MaxLag),
+		defaults.Set("MaxMessage", &c.MaxMessage, d.MaxMessage),
+		defaults.Set("SendQueue", &c.SendQueue, d.SendQueue),
+		defaults.Set("SendQueueBytes", &c.SendQueueBytes, d.SendQueueBytes),
+		defaults.Set("MaxConnsPerClient", &c.MaxConnsPerClient, d.MaxConnsPerClient),
+		defaults.Set("MaxUnfinished", &c.MaxUnfinished, d.MaxUnfinished),
+		defaults.Set("RequestRate", &c.RequestRate, d.RequestRate),
+		defaults.Set("MaxOutbound", &c.MaxOutbound, d.MaxOutbound),
+	); err != nil {
+		return fmt.Errorf("session: %w", err)
 	}
-	for _, v := range []struct{ p, def *int }{
-		{&c.MaxMessage, &d.MaxMessage}, {&c.SendQueue, &d.SendQueue}, {&c.SendQueueBytes, &d.SendQueueBytes},
-		{&c.MaxConnsPerClient, &d.MaxConnsPerClient},
-	} {
-		if *v.p < 0 {
-			return fmt.Errorf("session: size %d < 0", *v.p)
-		}
-		if *v.p == 0 {
-			*v.p = *v.def
-		}
-	}
-	if c.MaxUnfinished < 0 || c.RequestRate < 0 || c.MaxOutbound < 0 {
-		return errors.New("session: MaxUnfinished, RequestRate and MaxOutbound must not be negative")
-	}
-	if c.MaxOutbound == 0 {
-		c.MaxOutbound = d.MaxOutbound
-	}
-	if c.SendBuffer == 0 {
+	if c.SendBuffer == 0 { // negative keeps its meaning: the kernel's autotuning
 		c.SendBuffer = d.SendBuffer
-	}
-	if c.MaxUnfinished == 0 {
-		c.MaxUnfinished = d.MaxUnfinished
-	}
-	if c.RequestRate == 0 {
-		c.RequestRate = d.RequestRate
 	}
 	switch c.IdleWait {
 	case "":
