@@ -67,28 +67,37 @@ func Metric(tb testing.TB, g prometheus.Gatherer, name string, labels ...string)
 	if err != nil {
 		tb.Fatalf("gather metrics: %v", err)
 	}
-	var sum float64
+	var total float64
 	found := false
 	for _, f := range families {
-		if f.GetName() != name {
-			continue
-		}
-	next:
-		for _, m := range f.GetMetric() {
-			got := m.GetLabel()
-			if len(got) < len(labels) {
-				continue
-			}
-			for i, l := range labels {
-				if got[i].GetValue() != l {
-					continue next
-				}
-			}
-			sum += value(m)
-			found = true
+		if f.GetName() == name {
+			v, ok := sum(f, labels)
+			total, found = total+v, found || ok
 		}
 	}
-	return sum, found
+	return total, found
+}
+
+// sum adds up the values of f's series whose label values start with
+// labels, and reports whether there was one.
+func sum(f *dto.MetricFamily, labels []string) (float64, bool) {
+	var total float64
+	found := false
+next:
+	for _, m := range f.GetMetric() {
+		got := m.GetLabel()
+		if len(got) < len(labels) {
+			continue
+		}
+		for i, l := range labels {
+			if got[i].GetValue() != l {
+				continue next
+			}
+		}
+		total += value(m)
+		found = true
+	}
+	return total, found
 }
 
 func value(m *dto.Metric) float64 {
@@ -140,19 +149,6 @@ func Scrape(ctx context.Context, url, name string, labels ...string) (float64, e
 	if !ok {
 		return 0, fmt.Errorf("%s has no metric %s", url, name)
 	}
-	var sum float64
-next:
-	for _, m := range f.GetMetric() {
-		got := m.GetLabel()
-		if len(got) < len(labels) {
-			continue
-		}
-		for i, l := range labels {
-			if got[i].GetValue() != l {
-				continue next
-			}
-		}
-		sum += value(m)
-	}
-	return sum, nil
+	v, _ := sum(f, labels)
+	return v, nil
 }
