@@ -1,4 +1,3 @@
-// Package epoll is an epoll instance whose waiter an eventfd wakes: what the
-// balancer's relay shards and the node's idle-connection pollers block on.
-// Linux only.
+// Package epoll is an epoll instance whose waiter an eventfd wakes (Linux only):
+// what pkg/relay's shards and pkg/park's idle-connection pollers block on.
 package epoll
