@@ -474,16 +474,23 @@ func TestReplacedConnection(t *testing.T) {
 // reach the client before its welcome.
 func TestWelcomeIsFirst(t *testing.T) {
 	t.Parallel()
-	n := start(t, nil)
+	// bob sends 5,000 directs a second: past the default request rate it
+	// would be closed 1008 after its burst and the race would be over;
+	// unpaced, alice's queue would pass the slow-consumer bound (4008)
+	// before she reads her first frame.
+	n := start(t, func(c *testConfig) { c.RequestRate = 1e6 })
 	bob := n.connect(t, "bob")
+	bobDone := make(chan error, 1)
 	stop := make(chan struct{})
 	defer close(stop)
 	go func() {
+		pace := time.NewTicker(200 * time.Microsecond)
+		defer pace.Stop()
 		for {
 			select {
 			case <-stop:
 				return
-			default:
+			case <-pace.C:
 			}
 			bob.NC.SetWriteDeadline(time.Now().Add(time.Second))
 			if wsutil.WriteClientText(bob.NC, []byte(`{"op":"send","to":"alice","data":1}`)) != nil {
@@ -493,7 +500,13 @@ func TestWelcomeIsFirst(t *testing.T) {
 	}()
 	go func() { // bob's acks are not read: keep its queue moving
 		for {
-			if _, err := bob.Read(5 * time.Second); err != nil {
+			e, err := bob.Read(5 * time.Second)
+			switch {
+			case err != nil:
+				bobDone <- err
+				return
+			case e.Closed:
+				bobDone <- fmt.Errorf("closed %d", e.CloseCode)
 				return
 			}
 		}
@@ -504,12 +517,17 @@ func TestWelcomeIsFirst(t *testing.T) {
 			t.Fatal(err)
 		}
 		if e, err := c.Read(5 * time.Second); err != nil || e.Frame.Op != wire.OpWelcome {
-			t.Fatalf("connection %d: first frame %s (%v), want welcome", i, e.Raw, err)
+			t.Fatalf("connection %d: first frame %s closed=%v code=%d (%v), want welcome", i, e.Raw, e.Closed, e.CloseCode, err)
 		}
 		c.NC.Close()
 		// Its end is noticed before the next dial: closed connections not
 		// yet detached would pass MaxConnsPerClient (429 under load).
 		testkit.Eventually(t, 5*time.Second, func() bool { return n.count() <= 1 }, "connection %d not done after its client closed it", i)
+		select {
+		case err := <-bobDone:
+			t.Fatalf("bob's connection ended before dial %d (%v): the sends no longer race the welcomes", i+1, err)
+		default:
+		}
 	}
 }
 
