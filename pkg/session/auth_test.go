@@ -12,6 +12,7 @@ import (
 	"github.com/golang-jwt/jwt/v5"
 
 	"github.com/ringcast/ringcast/pkg/auth"
+	"github.com/ringcast/ringcast/pkg/testkit"
 	"github.com/ringcast/ringcast/pkg/wire"
 	"github.com/ringcast/ringcast/pkg/wstest"
 )
@@ -158,6 +159,9 @@ func TestSeveralConnsPerClient(t *testing.T) {
 	tok := mint(t, jwt.MapClaims{"sub": "alice", "exp": time.Now().Add(time.Hour).Unix()})
 	tab1 := n.connectAs(t, "alice", tok, "&session=tab1")
 	tab2 := n.connectAs(t, "alice", tok, "&session=tab2")
+	// The limit counts attached connections; the welcome goes out first.
+	testkit.Eventually(t, 5*time.Second, func() bool { return len(n.hub.Conns("alice")) == 2 },
+		"alice's two connections not attached")
 	_, err := n.dialQuery(t, "alice", "token="+tok+"&session=tab3")
 	var se ws.StatusError
 	if !errors.As(err, &se) || int(se) != http.StatusTooManyRequests {
