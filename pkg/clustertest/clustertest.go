@@ -43,6 +43,10 @@ type Options struct {
 	// first element is the program, which gets the node's binary and
 	// arguments after the rest, e.g. a shell that enters a cgroup and execs.
 	NodeWrap []string
+	// Plain runs binaries built without the race detector even when the
+	// test runs under it: for tests that measure memory, which the
+	// detector's shadow memory (5-10x) would swamp. RINGCAST_BIN wins.
+	Plain bool
 	// TLSCert and TLSKey, when set, serve the balancers over HTTPS/wss with
 	// that pair; TLSRoots is what the cluster's HTTP client trusts then.
 	TLSCert, TLSKey string
@@ -79,46 +83,64 @@ type Cluster struct {
 	client    *http.Client
 }
 
-var (
-	buildOnce sync.Once
-	buildDir  string
-	buildErr  error
-)
+// builds are the binaries of this process: [0] as the test binary was
+// built (with the race detector under -race), [1] without it.
+var builds [2]struct {
+	once sync.Once
+	dir  string
+	err  error
+}
 
 // Build compiles the balancer and node binaries once per process and returns
 // the directory holding them. RINGCAST_BIN, when set, names a directory with
 // binaries already built.
-func Build() (string, error) {
-	buildOnce.Do(func() {
+func Build() (string, error) { return build(0) }
+
+// BuildPlain is Build without the race detector (the same binaries when
+// the test binary has none); see Options.Plain.
+func BuildPlain() (string, error) {
+	if !raceEnabled {
+		return build(0)
+	}
+	return build(1)
+}
+
+func build(i int) (string, error) {
+	b := &builds[i]
+	b.once.Do(func() {
 		if d := os.Getenv("RINGCAST_BIN"); d != "" {
-			buildDir = d
+			b.dir = d
 			return
 		}
 		root, err := moduleRoot()
 		if err != nil {
-			buildErr = err
+			b.err = err
 			return
 		}
 		removeStale(filepath.Join(os.TempDir(), "ringcast-bin-*"))
-		buildDir = filepath.Join(os.TempDir(), fmt.Sprintf("ringcast-bin-%d", os.Getpid()))
-		if err := os.MkdirAll(buildDir, 0o755); err != nil {
-			buildErr = err
+		name := "ringcast-bin-%d"
+		if i == 1 {
+			name = "ringcast-bin-plain-%d"
+		}
+		b.dir = filepath.Join(os.TempDir(), fmt.Sprintf(name, os.Getpid()))
+		if err := os.MkdirAll(b.dir, 0o755); err != nil {
+			b.err = err
 			return
 		}
-		for _, b := range []string{"balancer", "node"} {
-			args := []string{"build", "-o", filepath.Join(buildDir, b)}
-			if raceEnabled {
+		for _, bin := range []string{"balancer", "node"} {
+			args := []string{"build", "-o", filepath.Join(b.dir, bin)}
+			if raceEnabled && i == 0 {
 				args = append(args, "-race")
 			}
-			cmd := exec.Command("go", append(args, "./"+b)...)
+			cmd := exec.Command("go", append(args, "./"+bin)...)
 			cmd.Dir = root
 			if out, err := cmd.CombinedOutput(); err != nil {
-				buildErr = fmt.Errorf("go build %s: %v\n%s", b, err, out)
+				b.err = fmt.Errorf("go build %s: %v\n%s", bin, err, out)
 				return
 			}
 		}
 	})
-	return buildDir, buildErr
+	return b.dir, b.err
 }
 
 // removeStale deletes directories named like pattern-<pid> whose process
@@ -210,7 +232,11 @@ func (o Options) withDefaults() Options {
 // start runs the cluster o describes. place sets each process's Addr and
 // Gossip and returns a command prefix to run it under (nil for none).
 func start(ctx context.Context, o Options, place func(*Proc) ([]string, error)) (*Cluster, error) {
-	bin, err := Build()
+	build := Build
+	if o.Plain {
+		build = BuildPlain
+	}
+	bin, err := build()
 	if err != nil {
 		return nil, err
 	}

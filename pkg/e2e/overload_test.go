@@ -145,7 +145,9 @@ func TestOverloadMemoryCgroup(t *testing.T) {
 		load      = 15 * time.Second
 	)
 	cg := memCgroup(t, limit)
-	c := startCluster(t, clustertest.Options{Nodes: 1, NodeWrap: []string{
+	// Plain: under -race the detector's shadow memory alone would fill
+	// the cgroup.
+	c := startCluster(t, clustertest.Options{Nodes: 1, Plain: true, NodeWrap: []string{
 		"/bin/sh", "-c", `echo $$ > ` + cg + `/cgroup.procs && exec "$0" "$@"`,
 	}})
 	node := c.Nodes[0]
@@ -433,7 +435,8 @@ func testTrickled(t *testing.T, budget int64, holdsAll bool) {
 		frag   = 1000
 		frames = 65 // 65,000 bytes per message, 26 MB in all
 	)
-	c := startCluster(t, clustertest.Options{Nodes: 1, NodeArgs: []string{
+	// Plain: RSS under -race is the detector's shadow memory, not ours.
+	c := startCluster(t, clustertest.Options{Nodes: 1, Plain: true, NodeArgs: []string{
 		"-max-unfinished", strconv.FormatInt(budget, 10), "-assembly-timeout", "60s", "-max-pending", "1024",
 	}})
 	node := c.Nodes[0]
