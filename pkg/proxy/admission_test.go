@@ -195,7 +195,7 @@ func TestAdmissionRate(t *testing.T) {
 // again.
 func TestMaxPending(t *testing.T) {
 	b := startBackend(t, "n1", func(b *backend) { b.delay = 500 * time.Millisecond })
-	_, addr, reg := startProxy(t, Config{MaxPending: 1, DialTimeout: 2 * time.Second}, &fakePicker{nodes: []testNode{{"n1", b.addr()}}})
+	p, addr, reg := startProxy(t, Config{MaxPending: 1, DialTimeout: 2 * time.Second}, &fakePicker{nodes: []testNode{{"n1", b.addr()}}})
 	first := make(chan *wstest.Raw, 1)
 	go func() { first <- wstest.DialRaw(t, addr, wstest.UpgradeRequest("c1")) }()
 	testkit.Eventually(t, 5*time.Second, func() bool { return b.Accepted() == 1 }, "the first upgrade never reached the node")
@@ -214,6 +214,9 @@ func TestMaxPending(t *testing.T) {
 	if f := <-first; f.Resp.StatusCode != http.StatusSwitchingProtocols {
 		t.Fatalf("first upgrade: status %d, want 101", f.Resp.StatusCode)
 	}
+	// The 101 reaches the client before the proxy hands the link to the
+	// relay and returns its token: once it has, upgrades go through again.
+	testkit.Eventually(t, 5*time.Second, func() bool { return len(p.pending) == 0 }, "the first upgrade's token was never returned")
 	connect(t, addr, "c3", "n1")
 }
 
