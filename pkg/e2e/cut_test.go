@@ -30,15 +30,7 @@ func TestBalancerCutFromNode(t *testing.T) {
 	}
 	t.Cleanup(f.Close)
 
-	victim := f.Clients[0].Node()
-	var moved []*clustertest.Member
-	before := map[string]int{}
-	for _, m := range f.Clients {
-		before[m.ID] = m.Client.Reconnects()
-		if m.Node() == victim {
-			moved = append(moved, m)
-		}
-	}
+	victim, moved, before := splitFleet(f)
 	t.Logf("cutting b1 from %s, which holds %d of %d clients (load %s)", victim, len(moved), len(f.Clients), clustertest.LoadAvg())
 	cut := time.Now()
 	if err := n.Cut("b1", victim); err != nil {

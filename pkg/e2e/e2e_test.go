@@ -208,6 +208,19 @@ func failoverClients() int {
 	return 90
 }
 
+// splitFleet names the node of f's first client, the clients on it, and
+// every client's reconnect count so far.
+func splitFleet(f *clustertest.Fleet) (victim string, moved []*clustertest.Member, before map[string]int) {
+	victim, before = f.Clients[0].Node(), map[string]int{}
+	for _, m := range f.Clients {
+		before[m.ID] = m.Client.Reconnects()
+		if m.Node() == victim {
+			moved = append(moved, m)
+		}
+	}
+	return victim, moved, before
+}
+
 func TestFailover(t *testing.T) {
 	ctx := context.Background()
 	c := startCluster(t, clustertest.Options{Nodes: 3})
@@ -223,15 +236,7 @@ func TestFailover(t *testing.T) {
 	}
 	t.Cleanup(f.Close)
 
-	victim := f.Clients[0].Node()
-	var moved []*clustertest.Member
-	before := map[string]int{}
-	for _, m := range f.Clients {
-		before[m.ID] = m.Client.Reconnects()
-		if m.Node() == victim {
-			moved = append(moved, m)
-		}
-	}
+	victim, moved, before := splitFleet(f)
 	t.Logf("killing %s, which holds %d of %d clients (load %s)", victim, len(moved), len(f.Clients), clustertest.LoadAvg())
 	killed := time.Now()
 	c.Node(victim).Kill()
