@@ -246,8 +246,9 @@ func (p *Proxy) dialOwner(r *http.Request, src netip.Addr, clientID string) (str
 	next := false // nodeID, addr, err hold the next pick already
 	for i := range p.cfg.MaxAttempts {
 		if !next {
-			nodeID, addr, err = p.pick.Pick(clientID, p.excluded(tried))
-			if err != nil && len(p.excluded(tried)) > len(tried) {
+			excl := p.excluded(tried)
+			nodeID, addr, err = p.pick.Pick(clientID, excl)
+			if err != nil && len(excl) > len(tried) {
 				// Down marks leave no node: every node failed a dial
 				// lately, as in a reconnect storm that makes them all
 				// slow. A slow node beats a 503: try them anyway.
