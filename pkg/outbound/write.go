@@ -220,16 +220,21 @@ func (sc *scratch) build(batch []frame) bool {
 	return closed
 }
 
-// after returns copies of what is left of sc.bufs once n bytes were
-// written (nil when all were): the headers live in the writer's scratch.
+// after returns what is left of sc.bufs once n bytes were written (nil
+// when all were). The headers live in the writer's scratch and are copied;
+// payloads are not written to after they are queued (one fan-out frame is
+// shared by every subscriber), so they are kept as they are.
 func (sc *scratch) after(n int) net.Buffers {
 	var left net.Buffers
 	for _, b := range sc.bufs {
 		switch {
 		case n >= len(b):
 			n -= len(b)
-		default:
+		case len(b) <= len([14]byte{}): // a header, or a payload as short
 			left = append(left, append([]byte(nil), b[n:]...))
+			n = 0
+		default:
+			left = append(left, b[n:])
 			n = 0
 		}
 	}
