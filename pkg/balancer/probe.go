@@ -36,6 +36,7 @@ type prober interface {
 // path is cut.
 type healthProbe struct {
 	addr    string
+	req     string // the GET /healthz request, built once
 	conn    net.Conn
 	br      *bufio.Reader
 	pending bool      // a request was sent and its answer not read
@@ -48,7 +49,9 @@ type healthProbe struct {
 // a cut after its request was acknowledged must not hide the cut.
 const slowLimit = 2 * time.Second
 
-func newHealthProbe(addr string) prober { return &healthProbe{addr: addr} }
+func newHealthProbe(addr string) prober {
+	return &healthProbe{addr: addr, req: "GET /healthz HTTP/1.1\r\nHost: " + addr + "\r\n\r\n"}
+}
 
 func (p *healthProbe) check(ctx context.Context, timeout time.Duration) verdict {
 	deadline := time.Now().Add(timeout)
@@ -64,7 +67,7 @@ func (p *healthProbe) check(ctx context.Context, timeout time.Duration) verdict 
 	defer stop()
 	if !p.pending {
 		p.conn.SetWriteDeadline(deadline)
-		if _, err := io.WriteString(p.conn, "GET /healthz HTTP/1.1\r\nHost: "+p.addr+"\r\n\r\n"); err != nil {
+		if _, err := io.WriteString(p.conn, p.req); err != nil {
 			p.close()
 			return missed
 		}
