@@ -212,7 +212,7 @@ func (s *Server) newReach() *reach {
 			}
 			s.cluster.SetUnreachable(set)
 		},
-		relays:  func(id string) bool { return s.proxy.Connections()[id] > 0 },
+		relays:  func(id string) bool { return s.proxy.NodeConnections(id) > 0 },
 		targets: map[string]*target{},
 		down:    map[string]bool{},
 	}

@@ -634,6 +634,13 @@ func (p *Proxy) CloseNode(nodeID string) int {
 	return len(p.links[nodeID])
 }
 
+// NodeConnections returns the number of live relayed connections to nodeID.
+func (p *Proxy) NodeConnections(nodeID string) int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return len(p.links[nodeID])
+}
+
 // Connections returns the number of live relayed connections per node id.
 func (p *Proxy) Connections() map[string]int {
 	p.mu.Lock()
