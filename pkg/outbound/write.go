@@ -32,7 +32,8 @@ type writers struct {
 	max int
 
 	mu      sync.Mutex
-	ready   []Sink // connections with frames queued, in turn
+	ready   []Sink // connections with frames queued, in turn, from head on
+	head    int    // ready[:head] were taken (and cleared)
 	running int    // writer goroutines
 }
 
@@ -63,16 +64,23 @@ func (p *Pool) run() {
 	var batch []Sink
 	for {
 		w.mu.Lock()
-		k := min(len(w.ready), writerBatch)
+		k := min(len(w.ready)-w.head, writerBatch)
 		if k == 0 {
 			w.running--
 			w.mu.Unlock()
 			return
 		}
-		batch = append(batch[:0], w.ready[:k]...)
-		rest := copy(w.ready, w.ready[k:])
-		clear(w.ready[rest:])
-		w.ready = w.ready[:rest]
+		batch = append(batch[:0], w.ready[w.head:w.head+k]...)
+		clear(w.ready[w.head : w.head+k])
+		w.head += k
+		// Taking from the front moves the rest only once more was taken
+		// than is left, not per batch: a fan-out to n connections costs
+		// O(n), not O(n²/writerBatch).
+		if rest := len(w.ready) - w.head; w.head > rest {
+			copy(w.ready, w.ready[w.head:])
+			clear(w.ready[rest:])
+			w.ready, w.head = w.ready[:rest], 0
+		}
 		w.mu.Unlock()
 		for _, s := range batch {
 			if p.flush(s, &sc) {
