@@ -260,13 +260,21 @@ func (p *Pool) shedLocked(s Sink, q *Queue, reason string) bool {
 	q.frames, q.queued = q.frames[:0], 0
 	q.out.cut = time.Now().Add(p.cfg.CloseGrace)
 	s.Conn().SetWriteDeadline(q.out.cut)
-	why := map[string]string{
-		reasonQueue:  "send queue full",
-		reasonLag:    "more than " + p.cfg.MaxLag.String() + " behind",
-		reasonBudget: "node over its outbound budget",
-	}[reason]
-	p.queueClose(s, q, wire.CloseSlowConsumer, "slow consumer: "+why)
+	p.queueClose(s, q, wire.CloseSlowConsumer, p.slowReason(reason))
 	return true
+}
+
+// slowReason is the close reason of a slow consumer shed for reason.
+func (p *Pool) slowReason(reason string) string {
+	switch reason {
+	case reasonQueue:
+		return "slow consumer: send queue full"
+	case reasonLag:
+		return "slow consumer: more than " + p.cfg.MaxLag.String() + " behind"
+	case reasonBudget:
+		return "slow consumer: node over its outbound budget"
+	}
+	return "slow consumer: "
 }
 
 // queueClose queues a close frame (never refused, counted in the budget)
