@@ -41,16 +41,17 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if !s.track(c) {
-		<-s.admit
+		s.admit.Leave()
 		c.Reject()
 	}
 }
 
 // admitConn is the node's admission policy for new connections: none while
 // draining, and at most MaxPending being set up at once. A burst of
-// reconnects (a node just died) is served at the rate attaches complete;
+// reconnects (a node just died) is served at the rate attaches complete:
+// up to gate.QueueFactor × MaxPending more wait PendingWait for a slot,
 // the rest are told to retry and back off.
-func (s *Server) admitConn(w http.ResponseWriter) bool {
+func (s *Server) admitConn(w http.ResponseWriter, r *http.Request) bool {
 	if s.draining.Load() {
 		http.Error(w, "node draining", http.StatusServiceUnavailable)
 		return false
@@ -61,15 +62,13 @@ func (s *Server) admitConn(w http.ResponseWriter) bool {
 		http.Error(w, "node overloaded: over its outbound budget, retry", http.StatusServiceUnavailable)
 		return false
 	}
-	select {
-	case s.admit <- struct{}{}:
-		return true
-	default:
+	if !s.admit.Enter(r.Context()) {
 		s.met.refused.Inc()
 		w.Header().Set("Retry-After", "1")
 		http.Error(w, "node overloaded: too many connections being set up, retry", http.StatusServiceUnavailable)
 		return false
 	}
+	return true
 }
 
 type publishRequest struct {

@@ -25,6 +25,7 @@ import (
 	"github.com/ringcast/ringcast/pkg/bridge/mesh"
 	"github.com/ringcast/ringcast/pkg/cluster"
 	"github.com/ringcast/ringcast/pkg/defaults"
+	"github.com/ringcast/ringcast/pkg/gate"
 	"github.com/ringcast/ringcast/pkg/httpapi"
 	"github.com/ringcast/ringcast/pkg/hub"
 	"github.com/ringcast/ringcast/pkg/proc"
@@ -66,7 +67,8 @@ type Config struct {
 	DrainWindow       time.Duration // on shutdown clients are asked to reconnect spread over this; default 5s
 	RebalanceRate     int           // clients per second asked to move after a ring change; default 500
 	RebalanceSpread   time.Duration // reconnect after_ms is jittered over this; default 1s
-	MaxPending        int           // connections being set up at once; more get HTTP 503 and retry; default 512
+	MaxPending        int           // connections being set up at once; more wait PendingWait for a slot, then get HTTP 503 and retry; default 512
+	PendingWait       time.Duration // how long a set-up past MaxPending waits for a slot (up to gate.QueueFactor × MaxPending wait); default 1s, negative = refused at once
 	MaxConnsPerClient int           // connections one client id holds here (tabs, devices); one more gets HTTP 429; default 16
 	IdleWait          string        // how idle connections wait: session.IdleEpoll or session.IdleGoroutine; "" = session default
 	Auth              auth.Config   // client tokens and the API key; the same on every balancer and node
@@ -131,6 +133,7 @@ func DefaultConfig() Config {
 		RebalanceRate:   500,
 		RebalanceSpread: time.Second,
 		MaxPending:      512,
+		PendingWait:     time.Second,
 
 		MoveFloor:         300 * time.Millisecond,
 		SweepAge:          3 * time.Second,
@@ -182,6 +185,12 @@ func (c *Config) validate() error {
 	); err != nil {
 		return fmt.Errorf("node: %w", err)
 	}
+	switch {
+	case c.PendingWait == 0:
+		c.PendingWait = d.PendingWait
+	case c.PendingWait < 0:
+		c.PendingWait = 0
+	}
 	if err := bridges.Check(c.Bridge, c.HistorySize); err != nil {
 		return fmt.Errorf("node: %w", err)
 	}
@@ -212,8 +221,8 @@ type Server struct {
 	wg       sync.WaitGroup // connection goroutines
 	mu       sync.Mutex
 	conns    map[*session.Conn]struct{}
-	draining atomic.Bool   // set under mu (track checks it there); /readyz reads it without
-	admit    chan struct{} // admission control: one token per connection being set up
+	draining atomic.Bool // set under mu (track checks it there); /readyz reads it without
+	admit    *gate.Gate  // admission control: a slot per connection being set up
 
 	// health serves the probes on HealthAddr (nil without): its own
 	// listener and accept loop, so a backlog of clients never delays them.
@@ -226,7 +235,7 @@ func New(cfg Config) (*Server, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
-	s := &Server{cfg: cfg, log: cfg.Log, conns: map[*session.Conn]struct{}{}, reg: cfg.Registry, admit: make(chan struct{}, cfg.MaxPending)}
+	s := &Server{cfg: cfg, log: cfg.Log, conns: map[*session.Conn]struct{}{}, reg: cfg.Registry, admit: gate.New(cfg.MaxPending, cfg.PendingWait)}
 	if s.reg == nil {
 		s.reg = prometheus.NewRegistry()
 		s.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -287,7 +296,7 @@ func New(cfg Config) (*Server, error) {
 			Hub: s.hub, WG: &s.wg, Log: cfg.Log, Registry: s.reg, Auth: s.auth,
 			RingEpoch: func() uint64 { return s.cluster.View().Epoch },
 			Admit:     s.admitConn,
-			Release:   func() { <-s.admit },
+			Release:   s.admit.Leave,
 			Done:      s.forget,
 			Subscribed: func(c *session.Conn) {
 				s.failover.subscribed(c.ClientID(), s.cluster.View(), time.Now())

@@ -168,7 +168,7 @@ type Deps struct {
 	// Admit decides, before the upgrade, whether the node takes one more
 	// connection; when it returns false it has answered w. Every true is
 	// paired with one later call of Release. Nil = always.
-	Admit func(w http.ResponseWriter) bool
+	Admit func(w http.ResponseWriter, r *http.Request) bool
 	// Release ends the admission Admit granted: the connection is attached
 	// to the hub, failed to attach, or failed to upgrade. May be nil.
 	Release func()
@@ -273,7 +273,7 @@ func (u *Upgrader) Upgrade(w http.ResponseWriter, r *http.Request) *Conn {
 			return nil
 		}
 	}
-	if u.deps.Admit != nil && !u.deps.Admit(w) {
+	if u.deps.Admit != nil && !u.deps.Admit(w, r) {
 		return nil
 	}
 	nc, rw, _, err := ws.HTTPUpgrader{Timeout: u.cfg.HandshakeTimeout}.Upgrade(r, w)
