@@ -162,6 +162,7 @@ func run(ctx context.Context, args []string) error {
 	fmt.Printf("load: %d clients in %d processes, %d channels, publishes %s by %d publishers, %d B data, %v warm-up, %v window\n",
 		cfg.clients, (cfg.clients+cfg.perProc-1)/cfg.perProc, cfg.channels, rate, cfg.publishers, cfg.size, cfg.warmup, cfg.duration)
 
+	setup0 := cpuTimes(pids)
 	fl, err := startFleet(ctx, self, cfg)
 	if err != nil {
 		return err
@@ -171,7 +172,17 @@ func run(ctx context.Context, args []string) error {
 	if err := fl.waitHeld(ctx, cfg.clients, cfg.connectTimeout); err != nil {
 		return err
 	}
-	fmt.Printf("connections held: %d of %d after %v\n", fl.sum().Held, cfg.clients, time.Since(t0).Round(time.Millisecond))
+	up := fl.sum()
+	fmt.Printf("connections held: %d of %d after %v, %d dials\n", up.Held, cfg.clients, time.Since(t0).Round(time.Millisecond), up.Dials)
+	// What a connection costs each server to set up (upgrade, welcome,
+	// its subscription), idle time of the connect phase included.
+	setup1 := cpuTimes(pids)
+	for i, p := range pids {
+		d := setup1[i] - setup0[i]
+		fmt.Printf("set-up cpu %s (pid %d): %v over the connect phase, %.1f µs per connection held, %.1f µs per dial\n",
+			p.name, p.pid, d.Round(time.Millisecond), float64(d.Microseconds())/float64(max(up.Held, 1)),
+			float64(d.Microseconds())/float64(max(up.Dials, 1)))
+	}
 
 	pub := newPublisher(cfg)
 	pctx, stopPub := context.WithCancel(ctx)
