@@ -13,7 +13,11 @@
 // order, and the summary reports the median of the per-round ratios with
 // their range. Run from the module root:
 //
-//	go run ./scripts/benchproxy [-mode echo|connect] [-tls] [-conns 100] [-size 64] [-warmup 2s] [-duration 6s] [-rounds 5] [-cpuprofile relay.pprof]
+//	go run ./scripts/benchproxy [-mode echo|connect] [-tls] [-conns 100] [-size 64] [-warmup 2s] [-duration 6s] [-rounds 5] [-cpuprofile relay.pprof] [-baseline old-benchproxy]
+//
+// -baseline adds a row relayed by another build of this command (built from
+// an earlier commit with go build -o old-benchproxy ./scripts/benchproxy),
+// measured in the same rounds: an A/B of the relay under the same load.
 package main
 
 import (
@@ -72,6 +76,7 @@ type config struct {
 	conns, size, rounds, backends int
 	warmup, duration              time.Duration
 	cpuprofile, nginx, haproxy    string
+	baseline                      string
 	mode                          string
 	tls                           bool
 }
@@ -89,6 +94,7 @@ func run(ctx context.Context, args []string) error {
 	fs.DurationVar(&cfg.duration, "duration", 6*time.Second, "measured window, per path and round")
 	fs.StringVar(&cfg.cpuprofile, "cpuprofile", "", "write the relay process's CPU profile over each measured window to this path plus .<round>")
 	fs.StringVar(&cfg.nginx, "nginx", "nginx", "nginx binary; the nginx row is skipped when it is not found")
+	fs.StringVar(&cfg.baseline, "baseline", "", "another build of benchproxy (e.g. from an earlier commit): adds a \"relay baseline\" row relayed by its relay, in the same rounds")
 	fs.BoolVar(&cfg.tls, "tls", false, "add a row: the relay serving wss:// (self-signed, TLS 1.3) with its goroutine relay")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -165,6 +171,18 @@ func run(ctx context.Context, args []string) error {
 		return err
 	}
 	paths = append(paths, hop{name: "ringcast relay", urls: wsURLs([]string{relayAddr}), proc: relay, pprof: cfg.cpuprofile != ""})
+	if cfg.baseline != "" {
+		base, err := startChild(ctx, "baseline relay", cfg.baseline, relayMode, "-backends", strings.Join(backends, ","))
+		if err != nil {
+			return err
+		}
+		procs = append(procs, base)
+		addr, err := base.line(ctx, 10*time.Second)
+		if err != nil {
+			return err
+		}
+		paths = append(paths, hop{name: "relay baseline", urls: wsURLs([]string{addr}), proc: base})
+	}
 	if cfg.tls {
 		tlsRelay, err := startChild(ctx, "relay", self, relayMode, "-backends", strings.Join(backends, ","), "-tls")
 		if err != nil {
@@ -192,6 +210,9 @@ func run(ctx context.Context, args []string) error {
 	fmt.Println(nginxNote)
 	fmt.Println(haproxyNote)
 	fmt.Println("ringcast relay: pkg/proxy.New (the balancer's /ws handler and relay) in its own process, static picker hashing client_id over the backends with pkg/ring; no gossip or admin API")
+	if cfg.baseline != "" {
+		fmt.Printf("relay baseline: the same relay row, relayed by %s\n", cfg.baseline)
+	}
 	if cfg.cpuprofile != "" {
 		fmt.Printf("profiling: the relay rows run under a CPU profile, written to %s.<round> (go tool pprof -top %s.* merges them)\n", cfg.cpuprofile, cfg.cpuprofile)
 	}

@@ -50,7 +50,7 @@ func median(ss []sample) sample {
 }
 
 // peers are the paths every other path is compared with, when measured.
-var peers = []string{"direct", "nginx", "haproxy"}
+var peers = []string{"direct", "nginx", "haproxy", "relay baseline"}
 
 // printTables prints one row per path and round, then the medians. The
 // ratios in the summary are the median of the per-round ratios (both paths
