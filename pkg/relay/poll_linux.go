@@ -11,6 +11,7 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+	"unsafe"
 
 	"go.uber.org/zap"
 
@@ -23,7 +24,8 @@ import (
 // descriptor over) and queues the link to one of a few shards. A shard's
 // goroutine runs on its own locked OS thread, blocks in its own epoll_wait
 // (one wait per wake, not nested in the runtime's netpoller), registers the
-// links queued to it edge-triggered and relays whatever became ready. The
+// links queued to it edge-triggered and relays whatever became ready with
+// raw read and write syscalls (one each per message and direction). The
 // shard's goroutine alone owns its links, so an event costs no lock, and an
 // idle connection costs a link and no goroutine, stack or buffer.
 
@@ -299,7 +301,7 @@ func (s *shard) run(wg *sync.WaitGroup) {
 		case s.tickAt != 0:
 			wait = int(max(0, (s.tickAt-s.now()+int64(time.Millisecond)-1)/int64(time.Millisecond)))
 		}
-		n, err := syscall.EpollWait(s.epfd, s.events[:], wait)
+		n, err := s.wait(wait)
 		if err == syscall.EINTR {
 			continue
 		}
@@ -330,6 +332,43 @@ func (s *shard) run(wg *sync.WaitGroup) {
 		}
 		s.count()
 	}
+}
+
+// wait returns the number of events in s.events, waiting at most timeout
+// milliseconds for one (-1: without limit). It polls first with a raw
+// syscall, which returns at once and leaves the runtime out, and blocks in
+// epoll_wait only when nothing is ready.
+func (s *shard) wait(timeout int) (int, error) {
+	n, errno := rawPoll(s.epfd, s.events[:])
+	switch {
+	case errno == syscall.EINTR:
+	case errno != 0:
+		return 0, errno
+	case n > 0 || timeout == 0:
+		return n, nil
+	}
+	return syscall.EpollWait(s.epfd, s.events[:], timeout)
+}
+
+// The calls of the per-message path are raw syscalls: the sockets are
+// non-blocking, so each returns at once, and the runtime's bookkeeping of a
+// syscall that may block (handing the P over, taking one back) is skipped.
+
+// rawPoll takes the ready events without waiting.
+func rawPoll(epfd int, ev []syscall.EpollEvent) (int, syscall.Errno) {
+	r, _, errno := syscall.RawSyscall6(syscall.SYS_EPOLL_PWAIT, uintptr(epfd),
+		uintptr(unsafe.Pointer(&ev[0])), uintptr(len(ev)), 0, 0, 0)
+	return int(r), errno
+}
+
+func rawRead(fd int, b []byte) (int, syscall.Errno) {
+	r, _, errno := syscall.RawSyscall(syscall.SYS_READ, uintptr(fd), uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)))
+	return int(r), errno
+}
+
+func rawWrite(fd int, b []byte) (int, syscall.Errno) {
+	r, _, errno := syscall.RawSyscall(syscall.SYS_WRITE, uintptr(fd), uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)))
+	return int(r), errno
 }
 
 // count adds the bytes relayed since the last call to the Relay's
@@ -378,13 +417,13 @@ func (s *shard) visit(l *link, d int, now int64) {
 	}
 	for range burstReads {
 		b := *s.buf
-		n, err := syscall.Read(l.fd[d], b)
+		n, err := rawRead(l.fd[d], b)
 		switch {
 		case err == syscall.EAGAIN:
 			return
 		case err == syscall.EINTR:
 			continue
-		case err != nil:
+		case err != 0:
 			s.finish(l, os.NewSyscallError("read", err))
 			return
 		case n == 0:
@@ -454,13 +493,13 @@ func (s *shard) flush(l *link, d int, now int64) bool {
 // what is left.
 func (s *shard) write(l *link, d int, b []byte, now int64) ([]byte, error) {
 	for len(b) > 0 {
-		n, err := syscall.Write(l.fd[1-d], b)
+		n, err := rawWrite(l.fd[1-d], b)
 		switch {
 		case err == syscall.EAGAIN:
 			return b, nil
 		case err == syscall.EINTR:
 			continue
-		case err != nil:
+		case err != 0:
 			return nil, os.NewSyscallError("write", err)
 		}
 		b = b[n:]
