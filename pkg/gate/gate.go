@@ -81,3 +81,11 @@ func (g *Gate) Waiting() int {
 	}
 	return int(g.waiting.Load())
 }
+
+// InFlight reports the slots taken now.
+func (g *Gate) InFlight() int {
+	if g == nil {
+		return 0
+	}
+	return len(g.slots)
+}

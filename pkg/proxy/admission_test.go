@@ -190,12 +190,12 @@ func TestAdmissionRate(t *testing.T) {
 }
 
 // TestMaxPending: with MaxPending upgrades being set up (here one, held by
-// a node that is slow to answer), the next gets 503 with Retry-After: 1
-// before any node is dialled; once the first is relayed, upgrades pass
-// again.
+// a node that is slow to answer) and no wait for a slot, the next gets 503
+// with Retry-After: 1 before any node is dialled; once the first is
+// relayed, upgrades pass again.
 func TestMaxPending(t *testing.T) {
 	b := startBackend(t, "n1", func(b *backend) { b.delay = 500 * time.Millisecond })
-	p, addr, reg := startProxy(t, Config{MaxPending: 1, DialTimeout: 2 * time.Second}, &fakePicker{nodes: []testNode{{"n1", b.addr()}}})
+	p, addr, reg := startProxy(t, Config{MaxPending: 1, PendingWait: -1, DialTimeout: 2 * time.Second}, &fakePicker{nodes: []testNode{{"n1", b.addr()}}})
 	first := make(chan *wstest.Raw, 1)
 	go func() { first <- wstest.DialRaw(t, addr, wstest.UpgradeRequest("c1")) }()
 	testkit.Eventually(t, 5*time.Second, func() bool { return b.Accepted() == 1 }, "the first upgrade never reached the node")
@@ -216,8 +216,33 @@ func TestMaxPending(t *testing.T) {
 	}
 	// The 101 reaches the client before the proxy hands the link to the
 	// relay and returns its token: once it has, upgrades go through again.
-	testkit.Eventually(t, 5*time.Second, func() bool { return len(p.pending) == 0 }, "the first upgrade's token was never returned")
+	testkit.Eventually(t, 5*time.Second, func() bool { return p.pending.InFlight() == 0 }, "the first upgrade's token was never returned")
 	connect(t, addr, "c3", "n1")
+}
+
+// TestPendingWait: an upgrade past MaxPending waits for the slot (the
+// first one's, held while a slow node answers) instead of being refused,
+// and is relayed once it has it.
+func TestPendingWait(t *testing.T) {
+	b := startBackend(t, "n1", func(b *backend) { b.delay = 300 * time.Millisecond })
+	p, addr, reg := startProxy(t, Config{MaxPending: 1, PendingWait: 10 * time.Second, DialTimeout: 2 * time.Second}, &fakePicker{nodes: []testNode{{"n1", b.addr()}}})
+	first := make(chan *wstest.Raw, 1)
+	go func() { first <- wstest.DialRaw(t, addr, wstest.UpgradeRequest("c1")) }()
+	testkit.Eventually(t, 5*time.Second, func() bool { return b.Accepted() == 1 }, "the first upgrade never reached the node")
+	second := make(chan *wstest.Raw, 1)
+	go func() { second <- wstest.DialRaw(t, addr, wstest.UpgradeRequest("c2")) }()
+	testkit.Eventually(t, 5*time.Second, func() bool { return p.pending.Waiting() == 1 }, "the second upgrade is not waiting for the slot")
+	if got := b.Accepted(); got != 1 {
+		t.Fatalf("node accepted %d connections while the second waited, want 1", got)
+	}
+	for i, ch := range []chan *wstest.Raw{first, second} {
+		if c := <-ch; c.Resp.StatusCode != http.StatusSwitchingProtocols {
+			t.Fatalf("upgrade %d: status %d, want 101", i+1, c.Resp.StatusCode)
+		}
+	}
+	if v, _ := testkit.Metric(t, reg, "ringcast_balancer_connections_refused_total", "overloaded"); v != 0 {
+		t.Errorf("connections_refused_total{overloaded} = %v, want 0", v)
+	}
 }
 
 // TestNoNodeRetryAfter: an upgrade no node can take gets 503 with

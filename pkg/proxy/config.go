@@ -73,6 +73,12 @@ type Config struct {
 	// predecessor, or stalled nodes) gets there; clients then come back
 	// after a second instead of piling up. Negative = off.
 	MaxPending int
+	// PendingWait is how long an upgrade past MaxPending waits, in arrival
+	// order, for a slot (up to gate.QueueFactor × MaxPending wait; more
+	// are refused at once) before its 503. Default 1s: a burst is served
+	// at the rate set-ups complete rather than told to come back after
+	// Retry-After and a backoff. Negative = refused at once.
+	PendingWait time.Duration
 	// TrustedProxies may set the client address with X-Forwarded-For: a
 	// connection from one of them is counted against the rightmost address
 	// in that header that is not itself trusted. Default none: the header
@@ -99,6 +105,7 @@ func DefaultConfig() Config {
 		ConnRatePerIP:    200,
 		MaxSources:       1 << 18,
 		MaxPending:       1024,
+		PendingWait:      time.Second,
 	}
 }
 
@@ -128,6 +135,12 @@ func (c Config) withDefaults() (Config, error) {
 		c.MaxPending = d.MaxPending
 	case c.MaxPending < 0:
 		c.MaxPending = 0
+	}
+	switch {
+	case c.PendingWait == 0:
+		c.PendingWait = d.PendingWait
+	case c.PendingWait < 0:
+		c.PendingWait = 0
 	}
 	switch {
 	case c.ConnRatePerIP == 0:

@@ -21,6 +21,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/ringcast/ringcast/pkg/auth"
+	"github.com/ringcast/ringcast/pkg/gate"
 	"github.com/ringcast/ringcast/pkg/relay"
 	"github.com/ringcast/ringcast/pkg/wire"
 )
@@ -61,7 +62,7 @@ type Proxy struct {
 	relay   *relay.Relay
 
 	admission   *admission
-	pending     chan struct{} // a token per upgrade being set up; nil = no bound (MaxPending)
+	pending     *gate.Gate // a slot per upgrade being set up; nil = no bound (MaxPending)
 	connections *prometheus.GaugeVec
 	refused     *prometheus.CounterVec
 	fallbacks   prometheus.Counter
@@ -116,9 +117,7 @@ func New(cfg Config, pick Picker, log *zap.Logger, reg prometheus.Registerer) (*
 		links: make(map[string]map[relay.Link]netip.Addr),
 		down:  make(map[string]time.Time),
 	}
-	if cfg.MaxPending > 0 {
-		p.pending = make(chan struct{}, cfg.MaxPending)
-	}
+	p.pending = gate.New(cfg.MaxPending, cfg.PendingWait)
 	rcfg := relay.Config{BufferSize: cfg.BufferSize, IdleTimeout: cfg.IdleTimeout, WriteTimeout: cfg.WriteTimeout}
 	p.relay, err = relay.New(rcfg, p.log, bytesTotal.WithLabelValues("to_node"), bytesTotal.WithLabelValues("to_client"))
 	if err != nil {
@@ -156,7 +155,7 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		p.refuse(w, no.reason, no.status, "too many connections from "+src.String()+" ("+no.reason+"), retry later")
 		return
 	}
-	if !p.setup() {
+	if !p.setup(r.Context()) {
 		p.admission.release(src)
 		w.Header().Set("Retry-After", "1")
 		p.refuse(w, "overloaded", http.StatusServiceUnavailable, "balancer overloaded: too many connections being set up, retry later")
@@ -201,25 +200,11 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	p.handshake.Observe(time.Since(start).Seconds())
 }
 
-// setup takes a token for an upgrade being set up, or reports that
-// MaxPending are already.
-func (p *Proxy) setup() bool {
-	if p.pending == nil {
-		return true
-	}
-	select {
-	case p.pending <- struct{}{}:
-		return true
-	default:
-		return false
-	}
-}
+// setup takes a slot for an upgrade being set up, waiting up to
+// PendingWait for one when MaxPending are already; false = refused.
+func (p *Proxy) setup(ctx context.Context) bool { return p.pending.Enter(ctx) }
 
-func (p *Proxy) setupDone() {
-	if p.pending != nil {
-		<-p.pending
-	}
-}
+func (p *Proxy) setupDone() { p.pending.Leave() }
 
 // refuse answers an upgrade the proxy will not relay and closes the
 // connection after the answer.

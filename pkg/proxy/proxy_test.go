@@ -30,7 +30,7 @@ import (
 func TestConfigDefaults(t *testing.T) {
 	custom := Config{DialTimeout: time.Millisecond, HandshakeTimeout: time.Second, MaxAttempts: 1,
 		DownFor: time.Minute, BufferSize: 512, IdleTimeout: time.Hour, WriteTimeout: time.Second,
-		MaxConnsPerIP: 7, ConnRatePerIP: 0.5, MaxSources: 9, MaxPending: 9}
+		MaxConnsPerIP: 7, ConnRatePerIP: 0.5, MaxSources: 9, MaxPending: 9, PendingWait: 3 * time.Second}
 	tests := []struct {
 		name    string
 		cfg     Config
