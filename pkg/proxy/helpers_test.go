@@ -37,6 +37,8 @@ type backend struct {
 	hang   bool          // never answer
 	stall  bool          // send the first bytes of the answer, then nothing
 	delay  time.Duration // wait this long before answering
+	extra  string        // header lines added to the 101, each ending in CRLF
+	lf     bool          // end the 101's lines in LF alone
 
 	mu      sync.Mutex
 	headers []http.Header
@@ -81,8 +83,12 @@ func (b *backend) serve(c net.Conn) {
 		return
 	}
 	h := sha1.Sum([]byte(req.Header.Get("Sec-WebSocket-Key") + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"))
-	_, err = c.Write([]byte("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n" +
-		"Sec-WebSocket-Accept: " + base64.StdEncoding.EncodeToString(h[:]) + "\r\n\r\n" + b.name + "\n"))
+	head := "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n" + b.extra +
+		"Sec-WebSocket-Accept: " + base64.StdEncoding.EncodeToString(h[:]) + "\r\n\r\n"
+	if b.lf {
+		head = strings.ReplaceAll(head, "\r\n", "\n")
+	}
+	_, err = c.Write([]byte(head + b.name + "\n"))
 	if err == nil {
 		testkit.Echo(c, br)
 	}

@@ -58,7 +58,8 @@ type Proxy struct {
 	pick    Picker
 	log     *zap.Logger
 	dialer  net.Dialer
-	readers sync.Pool // *bufio.Reader for node handshakes
+	readers sync.Pool // *nodeReader for node handshakes
+	heads   sync.Pool // *[]byte the upgrade request heads are rendered into
 	relay   *relay.Relay
 
 	admission   *admission
@@ -70,8 +71,8 @@ type Proxy struct {
 
 	mu     sync.Mutex
 	closed bool
-	links  map[string]map[relay.Link]netip.Addr // node id → live links → the source they are counted against
-	down   map[string]time.Time                 // node id → skipped until
+	links  map[string]*nodeLinks // node id → its live links
+	down   map[string]time.Time  // node id → skipped until
 }
 
 // New returns a Proxy that routes with pick. reg may be nil, log may be nil.
@@ -91,10 +92,14 @@ func New(cfg Config, pick Picker, log *zap.Logger, reg prometheus.Registerer) (*
 		Help: "Bytes relayed between clients and nodes, by direction (to_node, to_client).",
 	}, []string{"direction"})
 	p := &Proxy{
-		cfg:    cfg,
-		pick:   pick,
-		log:    log.Named("proxy"),
-		dialer: net.Dialer{Timeout: cfg.DialTimeout},
+		cfg:  cfg,
+		pick: pick,
+		log:  log.Named("proxy"),
+		// No TCP keep-alive towards nodes: gossip and the reachability
+		// probes close the relays of a node that is gone, the node's
+		// WebSocket heartbeat ends a client that is, and the four socket
+		// options cost every connection a syscall each.
+		dialer: net.Dialer{Timeout: cfg.DialTimeout, KeepAlive: -1},
 		connections: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "ringcast_balancer_connections",
 			Help: "Client connections currently relayed, by node id.",
@@ -114,10 +119,11 @@ func New(cfg Config, pick Picker, log *zap.Logger, reg prometheus.Registerer) (*
 			// 0.5 ms … 8 s
 			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 15),
 		}),
-		links: make(map[string]map[relay.Link]netip.Addr),
+		links: make(map[string]*nodeLinks),
 		down:  make(map[string]time.Time),
 	}
 	p.pending = gate.New(cfg.MaxPending, cfg.PendingWait)
+	p.heads.New = func() any { b := make([]byte, 0, 1024); return &b }
 	rcfg := relay.Config{BufferSize: cfg.BufferSize, IdleTimeout: cfg.IdleTimeout, WriteTimeout: cfg.WriteTimeout}
 	p.relay, err = relay.New(rcfg, p.log, bytesTotal.WithLabelValues("to_node"), bytesTotal.WithLabelValues("to_client"))
 	if err != nil {
@@ -173,11 +179,6 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	clientID := id.ClientID
-	if nw, ok := p.pick.(NodeWaiter); ok {
-		ctx, cancel := context.WithTimeout(r.Context(), p.cfg.DialTimeout)
-		nw.WaitNodes(ctx)
-		cancel()
-	}
 	nodeID, node, br, err := p.dialOwner(r, src, clientID)
 	if err != nil {
 		p.admission.release(src)
@@ -221,9 +222,16 @@ func (p *Proxy) refuse(w http.ResponseWriter, reason string, status int, msg str
 // the node is then marked down. When no other node is left to try, a slow
 // node gets up to HandshakeTimeout: a late answer beats none. It returns
 // the node with a reader holding the start of its answer.
-func (p *Proxy) dialOwner(r *http.Request, src netip.Addr, clientID string) (string, net.Conn, *bufio.Reader, error) {
+func (p *Proxy) dialOwner(r *http.Request, src netip.Addr, clientID string) (string, net.Conn, *nodeReader, error) {
 	ctx := r.Context()
-	head := requestHead(r, src)
+	hb := p.heads.Get().(*[]byte)
+	head := appendRequestHead((*hb)[:0], r, src)
+	defer func() {
+		if cap(head) <= maxPooledHead {
+			*hb = head
+			p.heads.Put(hb)
+		}
+	}()
 	tried := make([]string, 0, p.cfg.MaxAttempts)
 	var lastErr error
 	var nodeID, addr string
@@ -231,13 +239,15 @@ func (p *Proxy) dialOwner(r *http.Request, src netip.Addr, clientID string) (str
 	next := false // nodeID, addr, err hold the next pick already
 	for i := range p.cfg.MaxAttempts {
 		if !next {
-			excl := p.excluded(tried)
-			nodeID, addr, err = p.pick.Pick(clientID, excl)
-			if err != nil && len(excl) > len(tried) {
-				// Down marks leave no node: every node failed a dial
-				// lately, as in a reconnect storm that makes them all
-				// slow. A slow node beats a 503: try them anyway.
-				nodeID, addr, err = p.pick.Pick(clientID, tried)
+			nodeID, addr, err = p.pickNode(clientID, tried)
+			if nw, ok := p.pick.(NodeWaiter); ok && err != nil && i == 0 {
+				// A balancer that just started may not know the ring
+				// yet: wait for it. Only then: a ring that is known
+				// costs an upgrade no timer.
+				wctx, cancel := context.WithTimeout(ctx, p.cfg.DialTimeout)
+				nw.WaitNodes(wctx)
+				cancel()
+				nodeID, addr, err = p.pickNode(clientID, tried)
 			}
 		}
 		next = false
@@ -288,6 +298,19 @@ func (p *Proxy) dialOwner(r *http.Request, src netip.Addr, clientID string) (str
 	return "", nil, nil, lastErr
 }
 
+// pickNode picks the node for clientID that is neither in tried nor marked
+// down; when down marks leave none (every node failed a dial lately, as in
+// a reconnect storm that makes them all slow), it ignores them: a slow node
+// beats a 503.
+func (p *Proxy) pickNode(clientID string, tried []string) (nodeID, addr string, err error) {
+	excl := p.excluded(tried)
+	nodeID, addr, err = p.pick.Pick(clientID, excl)
+	if err != nil && len(excl) > len(tried) {
+		nodeID, addr, err = p.pick.Pick(clientID, tried)
+	}
+	return nodeID, addr, err
+}
+
 // errSlow means the node accepted the connection and the upgrade but sent
 // no byte of its answer within DialTimeout; the connection is still open.
 var errSlow = errors.New("no answer to the upgrade within the dial timeout")
@@ -295,14 +318,14 @@ var errSlow = errors.New("no answer to the upgrade within the dial timeout")
 // dialNode connects to addr, writes the upgrade request head and waits for
 // the first byte of the answer, all within DialTimeout. On errSlow it
 // returns the open connection and its reader; on other errors neither.
-func (p *Proxy) dialNode(ctx context.Context, addr string, head []byte) (net.Conn, *bufio.Reader, error) {
+func (p *Proxy) dialNode(ctx context.Context, addr string, head []byte) (net.Conn, *nodeReader, error) {
 	deadline := time.Now().Add(p.cfg.DialTimeout)
 	c, err := p.dialer.DialContext(ctx, "tcp", addr)
 	if err != nil {
 		return nil, nil, err
 	}
 	br := p.reader(c)
-	fail := func(err error) (net.Conn, *bufio.Reader, error) {
+	fail := func(err error) (net.Conn, *nodeReader, error) {
 		p.putReader(br)
 		c.Close()
 		return nil, nil, err
@@ -313,7 +336,7 @@ func (p *Proxy) dialNode(ctx context.Context, addr string, head []byte) (net.Con
 	if _, err := c.Write(head); err != nil {
 		return fail(fmt.Errorf("write upgrade: %w", err))
 	}
-	if err := p.await(ctx, c, br, deadline); err != nil {
+	if err := p.awaitSet(ctx, c, br); err != nil {
 		var ne net.Error
 		if errors.As(err, &ne) && ne.Timeout() && ctx.Err() == nil {
 			return c, br, errSlow
@@ -325,10 +348,15 @@ func (p *Proxy) dialNode(ctx context.Context, addr string, head []byte) (net.Con
 
 // await waits until br holds the first byte of the node's answer, until
 // deadline or until ctx ends (a client that gave up frees the attempt).
-func (p *Proxy) await(ctx context.Context, c net.Conn, br *bufio.Reader, deadline time.Time) error {
+func (p *Proxy) await(ctx context.Context, c net.Conn, br *nodeReader, deadline time.Time) error {
 	if err := c.SetDeadline(deadline); err != nil {
 		return fmt.Errorf("set node deadline: %w", err)
 	}
+	return p.awaitSet(ctx, c, br)
+}
+
+// awaitSet is await under the deadline c has already.
+func (p *Proxy) awaitSet(ctx context.Context, c net.Conn, br *nodeReader) error {
 	stop := context.AfterFunc(ctx, func() { c.SetDeadline(time.Now()) })
 	defer stop()
 	if _, err := br.Peek(1); err != nil {
@@ -341,18 +369,23 @@ func (p *Proxy) await(ctx context.Context, c net.Conn, br *bufio.Reader, deadlin
 // br holds) and answers the client with it. On a 101 it hijacks the client
 // and starts the relay. It writes the client's response itself; a returned
 // error means node must be closed.
-func (p *Proxy) upgrade(w http.ResponseWriter, r *http.Request, src netip.Addr, clientID, nodeID string, node net.Conn, br *bufio.Reader) error {
+func (p *Proxy) upgrade(w http.ResponseWriter, r *http.Request, src netip.Addr, clientID, nodeID string, node net.Conn, br *nodeReader) error {
 	w.Header().Set("Connection", "close") // for every answer but the relayed 101
-	resp, err := p.readAnswer(r, node, br)
+	n, err := p.readSwitch(node, br)
+	var resp *http.Response // set when the general parser read the answer
+	if err == nil && n == 0 {
+		// Not a 101, or a head longer than the buffer.
+		if resp, err = http.ReadResponse(&br.Reader, r); err == nil && resp.StatusCode != http.StatusSwitchingProtocols {
+			return p.relayRefusal(w, resp)
+		}
+	}
 	if err != nil {
+		err = fmt.Errorf("read upgrade response from node: %w", err)
 		if p.markDown(nodeID) {
 			p.log.Warn("node marked down", zap.String("node", nodeID), zap.Error(err))
 		}
 		http.Error(w, "bad gateway: "+err.Error(), http.StatusBadGateway)
 		return err
-	}
-	if resp.StatusCode != http.StatusSwitchingProtocols {
-		return p.relayRefusal(w, resp)
 	}
 	if p.isClosed() {
 		http.Error(w, "balancer is shutting down", http.StatusServiceUnavailable)
@@ -363,7 +396,7 @@ func (p *Proxy) upgrade(w http.ResponseWriter, r *http.Request, src netip.Addr, 
 		http.Error(w, "cannot take over the connection", http.StatusInternalServerError)
 		return fmt.Errorf("hijack client: %w", err)
 	}
-	if err := p.forwardSwitch(client, node, resp, br, cbuf.Reader); err != nil {
+	if err := p.forwardSwitch(client, node, br, resp, cbuf.Reader); err != nil {
 		client.Close()
 		return err
 	}
@@ -391,18 +424,106 @@ func (rt *route) Untrack(l relay.Link, err error) {
 	}
 }
 
-// readAnswer reads the rest of the node's answer within HandshakeTimeout. A
-// node that began answering is alive: a failure now is not retried
-// elsewhere.
-func (p *Proxy) readAnswer(r *http.Request, node net.Conn, br *bufio.Reader) (*http.Response, error) {
-	if err := node.SetDeadline(time.Now().Add(p.cfg.HandshakeTimeout)); err != nil {
-		return nil, fmt.Errorf("set node deadline: %w", err)
+// readSwitch reads the node's answer as far as needed to tell whether it
+// is a 101 whose head br holds whole, and returns the length of that head:
+// it is then relayed as the node wrote it. It returns 0 when the answer is
+// anything else (or a head longer than the buffer): http.ReadResponse then
+// reads it from br, which it left unread. Whatever is read after the first
+// byte comes within HandshakeTimeout (a node that began answering is
+// alive: a failure now is not retried elsewhere); an answer that came whole
+// with its first byte, as usual, is read without setting a deadline.
+func (p *Proxy) readSwitch(node net.Conn, br *nodeReader) (int, error) {
+	timed := false
+	for {
+		b, _ := br.Peek(br.Buffered())
+		n, more := switchHead(b)
+		if n > 0 {
+			return n, nil
+		}
+		if !timed {
+			if err := node.SetDeadline(time.Now().Add(p.cfg.HandshakeTimeout)); err != nil {
+				return 0, fmt.Errorf("set node deadline: %w", err)
+			}
+			timed = true
+		}
+		if !more || len(b) == br.Size() {
+			return 0, nil
+		}
+		if _, err := br.Peek(len(b) + 1); err != nil {
+			return 0, err
+		}
 	}
-	resp, err := http.ReadResponse(br, r)
-	if err != nil {
-		return nil, fmt.Errorf("read upgrade response from node: %w", err)
+}
+
+// switchHead reports the length of the 101 response head that b starts
+// with. It returns 0 when b starts with any other answer, or with a head it
+// does not take as written (a line that does not end in CRLF, one that is
+// not a header field); more when b ends before that can be told.
+func switchHead(b []byte) (n int, more bool) {
+	const status = "HTTP/1.1 101"
+	if len(b) < len(status)+1 {
+		return 0, bytes.HasPrefix([]byte(status), b)
 	}
-	return resp, nil
+	if string(b[:len(status)]) != status || (b[len(status)] != ' ' && b[len(status)] != '\r') {
+		return 0, false
+	}
+	i := bytes.IndexByte(b, '\n')
+	for first := true; i >= 0; first = false {
+		line := b[n:i]
+		if len(line) == 0 || line[len(line)-1] != '\r' {
+			return 0, false
+		}
+		line = line[:len(line)-1]
+		n = i + 1
+		switch {
+		case len(line) == 0:
+			return n, false
+		case first && len(line) > len(status) && (line[len(status)] != ' ' || !text(line[len(status):])):
+			return 0, false
+		case !first && !headerLine(line):
+			return 0, false
+		}
+		j := bytes.IndexByte(b[n:], '\n')
+		if j < 0 {
+			break
+		}
+		i = n + j
+	}
+	return 0, true
+}
+
+// headerLine reports whether line is "Name: value": a token, a colon and a
+// value without control bytes but tab.
+func headerLine(line []byte) bool {
+	k := bytes.IndexByte(line, ':')
+	return k > 0 && token(line[:k]) && text(line[k+1:])
+}
+
+// text reports whether b holds no control byte but tab.
+func text(b []byte) bool {
+	for _, c := range b {
+		if c < ' ' && c != '\t' || c == 0x7f {
+			return false
+		}
+	}
+	return true
+}
+
+// token reports whether b is an HTTP token (RFC 9110 §5.6.2).
+func token[T string | []byte](b T) bool {
+	if len(b) == 0 {
+		return false
+	}
+	for i := range len(b) {
+		c := b[i]
+		switch {
+		case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9':
+		case strings.IndexByte("!#$%&'*+-.^_`|~", c) >= 0:
+		default:
+			return false
+		}
+	}
+	return true
 }
 
 // relayRefusal relays a node's non-101 answer to the client as a plain
@@ -423,29 +544,31 @@ func (p *Proxy) relayRefusal(w http.ResponseWriter, resp *http.Response) error {
 	return fmt.Errorf("node answered %s", resp.Status)
 }
 
-// forwardSwitch sends the node's 101 (and whatever the node sent after it)
-// to the client, then the bytes the client sent after its request, and
-// clears the handshake deadlines.
-func (p *Proxy) forwardSwitch(client, node net.Conn, resp *http.Response, nodeBuf, clientBuf *bufio.Reader) error {
-	var head bytes.Buffer
-	head.WriteString("HTTP/1.1 " + resp.Status + "\r\n")
-	if err := resp.Header.Write(&head); err != nil {
-		return fmt.Errorf("encode upgrade response: %w", err)
+// forwardSwitch sends the node's 101 and whatever the node sent after it
+// to the client in one write, then the bytes the client sent after its
+// request. The 101 goes as the node wrote it, straight from nodeBuf, unless
+// http.ReadResponse parsed it (resp): then it is rendered from resp.
+// Deadlines are left to the relay, which sets its own.
+func (p *Proxy) forwardSwitch(client, node net.Conn, nodeBuf *nodeReader, resp *http.Response, clientBuf *bufio.Reader) error {
+	out, _ := nodeBuf.Peek(nodeBuf.Buffered())
+	if resp != nil {
+		var head bytes.Buffer
+		head.WriteString("HTTP/1.1 " + resp.Status + "\r\n")
+		if err := resp.Header.Write(&head); err != nil {
+			return fmt.Errorf("encode upgrade response: %w", err)
+		}
+		head.WriteString("\r\n")
+		head.Write(out)
+		out = head.Bytes()
 	}
-	head.WriteString("\r\n")
-	early, _ := nodeBuf.Peek(nodeBuf.Buffered())
-	head.Write(early)
-	if err := writeAll(client, head.Bytes(), p.cfg.WriteTimeout); err != nil {
+	if err := writeAll(client, out, p.cfg.WriteTimeout); err != nil {
 		return fmt.Errorf("write upgrade response to client: %w", err)
 	}
 	pipelined, _ := clientBuf.Peek(clientBuf.Buffered())
 	if err := writeAll(node, pipelined, p.cfg.WriteTimeout); err != nil {
 		return fmt.Errorf("write early client bytes to node: %w", err)
 	}
-	if err := node.SetDeadline(time.Time{}); err != nil {
-		return fmt.Errorf("clear node deadline: %w", err)
-	}
-	return client.SetDeadline(time.Time{})
+	return nil
 }
 
 func writeAll(c net.Conn, b []byte, timeout time.Duration) error {
@@ -459,18 +582,27 @@ func writeAll(c net.Conn, b []byte, timeout time.Duration) error {
 	return err
 }
 
-func (p *Proxy) putReader(br *bufio.Reader) {
+// nodeReader buffers a node's answer to an upgrade, reading at most
+// maxNodeResponse of it. Readers are pooled.
+type nodeReader struct {
+	bufio.Reader
+	lr io.LimitedReader
+}
+
+func (p *Proxy) putReader(br *nodeReader) {
 	br.Reset(nil)
+	br.lr.R = nil
 	p.readers.Put(br)
 }
 
-func (p *Proxy) reader(node net.Conn) *bufio.Reader {
-	lr := &io.LimitedReader{R: node, N: maxNodeResponse}
-	if br, ok := p.readers.Get().(*bufio.Reader); ok {
-		br.Reset(lr)
-		return br
+func (p *Proxy) reader(node net.Conn) *nodeReader {
+	br, _ := p.readers.Get().(*nodeReader)
+	if br == nil {
+		br = new(nodeReader)
 	}
-	return bufio.NewReader(lr)
+	br.lr = io.LimitedReader{R: node, N: maxNodeResponse}
+	br.Reset(&br.lr)
+	return br
 }
 
 // hopByHop reports whether the canonical header key k applies to one
@@ -491,39 +623,78 @@ func endToEnd(k string) bool {
 	return k == "Origin" || k == "Host" || strings.HasPrefix(k, "Sec-Websocket-")
 }
 
-// requestHead renders the upgrade request sent to the node for the client
-// at client: hop-by-hop and client-supplied forwarding headers removed, the
-// upgrade and forwarding headers set by the proxy.
-func requestHead(r *http.Request, client netip.Addr) []byte {
-	h := r.Header.Clone()
-	for _, v := range r.Header.Values("Connection") {
+// maxPooledHead bounds the request head buffers kept for reuse: a rare
+// upgrade with huge headers does not pin its buffer.
+const maxPooledHead = 8 << 10
+
+// appendRequestHead renders onto b the upgrade request sent to the node for
+// the client at client: hop-by-hop and client-supplied forwarding headers
+// removed, the upgrade and forwarding headers set by the proxy.
+func appendRequestHead(b []byte, r *http.Request, client netip.Addr) []byte {
+	uri := r.RequestURI
+	if !strings.HasPrefix(uri, "/") {
+		// Absolute form or a request built in-process: the node gets
+		// the origin form.
+		uri = r.URL.RequestURI()
+	}
+	b = append(b, "GET "...)
+	b = append(b, uri...)
+	b = append(b, " HTTP/1.1\r\nHost: "...)
+	b = appendValue(b, r.Host)
+	b = append(b, "\r\n"...)
+	conn := r.Header["Connection"]
+	for k, vs := range r.Header {
+		if hopByHop(k) || k == "Host" || k == "Forwarded" || k == "X-Real-Ip" ||
+			strings.HasPrefix(k, "X-Forwarded-") || !token(k) || (!endToEnd(k) && listed(conn, k)) {
+			continue
+		}
+		for _, v := range vs {
+			b = append(b, k...)
+			b = append(b, ": "...)
+			b = appendValue(b, v)
+			b = append(b, "\r\n"...)
+		}
+	}
+	b = append(b, "Connection: Upgrade\r\nUpgrade: websocket\r\n"...)
+	if client.IsValid() {
+		b = append(b, "X-Forwarded-For: "...)
+		b = client.AppendTo(b)
+		b = append(b, "\r\n"...)
+	}
+	if r.TLS != nil {
+		b = append(b, "X-Forwarded-Proto: https\r\n\r\n"...)
+	} else {
+		b = append(b, "X-Forwarded-Proto: http\r\n\r\n"...)
+	}
+	return b
+}
+
+// listed reports whether the Connection header values conn name the header
+// key k.
+func listed(conn []string, k string) bool {
+	for _, v := range conn {
 		for t := range strings.SplitSeq(v, ",") {
-			if k := http.CanonicalHeaderKey(strings.TrimSpace(t)); !endToEnd(k) {
-				delete(h, k)
+			if strings.EqualFold(strings.TrimSpace(t), k) {
+				return true
 			}
 		}
 	}
-	for k := range h {
-		if hopByHop(k) || k == "Forwarded" || k == "X-Real-Ip" || strings.HasPrefix(k, "X-Forwarded-") {
-			delete(h, k)
-		}
-	}
-	h.Set("Connection", "Upgrade")
-	h.Set("Upgrade", "websocket")
-	if client.IsValid() {
-		h.Set("X-Forwarded-For", client.String())
-	}
-	proto := "http"
-	if r.TLS != nil {
-		proto = "https"
-	}
-	h.Set("X-Forwarded-Proto", proto)
+	return false
+}
 
-	var b bytes.Buffer
-	b.WriteString("GET " + r.URL.RequestURI() + " HTTP/1.1\r\nHost: " + r.Host + "\r\n")
-	_ = h.Write(&b)
-	b.WriteString("\r\n")
-	return b.Bytes()
+// appendValue appends a header value trimmed of surrounding blanks, with
+// any CR or LF turned into a space (a value parsed from a request has none;
+// one set in-process might).
+func appendValue(b []byte, v string) []byte {
+	v = strings.Trim(v, " \t")
+	for i := range len(v) {
+		c := v[i]
+		if c == '\r' || c == '\n' {
+			c = ' '
+		}
+		b = append(b, c)
+	}
+	return b
 }
 
 // excluded returns tried plus the nodes marked down now, forgetting expired marks.
@@ -574,6 +745,14 @@ func (p *Proxy) isClosed() bool {
 	return p.closed
 }
 
+// nodeLinks are the live links to one node, each with the source address
+// it is counted against, and the node's connections gauge (looked up once,
+// not per connection).
+type nodeLinks struct {
+	src   map[relay.Link]netip.Addr
+	gauge prometheus.Gauge
+}
+
 // track registers r, relayed to nodeID; it returns false once Close was
 // called.
 func (p *Proxy) track(nodeID string, r relay.Link, src netip.Addr) bool {
@@ -584,11 +763,11 @@ func (p *Proxy) track(nodeID string, r relay.Link, src netip.Addr) bool {
 	}
 	set := p.links[nodeID]
 	if set == nil {
-		set = make(map[relay.Link]netip.Addr)
+		set = &nodeLinks{src: make(map[relay.Link]netip.Addr), gauge: p.connections.WithLabelValues(nodeID)}
 		p.links[nodeID] = set
 	}
-	set[r] = src
-	p.connections.WithLabelValues(nodeID).Inc()
+	set.src[r] = src
+	set.gauge.Inc()
 	return true
 }
 
@@ -596,16 +775,18 @@ func (p *Proxy) untrack(nodeID string, r relay.Link) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	set := p.links[nodeID]
-	if src, ok := set[r]; ok {
-		p.admission.release(src)
-	}
-	delete(set, r)
-	if len(set) == 0 {
-		delete(p.links, nodeID)
-		p.connections.DeleteLabelValues(nodeID)
+	if set == nil {
 		return
 	}
-	p.connections.WithLabelValues(nodeID).Dec()
+	if src, ok := set.src[r]; ok {
+		p.admission.release(src)
+		delete(set.src, r)
+		set.gauge.Dec()
+	}
+	if len(set.src) == 0 {
+		delete(p.links, nodeID)
+		p.connections.DeleteLabelValues(nodeID)
+	}
 }
 
 // CloseNode closes every connection relayed to nodeID, so its clients
@@ -613,17 +794,24 @@ func (p *Proxy) untrack(nodeID string, r relay.Link) {
 func (p *Proxy) CloseNode(nodeID string) int {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	for r := range p.links[nodeID] {
+	set := p.links[nodeID]
+	if set == nil {
+		return 0
+	}
+	for r := range set.src {
 		r.Close()
 	}
-	return len(p.links[nodeID])
+	return len(set.src)
 }
 
 // NodeConnections returns the number of live relayed connections to nodeID.
 func (p *Proxy) NodeConnections(nodeID string) int {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return len(p.links[nodeID])
+	if set := p.links[nodeID]; set != nil {
+		return len(set.src)
+	}
+	return 0
 }
 
 // Connections returns the number of live relayed connections per node id.
@@ -632,7 +820,7 @@ func (p *Proxy) Connections() map[string]int {
 	defer p.mu.Unlock()
 	out := make(map[string]int, len(p.links))
 	for id, set := range p.links {
-		out[id] = len(set)
+		out[id] = len(set.src)
 	}
 	return out
 }
@@ -643,7 +831,7 @@ func (p *Proxy) Close() {
 	p.mu.Lock()
 	p.closed = true
 	for _, set := range p.links {
-		for r := range set {
+		for r := range set.src {
 			r.Close()
 		}
 	}

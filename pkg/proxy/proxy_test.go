@@ -293,6 +293,96 @@ func TestNodeRefusalRelayed(t *testing.T) {
 	})
 }
 
+// TestSwitchingHead: the node's 101 reaches the client with its headers
+// and the bytes behind it, whether it is relayed as written (the usual
+// head) or parsed first (a head longer than the handshake buffer, or one
+// that ends its lines in LF alone).
+func TestSwitchingHead(t *testing.T) {
+	long := "X-Long: " + strings.Repeat("v", 6000) + "\r\n"
+	tests := []struct {
+		name string
+		opt  func(*backend)
+		want string // X-Node-Extra seen by the client
+	}{
+		{"as written", func(b *backend) { b.extra = "X-Node-Extra: 1\r\n" }, "1"},
+		{"longer than the buffer", func(b *backend) { b.extra = "X-Node-Extra: 2\r\n" + long }, "2"},
+		{"LF line ends", func(b *backend) { b.extra = "X-Node-Extra: 3\r\n"; b.lf = true }, "3"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			b := startBackend(t, "n1", tt.opt)
+			_, addr, _ := startProxy(t, Config{}, &fakePicker{nodes: []testNode{{"n1", b.addr()}}})
+			c := connect(t, addr, "alice", "n1")
+			if got := c.Resp.Header.Get("X-Node-Extra"); got != tt.want {
+				t.Errorf("X-Node-Extra = %q, want %q", got, tt.want)
+			}
+			if got := c.Resp.Header.Get("Sec-WebSocket-Accept"); got != "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=" {
+				t.Errorf("Sec-WebSocket-Accept = %q, want the node's", got)
+			}
+			if err := echo(c, []byte("hello")); err != nil {
+				t.Errorf("echo: %v", err)
+			}
+		})
+	}
+}
+
+func TestSwitchHeadParse(t *testing.T) {
+	const ok = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n"
+	tests := []struct {
+		in   string
+		n    int
+		more bool
+	}{
+		{"", 0, true},
+		{"HTTP/1.1 10", 0, true},
+		{"HTTP/1.1 101", 0, true},
+		{"HTTP/1.1 200 OK\r\n\r\n", 0, false},
+		{"HTTP/1.1 1010 x\r\n\r\n", 0, false},
+		{"HTTP/1.0 101 x\r\n\r\n", 0, false},
+		{"HTTP/1.1 101 Switching Protocols\r\nUpgr", 0, true},
+		{"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n", 0, true},
+		{ok, len(ok), false},
+		{ok + "frame bytes", len(ok), false},
+		{"HTTP/1.1 101\r\n\r\n", len("HTTP/1.1 101\r\n\r\n"), false},
+		{"HTTP/1.1 101 x\nUpgrade: websocket\n\n", 0, false},
+		{"HTTP/1.1 101 x\r\nUpgrade: websocket\n\r\n", 0, false},
+		{"HTTP/1.1 101 x\r\nno colon\r\n\r\n", 0, false},
+		{"HTTP/1.1 101 x\r\nBad Name: v\r\n\r\n", 0, false},
+		{"HTTP/1.1 101 x\r\n: v\r\n\r\n", 0, false},
+		{"HTTP/1.1 101 x\r\nK: a\x00b\r\n\r\n", 0, false},
+		{"HTTP/1.1 101 x\r\nK: a\tb\r\n\r\n", len("HTTP/1.1 101 x\r\nK: a\tb\r\n\r\n"), false},
+	}
+	for _, tt := range tests {
+		if n, more := switchHead([]byte(tt.in)); n != tt.n || more != tt.more {
+			t.Errorf("switchHead(%q) = %d, %v, want %d, %v", tt.in, n, more, tt.n, tt.more)
+		}
+	}
+}
+
+// FuzzSwitchHead: a head switchHead takes as written parses as a 101 with
+// the same length, and no input makes it claim more bytes than it got.
+func FuzzSwitchHead(f *testing.F) {
+	f.Add("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\nxx")
+	f.Add("HTTP/1.1 101\r\nK: v\r\n")
+	f.Fuzz(func(t *testing.T, raw string) {
+		n, _ := switchHead([]byte(raw))
+		if n == 0 {
+			return
+		}
+		if n > len(raw) {
+			t.Fatalf("switchHead(%q) = %d, more than the %d bytes given", raw, n, len(raw))
+		}
+		br := bufio.NewReader(strings.NewReader(raw))
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil || resp.StatusCode != http.StatusSwitchingProtocols {
+			t.Fatalf("switchHead(%q) = %d, but it does not parse as a 101: %v", raw, n, err)
+		}
+		if rest := br.Buffered(); len(raw)-rest != n {
+			t.Errorf("switchHead(%q) = %d, http.ReadResponse read %d", raw, n, len(raw)-rest)
+		}
+	})
+}
+
 func TestEchoRoundTrips(t *testing.T) {
 	b := startBackend(t, "n1", nil)
 	p, addr, reg := startProxy(t, Config{BufferSize: 4096}, &fakePicker{nodes: []testNode{{"n1", b.addr()}}})
@@ -549,7 +639,7 @@ func FuzzRequestHead(f *testing.F) {
 			return
 		}
 		r.RemoteAddr = "192.0.2.1:4321"
-		head := requestHead(r, netip.MustParseAddr("192.0.2.1"))
+		head := appendRequestHead(nil, r, netip.MustParseAddr("192.0.2.1"))
 		out, err := http.ReadRequest(bufio.NewReader(bytes.NewReader(head)))
 		if err != nil {
 			t.Fatalf("forwarded request does not parse: %v\n%q", err, head)

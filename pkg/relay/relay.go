@@ -118,6 +118,7 @@ func New(cfg Config, log *zap.Logger, toB, toA prometheus.Counter) (*Relay, erro
 // both have a file descriptor, else with a goroutine per direction. It calls
 // o.Track first; when that refuses, or once Close was called, it closes a
 // and b and returns ErrClosed. Otherwise the link owns a and b from here on.
+// Deadlines left on a and b do not carry over: the relay keeps its own.
 func (r *Relay) Start(a, b net.Conn, o Owner) error {
 	r.mu.Lock()
 	if r.closed {
@@ -130,6 +131,14 @@ func (r *Relay) Start(a, b net.Conn, o Owner) error {
 	r.mu.Unlock()
 	if polled, err := r.startPolled(a, b, o); polled || err != nil {
 		return err
+	}
+	// The goroutines set the deadlines they need; none is left from the
+	// caller's handshake.
+	if err := errors.Join(a.SetDeadline(time.Time{}), b.SetDeadline(time.Time{})); err != nil {
+		a.Close()
+		b.Close()
+		r.wg.Done()
+		return fmt.Errorf("clear deadlines: %w", err)
 	}
 	c := &pipe{r: r, o: o, a: a, b: b}
 	c.active.Store(time.Now().UnixNano())
