@@ -22,17 +22,18 @@ import (
 // descriptor, the relay takes them over from the runtime (it duplicates the
 // descriptors and closes the net.Conns: the runtime has no way to hand a
 // descriptor over) and queues the link to one of a few shards. A shard's
-// goroutine runs on its own locked OS thread, blocks in its own epoll_wait
-// (one wait per wake, not nested in the runtime's netpoller), registers the
-// links queued to it edge-triggered and relays whatever became ready with
-// raw read and write syscalls (one each per message and direction). The
-// shard's goroutine alone owns its links, so an event costs no lock, and an
-// idle connection costs a link and no goroutine, stack or buffer.
+// goroutine blocks in its own epoll_wait (one wait per wake, not nested in
+// the runtime's netpoller), registers the links queued to it edge-triggered
+// and relays whatever became ready with raw read and write syscalls (one
+// each per message and direction). The shard's goroutine alone owns its
+// links, so an event costs no lock, and an idle connection costs a link and
+// no goroutine, stack or buffer.
 
 const (
 	maxEvents  = 128                    // events taken per epoll_wait
 	burstReads = 16                     // reads per direction and visit before other links get a turn
 	tick       = 100 * time.Millisecond // deadline check interval while a deadline is pending
+	yieldEvery = 5 * time.Millisecond   // longest run without rescheduling (see shard.run)
 	epollET    = 1 << 31                // syscall.EPOLLET as the uint32 the kernel reads
 	wakeSlot   = -1                     // event data of the shard's eventfd
 )
@@ -227,6 +228,7 @@ type shard struct {
 	timed    map[*link]struct{} // links with a write or drain deadline
 	expired  []*link            // scratch for the idle check
 	tickAt   int64              // shard time of the next deadline check; 0 if none is armed
+	yieldAt  int64              // shard time of the last reschedule
 	buf      *[]byte            // read buffer
 	toB, toA float64            // bytes relayed since the counters were last updated
 	events   [maxEvents]syscall.EpollEvent
@@ -293,12 +295,10 @@ func (s *shard) register() bool {
 	return !stop
 }
 
-// run relays on a locked OS thread until the poller stops.
+// run relays until the poller stops.
 func (s *shard) run(wg *sync.WaitGroup) {
 	defer wg.Done()
 	defer s.r.bufs.Put(s.buf)
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
 	if s.r.cfg.IdleTimeout > 0 {
 		s.arm(s.now())
 	}
@@ -340,6 +340,14 @@ func (s *shard) run(wg *sync.WaitGroup) {
 			s.check(now)
 		}
 		s.count()
+		// A goroutine that was not rescheduled for 10 ms is preempted
+		// (a signal) when running, or has its P taken when in a syscall
+		// (a thread woken). Rescheduling first avoids both; it is cheap
+		// because the goroutine is not locked to its thread.
+		if now-s.yieldAt >= int64(yieldEvery) {
+			s.yieldAt = now
+			runtime.Gosched()
+		}
 	}
 }
 
