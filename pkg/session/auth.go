@@ -8,29 +8,48 @@ import (
 )
 
 // Identity is who the connection is and what it may do: the token it
-// was upgraded with, or the last refresh.
-func (c *Conn) Identity() *auth.Identity { return c.ident.Load() }
+// was upgraded with, or the last refresh; with auth off, its client id
+// with every permission.
+func (c *Conn) Identity() *auth.Identity {
+	if id := c.ident.Load(); id != nil {
+		return id
+	}
+	return auth.Open(c.id)
+}
+
+// openIdentity is what every connection may do with auth off: one shared
+// value instead of an Identity per connection (its ClientID is empty;
+// Conn.id is the id).
+var openIdentity = auth.Open("")
+
+// identity is what c may do: its token's identity, or openIdentity.
+func (c *Conn) identity() *auth.Identity {
+	if id := c.ident.Load(); id != nil {
+		return id
+	}
+	return openIdentity
+}
 
 // expireAt arms the 4001 close for id's deadline, replacing an earlier one.
 // An identity without exp (or auth off) never expires.
 func (c *Conn) expireAt(id *auth.Identity) {
+	at := id.Deadline()
 	c.q.Locked(func(closing bool) {
-		if c.expTimer != nil {
-			c.expTimer.Stop()
-			c.expTimer = nil
+		if r := c.rare.Load(); r != nil && r.expTimer != nil {
+			r.expTimer.Stop()
+			r.expTimer = nil
 		}
-		at := id.Deadline()
 		if at.IsZero() || closing {
 			return
 		}
-		c.expTimer = time.AfterFunc(time.Until(at), func() { c.Close(wire.CloseUnauthorized, "token expired") })
+		c.timers().expTimer = time.AfterFunc(time.Until(at), func() { c.Close(wire.CloseUnauthorized, "token expired") })
 	})
 }
 
 // refresh replaces the connection's token: same sub required. A refused
 // token leaves the old one in force until its own exp.
 func (c *Conn) refresh(f wire.Frame) {
-	next, err := c.u.deps.Auth.Refresh(c.ident.Load(), f.Token)
+	next, err := c.u.deps.Auth.Refresh(c.Identity(), f.Token)
 	if err != nil {
 		c.Send(wire.ErrorFrame(f.ID, &wire.Error{Code: wire.CodeUnauthorized, Message: err.Error()}))
 		return

@@ -29,36 +29,58 @@ import (
 // (pkg/outbound), so an idle connection costs a poller slot (or one parked
 // goroutine) and no buffers.
 type Conn struct {
-	u       *Upgrader
-	id      string
-	session string // the session query parameter; "" = none
-	ident   atomic.Pointer[auth.Identity]
-	since   int64 // outbound.Clock() when the connection was accepted
-	nc      net.Conn
-	raw     syscall.RawConn
+	u  *Upgrader
+	id string // its own copy: not a slice of the upgrade request
+	// ident is the token's identity (or the last refresh's); nil with auth
+	// off, when every connection shares openIdentity.
+	ident atomic.Pointer[auth.Identity]
+	since int64 // outbound.Clock() when the connection was accepted
+	nc    net.Conn
+	raw   syscall.RawConn
 	// Bytes read from the socket (or by the upgrade) that the frame
 	// parser has not taken yet: a pooled buffer, held only while it has
 	// some, so an idle connection holds none. The reader's own.
 	rb         *[]byte
 	rpos, rend int32
 
+	asked atomic.Bool // told to reconnect elsewhere
+
 	// Waiting while idle: the context Start was given, and c's place on a
 	// poller (pkg/park; none = goroutines).
 	ctx  context.Context
 	spot park.Spot
 
-	q         outbound.Queue // frames for the client; its lock guards the timers too
-	moveTimer *time.Timer    // closes the connection if a reconnect request is ignored
-	expTimer  *time.Timer    // closes the connection 4001 when its token expires
-
-	asked atomic.Bool // told to reconnect elsewhere
+	q outbound.Queue // frames for the client; its lock guards rare's timers too
+	// rare is what few connections have: a session, a pending move, an
+	// expiring token. Nil until one of them comes; set once (session at
+	// the upgrade, else by the first timer, under q's lock), so an idle
+	// connection without them pays one pointer.
+	rare atomic.Pointer[rareState]
 
 	// The reader goroutine's own state (limits.go): the request rate
-	// bucket and the message being assembled.
-	tokens   float64 // request tokens left
-	tokensAt int64   // unix nanoseconds of the last refill; 0 = never
-	held     int64   // bytes of the message being read, counted in the node-wide budget
-	asmBy    int64   // unix nanoseconds the message being read must be complete by; 0 = none
+	// and the message being assembled.
+	tat   int64 // the request rate's theoretical arrival time, unix nanoseconds (limits.go); 0 = never
+	held  int64 // bytes of the message being read, counted in the node-wide budget
+	asmBy int64 // unix nanoseconds the message being read must be complete by; 0 = none
+}
+
+// rareState is the part of a Conn that most connections never need.
+type rareState struct {
+	session   string      // the session query parameter; "" = none. Never changes.
+	moveTimer *time.Timer // closes the connection if a reconnect request is ignored; guarded by q's lock
+	expTimer  *time.Timer // closes the connection 4001 when its token expires; guarded by q's lock
+}
+
+// timers returns c's rareState for setting a timer, making it if c has
+// none. Called with q's lock held (the only place rare is set after the
+// upgrade).
+func (c *Conn) timers() *rareState {
+	if r := c.rare.Load(); r != nil {
+		return r
+	}
+	r := &rareState{}
+	c.rare.Store(r)
+	return r
 }
 
 var _ hub.Sink = (*Conn)(nil)
@@ -67,7 +89,12 @@ var _ hub.Sink = (*Conn)(nil)
 func (c *Conn) ClientID() string { return c.id }
 
 // Session implements hub.Sessioned.
-func (c *Conn) Session() string { return c.session }
+func (c *Conn) Session() string {
+	if r := c.rare.Load(); r != nil {
+		return r.session
+	}
+	return ""
+}
 
 // Since is when the connection was accepted.
 func (c *Conn) Since() time.Time { return outbound.ClockTime(c.since) }
@@ -83,7 +110,7 @@ func (c *Conn) Move(reason string, code int, after time.Duration) bool {
 	c.Send(wire.Encode(&wire.Frame{Op: wire.OpReconnect, Reason: reason, AfterMS: wire.Int(int(after / time.Millisecond))}))
 	c.q.Locked(func(closing bool) {
 		if !closing {
-			c.moveTimer = time.AfterFunc(after+2*time.Second, func() { c.Close(code, reason) })
+			c.timers().moveTimer = time.AfterFunc(after+2*time.Second, func() { c.Close(code, reason) })
 		}
 	})
 	return true
@@ -241,7 +268,7 @@ func (c *Conn) serve(ctx context.Context) {
 	if p, ok := prev.(*Conn); ok {
 		p.Close(wire.CloseReplaced, "replaced by a newer connection of the same session")
 	}
-	c.expireAt(c.ident.Load())
+	c.expireAt(c.identity())
 	if err != nil {
 		c.logger().Warn("attach", zap.Error(err))
 		c.closeNow(wire.CloseTryAgainLater, "bridge unavailable")
@@ -500,11 +527,15 @@ func (c *Conn) closingSince() (time.Time, bool) { return c.q.Closing() }
 // timer is stopped.
 func (c *Conn) finish() {
 	c.q.Finish(func() {
-		if c.moveTimer != nil {
-			c.moveTimer.Stop()
+		r := c.rare.Load()
+		if r == nil {
+			return
 		}
-		if c.expTimer != nil {
-			c.expTimer.Stop()
+		if r.moveTimer != nil {
+			r.moveTimer.Stop()
+		}
+		if r.expTimer != nil {
+			r.expTimer.Stop()
 		}
 	})
 }
@@ -549,7 +580,7 @@ func (c *Conn) handle(ctx context.Context, b []byte) {
 	case wire.OpPing:
 		c.Send(wire.Encode(&wire.Frame{Op: wire.OpPong, ID: f.ID}))
 	case wire.OpSubscribe:
-		if !c.ident.Load().CanSubscribe(f.Channel) {
+		if !c.identity().CanSubscribe(f.Channel) {
 			c.Send(wire.ErrorFrame(f.ID, forbidden("subscribe to", f.Channel)))
 			return
 		}
@@ -568,14 +599,14 @@ func (c *Conn) handle(ctx context.Context, b []byte) {
 		c.u.deps.Hub.Unsubscribe(c, f.Channel)
 		c.Send(wire.Encode(&wire.Frame{Op: wire.OpUnsubscribed, ID: f.ID, Channel: f.Channel}))
 	case wire.OpPublish:
-		if !c.ident.Load().CanPublish(f.Channel) {
+		if !c.identity().CanPublish(f.Channel) {
 			c.Send(wire.ErrorFrame(f.ID, forbidden("publish to", f.Channel)))
 			return
 		}
 		_, err := c.u.deps.Hub.Publish(rctx, bridge.Message{Channel: f.Channel, Data: f.Data, From: c.id})
 		c.reply(f, err)
 	case wire.OpSend:
-		if !c.ident.Load().CanSend() {
+		if !c.identity().CanSend() {
 			c.Send(wire.ErrorFrame(f.ID, &wire.Error{Code: wire.CodeForbidden, Message: "this token may not send direct messages"}))
 			return
 		}

@@ -51,24 +51,34 @@ func checkClose(p []byte) string {
 // allowFrame spends a request token for a frame that is a whole message or
 // a control frame (continuations of a message are its own); false means the
 // client is over RequestRate.
+//
+// The bucket (RequestRate per second, burst 2×) is kept as one number, its
+// theoretical arrival time (the generic cell rate algorithm): tat runs
+// ahead of the clock by one emission interval per frame and falls back to
+// it at the rate, so the tokens left are burst − (tat − now)/interval, and a
+// frame is allowed while at least one is.
 func (c *Conn) allowFrame(h ws.Header) bool {
 	if h.OpCode == ws.OpContinuation {
 		return true // its message paid when it started
 	}
-	rate := c.u.cfg.RequestRate
-	burst := 2 * rate
 	now := time.Now().UnixNano()
-	if c.tokensAt == 0 {
-		c.tokens = burst
-	} else {
-		c.tokens = min(burst, c.tokens+float64(now-c.tokensAt)/1e9*rate)
-	}
-	c.tokensAt = now
-	if c.tokens < 1 {
+	tat := max(c.tat, now)
+	if tat-now > c.u.rate.tolerance {
 		return false
 	}
-	c.tokens--
+	c.tat = tat + c.u.rate.interval
 	return true
+}
+
+// rateLimit is RequestRate as allowFrame uses it.
+type rateLimit struct {
+	interval  int64 // nanoseconds per request: 1/RequestRate
+	tolerance int64 // how far ahead of the clock tat may run: burst−1 intervals
+}
+
+func newRateLimit(rate float64) rateLimit {
+	interval := 1e9 / rate
+	return rateLimit{interval: int64(interval), tolerance: int64((2*rate - 1) * interval)}
 }
 
 func (u *Upgrader) rateText() string { return strconv.FormatFloat(u.cfg.RequestRate, 'g', -1, 64) }

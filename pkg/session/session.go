@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/http"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -185,6 +186,7 @@ type Upgrader struct {
 	region     *region      // the pages of unfinished client messages (region.go)
 
 	cfg  Config
+	rate rateLimit // cfg.RequestRate
 	deps Deps
 	log  *zap.Logger
 	met  *metrics
@@ -203,7 +205,7 @@ func New(cfg Config, deps Deps) (*Upgrader, error) {
 	if deps.Log == nil {
 		deps.Log = zap.NewNop()
 	}
-	u := &Upgrader{cfg: cfg, deps: deps, log: deps.Log, met: newMetrics(deps.Registry)}
+	u := &Upgrader{cfg: cfg, rate: newRateLimit(cfg.RequestRate), deps: deps, log: deps.Log, met: newMetrics(deps.Registry)}
 	if cfg.IdleWait == IdleEpoll {
 		u.idle = park.New(3*cfg.Heartbeat, deps.WG, deps.Log)
 	}
@@ -285,8 +287,15 @@ func (u *Upgrader) Upgrade(w http.ResponseWriter, r *http.Request) *Conn {
 		u.log.Debug("upgrade", zap.Error(err))
 		return nil
 	}
-	c := &Conn{u: u, id: id, session: session, nc: nc, since: outbound.Clock()}
-	c.ident.Store(ident)
+	// The id is copied: the one parsed from the query is a slice of the
+	// request line, which it would keep alive for the connection's life.
+	c := &Conn{u: u, id: strings.Clone(id), nc: nc, since: outbound.Clock()}
+	if ident.Token {
+		c.ident.Store(ident)
+	}
+	if session != "" {
+		c.rare.Store(&rareState{session: strings.Clone(session)})
+	}
 	if n := rw.Reader.Buffered(); n > 0 {
 		b, _ := rw.Reader.Peek(n)
 		c.buffer(b)
@@ -314,7 +323,7 @@ func (c *Conn) Reject() {
 func (u *Upgrader) conns(id, session string) int {
 	n := 0
 	for _, s := range u.deps.Hub.Conns(id) {
-		if c, ok := s.(*Conn); !ok || session == "" || c.session != session {
+		if c, ok := s.(*Conn); !ok || session == "" || c.Session() != session {
 			n++
 		}
 	}
