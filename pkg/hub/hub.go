@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 
@@ -58,44 +59,53 @@ type Hub struct {
 
 	mu       sync.RWMutex
 	channels map[string]*channel
-	clients  map[string][]Sink // client id → its connections here (tabs, devices)
-	subs     map[Sink]subs     // every attached sink, with its subscriptions
+	// clients holds every attached sink: client id → its first connection
+	// here, the others (tabs, devices) chained behind it in attach order.
+	clients map[string]*attached
+	n       int // attached sinks
 }
 
-// subs is one sink's subscriptions. A slice, not a map: most connections
-// hold a handful of channels (at most MaxChannels), and an idle one costs
-// 24 bytes per channel instead of a map's table.
-type subs []sub
+// attached is one attached sink and its subscriptions. The subscriptions
+// are a slice, not a map: most connections hold a handful of channels (at
+// most MaxChannels), and an idle one costs 16 bytes per channel. A
+// connection's hub state is this, its member per channel and a slot in
+// clients (and in each channel's members): no per-sink map entry.
+type attached struct {
+	s    Sink
+	next *attached // the next sink of the same client id
+	subs []sub
+}
 
 type sub struct {
-	channel string
-	m       *member
+	ch *channel
+	m  *member
 }
 
-// get returns the subscription to name, or nil.
-func (ss subs) get(name string) *member {
-	for _, x := range ss {
-		if x.channel == name {
+// sub returns the subscription to name, or nil.
+func (a *attached) sub(name string) *member {
+	for _, x := range a.subs {
+		if x.ch.name == name {
 			return x.m
 		}
 	}
 	return nil
 }
 
-// without returns ss without the subscription to name, and whether it had one.
-func (ss subs) without(name string) (subs, bool) {
-	for i, x := range ss {
-		if x.channel == name {
-			return slices.Delete(ss, i, i+1), true
+// find returns s's entry, or nil when s is not attached. Called with h.mu held.
+func (h *Hub) find(s Sink) *attached {
+	for a := h.clients[s.ClientID()]; a != nil; a = a.next {
+		if a.s == s {
+			return a
 		}
 	}
-	return ss, false
+	return nil
 }
 
 type channel struct {
-	members map[Sink]*member // guarded by Hub.mu
-	ready   chan struct{}    // closed once the bridge subscription settled
-	err     error            // the bridge subscription's error, set before ready closes
+	name    string        // the one copy its subscriptions share
+	members []*member     // guarded by Hub.mu; each member's idx is its index
+	ready   chan struct{} // closed once the bridge subscription settled
+	err     error         // the bridge subscription's error, set before ready closes
 
 	// fanout is a copy of members that Deliver reads without a lock. A
 	// membership change drops it (under Hub.mu); the next Deliver rebuilds
@@ -109,15 +119,34 @@ type channel struct {
 // messages meet without gap. Every delivery that carries a position goes
 // through send, which drops what the subscriber already has: a live message
 // can arrive after the history read already returned it.
+//
+// An idle subscription is 64 bytes: what only a subscription being set up
+// needs is in rec.
 type member struct {
-	s        Sink
-	gone     atomic.Bool // unsubscribed: a fan-out holding an old copy skips it
-	live     atomic.Bool
-	mu       sync.Mutex
+	s     Sink
+	idx   int32         // its index in its channel's members; guarded by Hub.mu
+	state atomic.Uint32 // memberGone, memberLive
+	mu    sync.Mutex
+	last  wire.Position // the position the subscriber has reached; guarded by mu
+	// rec is the subscription's setup state, nil once it is live; guarded
+	// by mu. A member that is not live always has one.
+	rec *recovery
+}
+
+// The bits of member.state.
+const (
+	memberGone = 1 << iota // unsubscribed: a fan-out holding an old copy skips it
+	memberLive             // set up: deliveries go straight to the sink
+)
+
+func (m *member) gone() bool { return m.state.Load()&memberGone != 0 }
+func (m *member) live() bool { return m.state.Load()&memberLive != 0 }
+
+// recovery is what arrives for a member while it is being set up.
+type recovery struct {
 	pending  []bridge.Message
-	overflow bool          // more than pendingLimit arrived while recovering
-	last     wire.Position // the position the subscriber has reached; guarded by mu
-	lost     bool          // the bridge lost messages while recovering (Repair); guarded by mu
+	overflow bool // more than pendingLimit arrived while recovering
+	lost     bool // the bridge lost messages while recovering (Repair)
 }
 
 // send sends msg to s unless it carries a position s already reached. It
@@ -148,10 +177,7 @@ func (h *Hub) snapshot(ch *channel) []*member {
 	if p := ch.fanout.Load(); p != nil {
 		return *p
 	}
-	ms := make([]*member, 0, len(ch.members))
-	for _, m := range ch.members {
-		ms = append(ms, m)
-	}
+	ms := slices.Clone(ch.members)
 	// Under the read lock nobody changes members, so no change can be lost:
 	// a writer drops the copy under the write lock after this returns.
 	ch.fanout.Store(&ms)
@@ -190,8 +216,7 @@ func New(cfg Config, br bridge.Bridge, log *zap.Logger, reg prometheus.Registere
 		br:       br,
 		log:      log.Named("hub"),
 		channels: map[string]*channel{},
-		clients:  map[string][]Sink{},
-		subs:     map[Sink]subs{},
+		clients:  map[string]*attached{},
 	}
 	h.met = newMetrics(h, reg)
 	return h, nil
@@ -204,16 +229,20 @@ func (h *Hub) Attach(ctx context.Context, s Sink) (Sink, error) {
 	id := s.ClientID()
 	h.mu.Lock()
 	var prev Sink
-	if sess := sessionOf(s); sess != "" {
-		for _, o := range h.clients[id] {
-			if sessionOf(o) == sess {
-				prev = o
-				break
-			}
+	sess := sessionOf(s)
+	tail := h.clients[id]
+	for a := tail; a != nil; a = a.next {
+		if sess != "" && prev == nil && sessionOf(a.s) == sess {
+			prev = a.s
 		}
+		tail = a
 	}
-	h.clients[id] = append(h.clients[id], s)
-	h.subs[s] = nil
+	if a := (&attached{s: s}); tail == nil {
+		h.clients[id] = a
+	} else {
+		tail.next = a
+	}
+	h.n++
 	h.mu.Unlock()
 	if prev != nil {
 		h.detach(prev, false)
@@ -223,7 +252,7 @@ func (h *Hub) Attach(ctx context.Context, s Sink) (Sink, error) {
 		return prev, fmt.Errorf("announce client: %w", err)
 	}
 	h.mu.Lock()
-	if len(h.clients[id]) == 0 {
+	if h.clients[id] == nil {
 		// s left while Hold was in flight: its Release may have reached the
 		// bridge before the Hold did.
 		h.br.Release(id)
@@ -238,20 +267,32 @@ func (h *Hub) Detach(s Sink) { h.detach(s, true) }
 func (h *Hub) detach(s Sink, release bool) {
 	h.mu.Lock()
 	id := s.ClientID()
-	if i := slices.Index(h.clients[id], s); i >= 0 {
-		h.clients[id] = slices.Delete(h.clients[id], i, i+1)
-	} else {
-		release = false
+	var a, before *attached
+	for x := h.clients[id]; x != nil; before, x = x, x.next {
+		if x.s == s {
+			a = x
+			break
+		}
 	}
-	if len(h.clients[id]) == 0 {
+	switch {
+	case a == nil:
+		release = false
+	case before != nil:
+		before.next = a.next
+	case a.next != nil:
+		h.clients[id] = a.next
+	default:
 		delete(h.clients, id)
-	} else {
+	}
+	if h.clients[id] != nil {
 		release = false // the id is still connected here
 	}
-	for _, x := range h.subs[s] {
-		h.leave(s, x.channel)
+	if a != nil {
+		h.n--
+		for _, x := range a.subs {
+			h.leave(x.ch, x.m)
+		}
 	}
-	delete(h.subs, s)
 	if release {
 		// Under h.mu, like leave: a later Attach's Hold comes after it.
 		h.br.Release(s.ClientID())
@@ -264,33 +305,34 @@ func (h *Hub) detach(s Sink, release bool) {
 // messages, with no gap and no duplicate at the seam.
 func (h *Hub) Subscribe(ctx context.Context, s Sink, name string, since *wire.Position, id json.RawMessage) error {
 	h.mu.Lock()
-	mine, ok := h.subs[s]
-	if !ok {
+	a := h.find(s)
+	if a == nil {
 		h.mu.Unlock()
 		return errors.New("connection is not attached")
 	}
-	m := mine.get(name)
-	if m == nil && len(mine) >= h.cfg.MaxChannels {
+	m := a.sub(name)
+	if m == nil && len(a.subs) >= h.cfg.MaxChannels {
 		h.mu.Unlock()
 		return fmt.Errorf("%w: the limit is %d", ErrTooManyChannels, h.cfg.MaxChannels)
 	}
 	ch := h.channels[name]
 	first := ch == nil
 	if first {
-		ch = &channel{members: map[Sink]*member{}, ready: make(chan struct{})}
+		ch = &channel{name: strings.Clone(name), ready: make(chan struct{})}
 		h.channels[name] = ch
 	}
 	if m == nil {
-		m = &member{s: s}
-		h.subs[s] = append(mine, sub{name, m})
-		ch.members[s] = m
+		m = &member{s: s, idx: int32(len(ch.members)), rec: &recovery{}}
+		a.subs = append(a.subs, sub{ch, m})
+		ch.members = append(ch.members, m)
 		ch.fanout.Store(nil)
 	} else {
 		m.mu.Lock()
-		m.live.Store(false)
-		m.lost = false
+		m.state.And(^uint32(memberLive))
+		m.rec = &recovery{}
 		m.mu.Unlock()
 	}
+	name = ch.name
 	h.mu.Unlock()
 
 	if first {
@@ -351,56 +393,62 @@ func (h *Hub) Subscribe(ctx context.Context, s Sink, name string, since *wire.Po
 	if m.last.Epoch == "" && top.Epoch != "" {
 		m.last = top
 	}
-	if m.overflow {
+	if m.rec.overflow {
 		// More arrived than could be parked: never a silent gap.
-		m.pending, m.overflow = nil, false
+		m.rec.pending, m.rec.overflow = nil, false
 		return ErrOverflow
 	}
-	if m.lost {
+	if m.rec.lost {
 		// The bridge dropped messages that neither the backlog nor
 		// pending holds: never a silent gap.
-		m.pending, m.lost = nil, false
+		m.rec.pending, m.rec.lost = nil, false
 		return ErrLost
 	}
-	for _, msg := range m.pending {
+	for _, msg := range m.rec.pending {
 		if _, ok := m.send(s, msg, nil); !ok {
 			return nil
 		}
 	}
-	m.pending = nil
-	m.live.Store(true)
+	m.rec = nil
+	m.state.Or(memberLive)
 	return nil
 }
 
 // Unsubscribe removes s from name and reports whether it was subscribed.
 func (h *Hub) Unsubscribe(s Sink, name string) bool {
 	h.mu.Lock()
-	mine, ok := h.subs[s].without(name)
-	if ok {
-		h.subs[s] = mine
+	defer h.mu.Unlock()
+	a := h.find(s)
+	if a == nil {
+		return false
 	}
-	h.leave(s, name)
-	h.mu.Unlock()
-	return ok
+	for i, x := range a.subs {
+		if x.ch.name == name {
+			a.subs = slices.Delete(a.subs, i, i+1)
+			h.leave(x.ch, x.m)
+			return true
+		}
+	}
+	return false
 }
 
-// leave removes s from channel name and drops the bridge interest with the
+// leave removes member m from ch and drops the bridge interest with the
 // last member. Called with h.mu held, so the bridge sees a channel's
 // Unsubscribe before a later first subscriber's Subscribe (Unsubscribe does
 // not block).
-func (h *Hub) leave(s Sink, name string) {
-	ch := h.channels[name]
-	if ch == nil {
-		return
-	}
-	if m := ch.members[s]; m != nil {
-		m.gone.Store(true)
-		delete(ch.members, s)
-		ch.fanout.Store(nil)
-	}
+func (h *Hub) leave(ch *channel, m *member) {
+	m.state.Or(memberGone)
+	last := len(ch.members) - 1
+	moved := ch.members[last]
+	ch.members[m.idx], moved.idx = moved, m.idx
+	ch.members[last] = nil
+	ch.members = ch.members[:last]
+	ch.fanout.Store(nil)
 	if len(ch.members) == 0 {
-		delete(h.channels, name)
-		h.br.Unsubscribe(name)
+		if h.channels[ch.name] == ch {
+			delete(h.channels, ch.name)
+		}
+		h.br.Unsubscribe(ch.name)
 	}
 }
 
@@ -429,24 +477,25 @@ func (h *Hub) Deliver(msg bridge.Message) {
 	frame := messageFrame(msg)
 	n := 0
 	for _, m := range h.snapshot(ch) {
-		if m.gone.Load() {
+		st := m.state.Load()
+		if st&memberGone != 0 {
 			continue
 		}
-		if msg.Epoch == "" && m.live.Load() {
+		if msg.Epoch == "" && st&memberLive != 0 {
 			// No position, nothing to de-duplicate: the lock-free path.
 			m.s.Send(frame)
 			n++
 			continue
 		}
 		m.mu.Lock()
-		if m.live.Load() {
+		if m.live() {
 			if sent, _ := m.send(m.s, msg, frame); sent {
 				n++
 			}
-		} else if len(m.pending) < pendingLimit {
-			m.pending = append(m.pending, msg)
+		} else if len(m.rec.pending) < pendingLimit {
+			m.rec.pending = append(m.rec.pending, msg)
 		} else {
-			m.overflow = true
+			m.rec.overflow = true
 		}
 		m.mu.Unlock()
 	}
@@ -461,14 +510,14 @@ const pendingLimit = 10000
 func (h *Hub) DeliverDirect(d bridge.Direct) bool {
 	h.mu.RLock()
 	defer h.mu.RUnlock()
-	sinks := h.clients[d.To]
-	if len(sinks) == 0 {
+	a := h.clients[d.To]
+	if a == nil {
 		return false
 	}
 	frame := wire.Encode(&wire.Frame{Op: wire.OpDirect, From: d.From, Data: d.Data})
 	n := 0
-	for _, s := range sinks {
-		if s.Send(frame) {
+	for ; a != nil; a = a.next {
+		if a.s.Send(frame) {
 			n++
 		}
 	}
@@ -480,16 +529,22 @@ func (h *Hub) DeliverDirect(d bridge.Direct) bool {
 func (h *Hub) Conns(id string) []Sink {
 	h.mu.RLock()
 	defer h.mu.RUnlock()
-	return slices.Clone(h.clients[id])
+	var out []Sink
+	for a := h.clients[id]; a != nil; a = a.next {
+		out = append(out, a.s)
+	}
+	return out
 }
 
 // Sinks returns a snapshot of the attached connections.
 func (h *Hub) Sinks() []Sink {
 	h.mu.RLock()
 	defer h.mu.RUnlock()
-	out := make([]Sink, 0, len(h.subs))
-	for s := range h.subs {
-		out = append(out, s)
+	out := make([]Sink, 0, h.n)
+	for _, a := range h.clients {
+		for ; a != nil; a = a.next {
+			out = append(out, a.s)
+		}
 	}
 	return out
 }
@@ -498,7 +553,7 @@ func (h *Hub) Sinks() []Sink {
 func (h *Hub) Len() int {
 	h.mu.RLock()
 	defer h.mu.RUnlock()
-	return len(h.subs)
+	return h.n
 }
 
 func messageFrame(m bridge.Message) []byte {

@@ -48,11 +48,12 @@ func (h *Hub) Repair(ctx context.Context) Repaired {
 	h.mu.RLock()
 	for name, ch := range h.channels {
 		byEpoch := map[string]*group{}
-		for s, m := range ch.members {
+		for _, m := range ch.members {
+			s := m.s
 			m.mu.Lock()
 			switch {
-			case !m.live.Load():
-				m.lost = true
+			case !m.live():
+				m.rec.lost = true
 			case m.last.Epoch == "":
 				closing[s] = true
 			default:
@@ -86,7 +87,7 @@ func (h *Hub) Repair(ctx context.Context) Repaired {
 			defer h.mu.RUnlock()
 			told, sent := 0, 0
 			for _, t := range g.members {
-				if h.subs[t.s].get(g.channel) != t.m {
+				if t.m.gone() {
 					continue // left meanwhile
 				}
 				if err != nil {
