@@ -91,10 +91,13 @@ type Mesh struct {
 	// Ready (/readyz, every publish) never waits behind the lock.
 	npeers, nlinks atomic.Int64
 
-	mu       sync.Mutex
-	peers    map[string]string   // id → addr, from membership
-	links    map[string]*link    // id → live link
-	interest map[string]struct{} // our keys: "c:<channel>", "u:<client>"
+	mu    sync.Mutex
+	peers map[string]string // id → addr, from membership
+	links map[string]*link  // id → live link
+	// interest is our keys by kind: channel and client names, without
+	// the prefix their link keys carry ("c:<channel>", "u:<client>"), so
+	// an entry shares the caller's string instead of holding a copy.
+	interest [2]map[string]struct{}
 	kick     chan struct{}       // peers changed
 	linkc    chan struct{}       // closed and replaced whenever a link starts
 	linked   map[string]bool     // peers that had a link since they joined the peer set
@@ -120,7 +123,7 @@ func New(cfg Config, recv bridge.Receiver) (*Mesh, error) {
 		log:      cfg.Log.Named("mesh"),
 		peers:    map[string]string{},
 		links:    map[string]*link{},
-		interest: map[string]struct{}{},
+		interest: [2]map[string]struct{}{{}, {}},
 		kick:     make(chan struct{}, 1),
 		linkc:    make(chan struct{}),
 		linked:   map[string]bool{},
@@ -310,9 +313,11 @@ func (m *Mesh) start(l *link) {
 	m.links[l.peer] = l
 	m.nlinks.Store(int64(len(m.links)))
 	m.linked[l.peer] = true
-	keys := make([]string, 0, len(m.interest))
-	for k := range m.interest {
-		keys = append(keys, k)
+	keys := make([]string, 0, len(m.interest[kindChannel])+len(m.interest[kindClient]))
+	for kind, names := range m.interest {
+		for name := range names {
+			keys = append(keys, keyPrefix[kind]+name)
+		}
 	}
 	l.snapSeq = l.enqueue(frame{T: tSnap, Keys: keys})
 	m.wg.Add(2)
@@ -384,21 +389,31 @@ func (m *Mesh) Send(_ context.Context, d bridge.Direct) (bool, error) {
 
 // Subscribe implements bridge.Bridge.
 func (m *Mesh) Subscribe(ctx context.Context, channel string) error {
-	return m.add(ctx, "c:"+channel)
+	return m.add(ctx, kindChannel, channel)
 }
 
 // Unsubscribe implements bridge.Bridge.
-func (m *Mesh) Unsubscribe(channel string) { m.remove("c:" + channel) }
+func (m *Mesh) Unsubscribe(channel string) { m.remove(kindChannel, channel) }
 
 // Hold implements bridge.Bridge.
-func (m *Mesh) Hold(ctx context.Context, clientID string) error { return m.add(ctx, "u:"+clientID) }
+func (m *Mesh) Hold(ctx context.Context, clientID string) error {
+	return m.add(ctx, kindClient, clientID)
+}
 
 // Release implements bridge.Bridge.
-func (m *Mesh) Release(clientID string) { m.remove("u:" + clientID) }
+func (m *Mesh) Release(clientID string) { m.remove(kindClient, clientID) }
 
-// add announces key to every linked peer and waits until each confirmed it,
-// its link died, or AckTimeout passed.
-func (m *Mesh) add(ctx context.Context, key string) error {
+// The kinds of interest, and the prefix of each kind's link keys.
+const (
+	kindChannel = iota
+	kindClient
+)
+
+var keyPrefix = [2]string{kindChannel: "c:", kindClient: "u:"}
+
+// add announces interest in name to every linked peer and waits until each
+// confirmed it, its link died, or AckTimeout passed.
+func (m *Mesh) add(ctx context.Context, kind int, name string) error {
 	type wait struct {
 		l   *link
 		seq uint64
@@ -406,8 +421,9 @@ func (m *Mesh) add(ctx context.Context, key string) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
+	key := keyPrefix[kind] + name // for the link frames and logs only
 	m.mu.Lock()
-	m.interest[key] = struct{}{}
+	m.interest[kind][name] = struct{}{}
 	waits := make([]wait, 0, len(m.links))
 	for _, l := range m.links {
 		waits = append(waits, wait{l, l.enqueue(frame{T: tAdd, Key: key})})
@@ -469,9 +485,10 @@ func (m *Mesh) add(ctx context.Context, key string) error {
 	}
 }
 
-func (m *Mesh) remove(key string) {
+func (m *Mesh) remove(kind int, name string) {
 	m.mu.Lock()
-	delete(m.interest, key)
+	delete(m.interest[kind], name)
+	key := keyPrefix[kind] + name
 	for _, l := range m.links {
 		l.enqueue(frame{T: tDel, Key: key})
 	}
