@@ -304,6 +304,7 @@ func (u *Upgrader) Upgrade(w http.ResponseWriter, r *http.Request) *Conn {
 		c.raw, _ = sc.SyscallConn()
 	}
 	u.out.Tune(nc)
+	forgetAddrs(nc)
 	if c.raw != nil && u.idle != nil {
 		u.idle.Assign(&c.spot)
 	}
