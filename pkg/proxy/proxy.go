@@ -12,6 +12,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"os"
 	"slices"
 	"strings"
 	"sync"
@@ -320,7 +321,7 @@ var errSlow = errors.New("no answer to the upgrade within the dial timeout")
 // returns the open connection and its reader; on other errors neither.
 func (p *Proxy) dialNode(ctx context.Context, addr string, head []byte) (net.Conn, *nodeReader, error) {
 	deadline := time.Now().Add(p.cfg.DialTimeout)
-	c, err := p.dialer.DialContext(ctx, "tcp", addr)
+	c, err := p.dial(ctx, addr, deadline)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -330,20 +331,35 @@ func (p *Proxy) dialNode(ctx context.Context, addr string, head []byte) (net.Con
 		c.Close()
 		return nil, nil, err
 	}
-	if err := c.SetDeadline(deadline); err != nil {
-		return fail(fmt.Errorf("set node deadline: %w", err))
-	}
 	if _, err := c.Write(head); err != nil {
 		return fail(fmt.Errorf("write upgrade: %w", err))
 	}
 	if err := p.awaitSet(ctx, c, br); err != nil {
-		var ne net.Error
-		if errors.As(err, &ne) && ne.Timeout() && ctx.Err() == nil {
+		if errors.Is(err, os.ErrDeadlineExceeded) && ctx.Err() == nil {
 			return c, br, errSlow
 		}
 		return fail(err)
 	}
 	return c, br, nil
+}
+
+// dial connects to addr and gives the connection deadline. An IP address
+// is dialled by dialTCP, a name by net.Dialer.
+func (p *Proxy) dial(ctx context.Context, addr string, deadline time.Time) (net.Conn, error) {
+	if ap, err := netip.ParseAddrPort(addr); err == nil {
+		if c, err := dialTCP(ctx, ap, deadline); !errors.Is(err, errors.ErrUnsupported) {
+			return c, err
+		}
+	}
+	c, err := p.dialer.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	if err := c.SetDeadline(deadline); err != nil {
+		c.Close()
+		return nil, fmt.Errorf("set node deadline: %w", err)
+	}
+	return c, nil
 }
 
 // await waits until br holds the first byte of the node's answer, until

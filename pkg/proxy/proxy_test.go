@@ -10,6 +10,7 @@ import (
 	"io"
 	"maps"
 	"math/rand/v2"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
@@ -664,4 +665,29 @@ func FuzzRequestHead(f *testing.F) {
 			}
 		}
 	})
+}
+
+// TestNodeAddressForms: a node given by IP address (dialled without the net
+// package) and one given by name (net.Dialer) both relay, and a refused
+// dial on either falls back to the next node.
+func TestNodeAddressForms(t *testing.T) {
+	b := startBackend(t, "n1", nil)
+	_, port, err := net.SplitHostPort(b.addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, closedPort, err := net.SplitHostPort(closedAddr(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, host := range []string{"127.0.0.1", "localhost"} {
+		t.Run(host, func(t *testing.T) {
+			_, addr, _ := startProxy(t, Config{}, &fakePicker{nodes: []testNode{
+				{"n0", net.JoinHostPort(host, closedPort)}, {"n1", net.JoinHostPort(host, port)}}})
+			c := connect(t, addr, "alice", "n1")
+			if err := echo(c, []byte("hello")); err != nil {
+				t.Errorf("echo: %v", err)
+			}
+		})
+	}
 }

@@ -609,8 +609,10 @@ func (s *shard) finish(l *link, err error) {
 	}
 	// Untracked first: Close shuts sockets down only while they are tracked.
 	l.o.Untrack(l, err)
+	// Closing a socket takes it out of the epoll set: the descriptor is
+	// the last one open on it (detach closed the runtime's), so no
+	// EPOLL_CTL_DEL is needed.
 	for _, fd := range l.fd {
-		syscall.EpollCtl(s.epfd, syscall.EPOLL_CTL_DEL, fd, nil)
 		syscall.Close(fd)
 	}
 	s.r.wg.Done()
