@@ -11,15 +11,15 @@ import (
 	"time"
 )
 
-// dialTCP connects to ap by deadline without the net package: a
-// non-blocking socket with TCP_NODELAY, handed to the runtime's poller as an
-// *os.File. Unlike net.Dialer it resolves nothing and makes no context or
-// timer of its own, asks for neither address (getsockname, getpeername),
-// and, when the connection is made at once (as on loopback), checks that
-// with a second connect instead of parking until the poller reports it. It
-// returns errors.ErrUnsupported for an address it leaves to net.Dialer (an
-// IPv6 zone).
-func dialTCP(ctx context.Context, ap netip.AddrPort, deadline time.Time) (net.Conn, error) {
+// dialTCP connects to ap (addr, as the picker gave it) by deadline without
+// the net package: a non-blocking socket with TCP_NODELAY, handed to the
+// runtime's poller as an *os.File. Unlike net.Dialer it resolves nothing
+// and makes no context or timer of its own, asks for neither address
+// (getsockname, getpeername), and, when the connection is made at once (as
+// on loopback), checks that with a second connect instead of parking until
+// the poller reports it. It returns errors.ErrUnsupported for an address it
+// leaves to net.Dialer (an IPv6 zone).
+func dialTCP(ctx context.Context, addr string, ap netip.AddrPort, deadline time.Time) (net.Conn, error) {
 	a := ap.Addr().Unmap()
 	if a.Zone() != "" {
 		return nil, errors.ErrUnsupported
@@ -46,7 +46,7 @@ func dialTCP(ctx context.Context, ap netip.AddrPort, deadline time.Time) (net.Co
 		syscall.Close(fd)
 		return nil, opErr("connect", err)
 	}
-	c := &nodeConn{File: os.NewFile(uintptr(fd), raddr.String()), raddr: raddr}
+	c := &nodeConn{File: os.NewFile(uintptr(fd), addr), raddr: raddr}
 	if err := c.SetDeadline(deadline); err != nil {
 		c.Close()
 		return nil, fmt.Errorf("set node deadline: %w", err)

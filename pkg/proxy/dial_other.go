@@ -11,6 +11,6 @@ import (
 )
 
 // dialTCP is Linux only: elsewhere net.Dialer dials every node.
-func dialTCP(context.Context, netip.AddrPort, time.Time) (net.Conn, error) {
+func dialTCP(context.Context, string, netip.AddrPort, time.Time) (net.Conn, error) {
 	return nil, errors.ErrUnsupported
 }

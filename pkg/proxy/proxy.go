@@ -347,7 +347,7 @@ func (p *Proxy) dialNode(ctx context.Context, addr string, head []byte) (net.Con
 // is dialled by dialTCP, a name by net.Dialer.
 func (p *Proxy) dial(ctx context.Context, addr string, deadline time.Time) (net.Conn, error) {
 	if ap, err := netip.ParseAddrPort(addr); err == nil {
-		if c, err := dialTCP(ctx, ap, deadline); !errors.Is(err, errors.ErrUnsupported) {
+		if c, err := dialTCP(ctx, addr, ap, deadline); !errors.Is(err, errors.ErrUnsupported) {
 			return c, err
 		}
 	}
