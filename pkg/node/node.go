@@ -218,8 +218,11 @@ type Server struct {
 	probe    *http.Client // health checks of peers
 	auth     *auth.Verifier
 
-	wg       sync.WaitGroup // connection goroutines
-	mu       sync.Mutex
+	wg sync.WaitGroup // connection goroutines
+	mu sync.Mutex
+	// conns are the connections started and not yet attached to the hub
+	// (at most MaxPending): the attached ones are the hub's Sinks, so an
+	// idle connection costs no entry here.
 	conns    map[*session.Conn]struct{}
 	draining atomic.Bool // set under mu (track checks it there); /readyz reads it without
 	admit    *gate.Gate  // admission control: a slot per connection being set up
@@ -297,6 +300,7 @@ func New(cfg Config) (*Server, error) {
 			RingEpoch: func() uint64 { return s.cluster.View().Epoch },
 			Admit:     s.admitConn,
 			Release:   s.admit.Leave,
+			Attached:  s.forget,
 			Done:      s.forget,
 			Subscribed: func(c *session.Conn) {
 				s.failover.subscribed(c.ClientID(), s.cluster.View(), time.Now())
@@ -444,14 +448,34 @@ func (s *Server) forget(c *session.Conn) {
 	s.mu.Unlock()
 }
 
+// snapshot returns the node's connections: those being set up, then the
+// hub's (each once: one attached meanwhile is in both).
 func (s *Server) snapshot() []*session.Conn {
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	out := make([]*session.Conn, 0, len(s.conns))
+	pending := make(map[*session.Conn]bool, len(s.conns))
 	for c := range s.conns {
+		pending[c] = true
+	}
+	s.mu.Unlock()
+	sinks := s.hub.Sinks()
+	out := make([]*session.Conn, 0, len(pending)+len(sinks))
+	for c := range pending {
 		out = append(out, c)
 	}
+	for _, sk := range sinks {
+		if c, ok := sk.(*session.Conn); ok && !pending[c] {
+			out = append(out, c)
+		}
+	}
 	return out
+}
+
+// live is how many connections the node holds: being set up or attached.
+func (s *Server) live() int {
+	s.mu.Lock()
+	n := len(s.conns)
+	s.mu.Unlock()
+	return n + s.hub.Len()
 }
 
 // bridgeLost runs when the bridge may have dropped messages (its link to

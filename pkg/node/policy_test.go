@@ -10,6 +10,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 
+	"github.com/ringcast/ringcast/pkg/bridge"
+	"github.com/ringcast/ringcast/pkg/bridge/bridgetest"
+	"github.com/ringcast/ringcast/pkg/hub"
 	"github.com/ringcast/ringcast/pkg/session"
 	"github.com/ringcast/ringcast/pkg/testkit"
 	"github.com/ringcast/ringcast/pkg/wire"
@@ -24,6 +27,10 @@ func policyServer(t *testing.T) *Server {
 	}
 	s := &Server{cfg: cfg, log: zap.NewNop(), conns: map[*session.Conn]struct{}{}, reg: prometheus.NewRegistry()}
 	s.met = newMetrics(s, s.reg)
+	var err error
+	if s.hub, err = hub.New(hub.DefaultConfig(), bridgetest.NewLoopback(bridge.Receiver{}), nil, nil); err != nil {
+		t.Fatal(err)
+	}
 	return s
 }
 

@@ -152,10 +152,7 @@ func (s *Server) drain(window time.Duration) {
 	t := time.NewTicker(20 * time.Millisecond)
 	defer t.Stop()
 	for time.Now().Before(deadline) {
-		s.mu.Lock()
-		n := len(s.conns)
-		s.mu.Unlock()
-		if n == 0 {
+		if s.live() == 0 {
 			return
 		}
 		<-t.C

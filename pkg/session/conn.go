@@ -275,6 +275,9 @@ func (c *Conn) serve(ctx context.Context) {
 		c.cleanup(false)
 		return
 	}
+	if c.u.deps.Attached != nil {
+		c.u.deps.Attached(c)
+	}
 	c.idle(ctx)
 }
 

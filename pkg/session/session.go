@@ -173,6 +173,10 @@ type Deps struct {
 	// Release ends the admission Admit granted: the connection is attached
 	// to the hub, failed to attach, or failed to upgrade. May be nil.
 	Release func()
+	// Attached is called once the connection is attached to the hub,
+	// before its first request: from then on it is among Hub.Sinks until
+	// it is detached, just before Done. May be nil.
+	Attached func(*Conn)
 	// Done is called once when an upgraded connection is over. May be nil.
 	Done func(*Conn)
 	// Subscribed is called after each successful subscribe. May be nil.
