@@ -57,11 +57,10 @@ type Conn struct {
 	// connection without them pays one pointer.
 	rare atomic.Pointer[rareState]
 
-	// The reader goroutine's own state (limits.go): the request rate
-	// and the message being assembled.
-	tat   int64 // the request rate's theoretical arrival time, unix nanoseconds (limits.go); 0 = never
-	held  int64 // bytes of the message being read, counted in the node-wide budget
-	asmBy int64 // unix nanoseconds the message being read must be complete by; 0 = none
+	// The request rate's theoretical arrival time, unix nanoseconds
+	// (limits.go); 0 = never. The reader's own, like the message being
+	// read, which lives on loop's stack (charge, assembly).
+	tat int64
 }
 
 // rareState is the part of a Conn that most connections never need.
@@ -299,7 +298,7 @@ func (c *Conn) idle(ctx context.Context) {
 // the read then waits under the read deadline).
 func (c *Conn) woken(ctx context.Context) {
 	defer c.u.deps.WG.Done()
-	if c.ready() && c.loop(ctx) {
+	if c.ready(0) && c.loop(ctx) {
 		c.idle(ctx)
 		return
 	}
@@ -313,7 +312,7 @@ func (c *Conn) woken(ctx context.Context) {
 // poller or a new park goroutine. A poller starts park when bytes arrive.
 func (c *Conn) park(ctx context.Context) {
 	defer c.u.deps.WG.Done()
-	if c.wait() && c.loop(ctx) {
+	if c.wait(0) && c.loop(ctx) {
 		c.idle(ctx)
 		return
 	}
@@ -328,33 +327,34 @@ func (c *Conn) expire(ctx context.Context) {
 		return
 	}
 	defer c.u.deps.WG.Done()
-	c.end(os.ErrDeadlineExceeded)
+	c.end(os.ErrDeadlineExceeded, 0)
 	c.cleanup(true)
 }
 
 // wait parks until the socket is readable. It returns false when the
-// connection is over: closing, timed out or gone.
-func (c *Conn) wait() bool {
-	if !c.ready() {
+// connection is over: closing, timed out or gone. by is when the message
+// being read must be complete (0 = none: between messages).
+func (c *Conn) wait(by int64) bool {
+	if !c.ready(by) {
 		return false
 	}
 	if err := c.waitReadable(); err != nil {
-		c.end(err)
+		c.end(err, by)
 		return false
 	}
 	return true
 }
 
-// ready sets the read deadline for the client's next bytes. It returns
-// false once a close frame is queued: then it has given the peer a bounded
-// time to read it and answer, and handles nothing more.
-func (c *Conn) ready() bool {
+// ready sets the read deadline for the client's next bytes (by: as for
+// wait). It returns false once a close frame is queued: then it has given
+// the peer a bounded time to read it and answer, and handles nothing more.
+func (c *Conn) ready(by int64) bool {
 	if at, closing := c.closingSince(); closing {
 		c.nc.SetReadDeadline(at.Add(c.u.cfg.CloseGrace))
 		c.discard()
 		return false
 	}
-	c.nc.SetReadDeadline(c.readDeadline())
+	c.nc.SetReadDeadline(c.readDeadline(by))
 	return true
 }
 
@@ -365,7 +365,6 @@ func (c *Conn) cleanup(attached bool) {
 	}
 	c.finish()
 	c.nc.Close()
-	c.releaseMessage()
 	c.releaseRead()
 	if c.u.deps.Done != nil {
 		c.u.deps.Done(c)
@@ -379,20 +378,22 @@ func (c *Conn) cleanup(attached bool) {
 func (c *Conn) loop(ctx context.Context) bool {
 	var asm assembly
 	defer asm.free(c.u.region) // an unfinished message's pages, when the connection ends
+	var held charge
+	defer c.releaseMessage(&held) // and its bytes in the budget
 	var msgOp ws.OpCode
 	for first := true; ; first = false {
 		if !asm.open && !first && !c.readable() {
 			return true
 		}
-		if asm.open && !c.wait() {
+		if asm.open && !c.wait(held.by) {
 			return false
 		}
 		if _, closing := c.closingSince(); closing {
-			return c.wait() // drains and reports false
+			return c.wait(held.by) // drains and reports false
 		}
 		h, err := ws.ReadHeader(c.in())
 		if err != nil {
-			c.end(err)
+			c.end(err, held.by)
 			return false
 		}
 		if reason := checkHeader(h); reason != "" {
@@ -404,7 +405,7 @@ func (c *Conn) loop(ctx context.Context) bool {
 			return false
 		}
 		if h.OpCode.IsControl() {
-			if !c.control(h) {
+			if !c.control(h, held.by) {
 				return false
 			}
 			continue
@@ -430,7 +431,7 @@ func (c *Conn) loop(ctx context.Context) bool {
 		if !whole {
 			cost = asm.cost(h.Length)
 		}
-		if !c.holdMessage(cost) {
+		if !c.holdMessage(&held, cost) {
 			c.closeNow(wire.CloseTryAgainLater, "node busy: too many unfinished messages")
 			return false
 		}
@@ -440,9 +441,9 @@ func (c *Conn) loop(ctx context.Context) bool {
 			io.ReadFull(c.in(), msg) // from the buffer: cannot fail
 			ws.Cipher(msg, h.Mask, 0)
 		} else {
-			c.nc.SetReadDeadline(c.readDeadline())
+			c.nc.SetReadDeadline(c.readDeadline(held.by))
 			if err := c.readFrame(&asm, h); err != nil {
-				c.end(err)
+				c.end(err, held.by)
 				return false
 			}
 			if !h.Fin {
@@ -456,12 +457,13 @@ func (c *Conn) loop(ctx context.Context) bool {
 		}
 		c.u.met.in.Inc()
 		c.handle(ctx, msg)
-		c.releaseMessage()
+		c.releaseMessage(&held)
 	}
 }
 
-// control handles a ping, pong or close frame; false ends the connection.
-func (c *Conn) control(h ws.Header) bool {
+// control handles a ping, pong or close frame, read while a message due
+// by (0 = none) may be open; false ends the connection.
+func (c *Conn) control(h ws.Header, by int64) bool {
 	if h.Length > 125 || !h.Fin {
 		c.closeNow(int(ws.StatusProtocolError), "bad control frame")
 		return false
@@ -469,7 +471,7 @@ func (c *Conn) control(h ws.Header) bool {
 	var b [125]byte
 	p := b[:h.Length]
 	if _, err := io.ReadFull(c.in(), p); err != nil {
-		c.end(err)
+		c.end(err, by)
 		return false
 	}
 	ws.Cipher(p, h.Mask, 0)
@@ -543,13 +545,14 @@ func (c *Conn) finish() {
 	})
 }
 
-func (c *Conn) end(err error) {
+// end handles a read error; by is when the message being read was due (0 = none).
+func (c *Conn) end(err error, by int64) {
 	if _, closing := c.closingSince(); closing {
 		return // our close frame went out: the peer's silence ends it
 	}
 	var ne net.Error
 	switch {
-	case errors.As(err, &ne) && ne.Timeout() && c.asmBy != 0 && time.Now().UnixNano() >= c.asmBy:
+	case errors.As(err, &ne) && ne.Timeout() && by != 0 && time.Now().UnixNano() >= by:
 		c.closeNow(wire.ClosePolicy, "message not completed within "+c.u.cfg.AssemblyTimeout.String())
 	case errors.As(err, &ne) && ne.Timeout():
 		c.logger().Debug("connection timed out")

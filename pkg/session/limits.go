@@ -87,26 +87,32 @@ func (u *Upgrader) rateText() string { return strconv.FormatFloat(u.cfg.RequestR
 // slice, or its pages and readerCost: assembly.cost) to the node-wide
 // MaxUnfinished budget, and starts its AssemblyTimeout with its first
 // frame. It reports false, holding nothing more, when the budget is spent.
-func (c *Conn) holdMessage(n int64) bool {
+func (c *Conn) holdMessage(m *charge, n int64) bool {
 	if c.u.unfinished.Add(n) > c.u.cfg.MaxUnfinished {
 		c.u.unfinished.Add(-n)
 		return false
 	}
-	c.held += n
-	if c.asmBy == 0 {
-		c.asmBy = time.Now().Add(c.u.cfg.AssemblyTimeout).UnixNano()
+	m.held += n
+	if m.by == 0 {
+		m.by = time.Now().Add(c.u.cfg.AssemblyTimeout).UnixNano()
 	}
 	return true
 }
 
+// charge is the message being read as the budget sees it. It lives on the
+// reader's stack (loop), not in the connection: an idle one has none.
+type charge struct {
+	held int64 // bytes counted in the node-wide budget
+	by   int64 // unix nanoseconds the message must be complete by; 0 = none
+}
+
 // releaseMessage gives the message's bytes back to the budget once it was
 // handled or the connection ended.
-func (c *Conn) releaseMessage() {
-	if c.held != 0 {
-		c.u.unfinished.Add(-c.held)
-		c.held = 0
+func (c *Conn) releaseMessage(m *charge) {
+	if m.held != 0 {
+		c.u.unfinished.Add(-m.held)
 	}
-	c.asmBy = 0
+	*m = charge{}
 }
 
 // assembly is a client message that had to wait for bytes, read into
@@ -179,11 +185,12 @@ func (a *assembly) free(r *region) {
 }
 
 // readDeadline is when the next read must have returned: the heartbeat
-// bound, or sooner the completion bound of a message being read.
-func (c *Conn) readDeadline() time.Time {
+// bound, or sooner by, the completion bound of a message being read (0 =
+// none).
+func (c *Conn) readDeadline(by int64) time.Time {
 	dl := time.Now().Add(3 * c.u.cfg.Heartbeat)
-	if c.asmBy != 0 && c.asmBy < dl.UnixNano() {
-		return time.Unix(0, c.asmBy)
+	if by != 0 && by < dl.UnixNano() {
+		return time.Unix(0, by)
 	}
 	return dl
 }
