@@ -65,30 +65,35 @@ type Hub struct {
 	n       int // attached sinks
 }
 
-// attached is one attached sink and its subscriptions. The subscriptions
-// are a slice, not a map: most connections hold a handful of channels (at
-// most MaxChannels), and an idle one costs 16 bytes per channel. A
-// connection's hub state is this, its member per channel and a slot in
-// clients (and in each channel's members): no per-sink map entry.
+// attached is one attached sink (32 bytes) and its subscriptions, chained
+// through member.next: most connections hold a handful of channels (at
+// most MaxChannels), so a list walk is as quick as a map and costs nothing
+// more than the members. A connection's hub state is this, its member per
+// channel and a slot in clients (and in each channel's members): no
+// per-sink map entry. Guarded by Hub.mu.
 type attached struct {
 	s    Sink
 	next *attached // the next sink of the same client id
-	subs []sub
-}
-
-type sub struct {
-	ch *channel
-	m  *member
+	subs *member   // its subscriptions
 }
 
 // sub returns the subscription to name, or nil.
 func (a *attached) sub(name string) *member {
-	for _, x := range a.subs {
-		if x.ch.name == name {
-			return x.m
+	for m := a.subs; m != nil; m = m.next {
+		if m.ch.name == name {
+			return m
 		}
 	}
 	return nil
+}
+
+// nsubs is how many channels a is subscribed to.
+func (a *attached) nsubs() int {
+	n := 0
+	for m := a.subs; m != nil; m = m.next {
+		n++
+	}
+	return n
 }
 
 // find returns s's entry, or nil when s is not attached. Called with h.mu held.
@@ -121,16 +126,39 @@ type channel struct {
 // can arrive after the history read already returned it.
 //
 // An idle subscription is 64 bytes: what only a subscription being set up
-// needs is in rec.
+// needs is in rec, and a position only channels with history have in last.
 type member struct {
 	s     Sink
-	idx   int32         // its index in its channel's members; guarded by Hub.mu
+	ch    *channel
+	next  *member       // the sink's next subscription; guarded by Hub.mu
+	idx   int32         // its index in ch.members; guarded by Hub.mu
 	state atomic.Uint32 // memberGone, memberLive
 	mu    sync.Mutex
-	last  wire.Position // the position the subscriber has reached; guarded by mu
+	// last is the position the subscriber has reached (nil = none: made
+	// with the first position, then updated in place); guarded by mu.
+	last *wire.Position
 	// rec is the subscription's setup state, nil once it is live; guarded
 	// by mu. A member that is not live always has one.
 	rec *recovery
+}
+
+// pos is the position the subscriber has reached. Called with m.mu held.
+func (m *member) pos() wire.Position {
+	if m.last == nil {
+		return wire.Position{}
+	}
+	return *m.last
+}
+
+// setPos records the position the subscriber has reached. Called with
+// m.mu held.
+func (m *member) setPos(p wire.Position) {
+	switch {
+	case m.last != nil:
+		*m.last = p
+	case p != wire.Position{}:
+		m.last = &p
+	}
 }
 
 // The bits of member.state.
@@ -154,10 +182,10 @@ type recovery struct {
 // sink). Called with m.mu held; frame, when non-nil, is msg encoded.
 func (m *member) send(s Sink, msg bridge.Message, frame []byte) (sent, ok bool) {
 	if msg.Epoch != "" {
-		if msg.Epoch == m.last.Epoch && msg.Offset <= m.last.Offset {
+		if last := m.pos(); msg.Epoch == last.Epoch && msg.Offset <= last.Offset {
 			return false, true // already delivered
 		}
-		m.last = wire.Position{Epoch: msg.Epoch, Offset: msg.Offset}
+		m.setPos(wire.Position{Epoch: msg.Epoch, Offset: msg.Offset})
 	}
 	if frame == nil {
 		frame = messageFrame(msg)
@@ -289,8 +317,8 @@ func (h *Hub) detach(s Sink, release bool) {
 	}
 	if a != nil {
 		h.n--
-		for _, x := range a.subs {
-			h.leave(x.ch, x.m)
+		for m := a.subs; m != nil; m = m.next {
+			h.leave(m.ch, m)
 		}
 	}
 	if release {
@@ -311,7 +339,7 @@ func (h *Hub) Subscribe(ctx context.Context, s Sink, name string, since *wire.Po
 		return errors.New("connection is not attached")
 	}
 	m := a.sub(name)
-	if m == nil && len(a.subs) >= h.cfg.MaxChannels {
+	if m == nil && a.nsubs() >= h.cfg.MaxChannels {
 		h.mu.Unlock()
 		return fmt.Errorf("%w: the limit is %d", ErrTooManyChannels, h.cfg.MaxChannels)
 	}
@@ -322,8 +350,8 @@ func (h *Hub) Subscribe(ctx context.Context, s Sink, name string, since *wire.Po
 		h.channels[name] = ch
 	}
 	if m == nil {
-		m = &member{s: s, idx: int32(len(ch.members)), rec: &recovery{}}
-		a.subs = append(a.subs, sub{ch, m})
+		m = &member{s: s, ch: ch, next: a.subs, idx: int32(len(ch.members)), rec: &recovery{}}
+		a.subs = m
 		ch.members = append(ch.members, m)
 		ch.fanout.Store(nil)
 	} else {
@@ -379,9 +407,9 @@ func (h *Hub) Subscribe(ctx context.Context, s Sink, name string, since *wire.Po
 	if !s.Send(wire.Encode(reply)) {
 		return nil
 	}
-	m.last = wire.Position{}
+	m.setPos(wire.Position{})
 	if since != nil && recovered {
-		m.last = *since
+		m.setPos(*since)
 	}
 	if recovered {
 		for _, msg := range backlog {
@@ -390,8 +418,8 @@ func (h *Hub) Subscribe(ctx context.Context, s Sink, name string, since *wire.Po
 			}
 		}
 	}
-	if m.last.Epoch == "" && top.Epoch != "" {
-		m.last = top
+	if m.pos().Epoch == "" && top.Epoch != "" {
+		m.setPos(top)
 	}
 	if m.rec.overflow {
 		// More arrived than could be parked: never a silent gap.
@@ -422,10 +450,10 @@ func (h *Hub) Unsubscribe(s Sink, name string) bool {
 	if a == nil {
 		return false
 	}
-	for i, x := range a.subs {
-		if x.ch.name == name {
-			a.subs = slices.Delete(a.subs, i, i+1)
-			h.leave(x.ch, x.m)
+	for p := &a.subs; *p != nil; p = &(*p).next {
+		if m := *p; m.ch.name == name {
+			*p = m.next
+			h.leave(m.ch, m)
 			return true
 		}
 	}

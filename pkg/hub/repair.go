@@ -54,16 +54,17 @@ func (h *Hub) Repair(ctx context.Context) Repaired {
 			switch {
 			case !m.live():
 				m.rec.lost = true
-			case m.last.Epoch == "":
+			case m.pos().Epoch == "":
 				closing[s] = true
 			default:
-				g := byEpoch[m.last.Epoch]
+				last := m.pos()
+				g := byEpoch[last.Epoch]
 				if g == nil {
-					g = &group{channel: name, since: m.last}
-					byEpoch[m.last.Epoch] = g
+					g = &group{channel: name, since: last}
+					byEpoch[last.Epoch] = g
 					groups = append(groups, g)
 				}
-				g.since.Offset = min(g.since.Offset, m.last.Offset)
+				g.since.Offset = min(g.since.Offset, last.Offset)
 				g.members = append(g.members, target{s, m})
 			}
 			m.mu.Unlock()
@@ -103,10 +104,10 @@ func (h *Hub) Repair(ctx context.Context) Repaired {
 							sent++
 						}
 					}
-				} else if top != t.m.last {
+				} else if top != t.m.pos() {
 					t.s.Send(wire.Encode(&wire.Frame{Op: wire.OpSubscribed, Channel: g.channel,
 						Recovered: wire.Bool(false), Epoch: top.Epoch, Offset: wire.Uint64(top.Offset)}))
-					t.m.last = top
+					t.m.setPos(top)
 					told++
 				}
 				t.m.mu.Unlock()
