@@ -11,10 +11,19 @@ import (
 // was upgraded with, or the last refresh; with auth off, its client id
 // with every permission.
 func (c *Conn) Identity() *auth.Identity {
-	if id := c.ident.Load(); id != nil {
+	if id := c.token(); id != nil {
 		return id
 	}
 	return auth.Open(c.id)
+}
+
+// token is the identity c's token proved (or its last refresh), nil with
+// auth off.
+func (c *Conn) token() *auth.Identity {
+	if r := c.rare.Load(); r != nil {
+		return r.ident.Load()
+	}
+	return nil
 }
 
 // openIdentity is what every connection may do with auth off: one shared
@@ -24,7 +33,7 @@ var openIdentity = auth.Open("")
 
 // identity is what c may do: its token's identity, or openIdentity.
 func (c *Conn) identity() *auth.Identity {
-	if id := c.ident.Load(); id != nil {
+	if id := c.token(); id != nil {
 		return id
 	}
 	return openIdentity
@@ -54,7 +63,9 @@ func (c *Conn) refresh(f wire.Frame) {
 		c.Send(wire.ErrorFrame(f.ID, &wire.Error{Code: wire.CodeUnauthorized, Message: err.Error()}))
 		return
 	}
-	c.ident.Store(next)
+	var r *rareState
+	c.q.Locked(func(bool) { r = c.timers() }) // made at the upgrade with auth on
+	r.ident.Store(next)
 	c.expireAt(next)
 	reply := &wire.Frame{Op: wire.OpRefreshed, ID: f.ID}
 	if !next.Expires.IsZero() {

@@ -29,12 +29,9 @@ import (
 // (pkg/outbound), so an idle connection costs a poller slot (or one parked
 // goroutine) and no buffers.
 type Conn struct {
-	u  *Upgrader
-	id string // its own copy: not a slice of the upgrade request
-	// ident is the token's identity (or the last refresh's); nil with auth
-	// off, when every connection shares openIdentity.
-	ident atomic.Pointer[auth.Identity]
-	since int64 // outbound.Clock() when the connection was accepted
+	u     *Upgrader
+	id    string // its own copy: not a slice of the upgrade request
+	since int64  // outbound.Clock() when the connection was accepted
 	nc    net.Conn
 	raw   syscall.RawConn
 	// Bytes read from the socket (or by the upgrade) that the frame
@@ -43,18 +40,16 @@ type Conn struct {
 	rb         *[]byte
 	rpos, rend int32
 
-	asked atomic.Bool // told to reconnect elsewhere
-
 	// Waiting while idle: the context Start was given, and c's place on a
 	// poller (pkg/park; none = goroutines).
 	ctx  context.Context
 	spot park.Spot
 
 	q outbound.Queue // frames for the client; its lock guards rare's timers too
-	// rare is what few connections have: a session, a pending move, an
-	// expiring token. Nil until one of them comes; set once (session at
-	// the upgrade, else by the first timer, under q's lock), so an idle
-	// connection without them pays one pointer.
+	// rare is what few connections have: a token, a session, a move, an
+	// expiring token. Nil until one of them comes; set once (at the upgrade
+	// with a token or session, else under q's lock by the first move or
+	// timer), so an idle connection without them pays one pointer.
 	rare atomic.Pointer[rareState]
 
 	// The request rate's theoretical arrival time, unix nanoseconds
@@ -65,12 +60,16 @@ type Conn struct {
 
 // rareState is the part of a Conn that most connections never need.
 type rareState struct {
-	session   string      // the session query parameter; "" = none. Never changes.
+	session string // the session query parameter; "" = none. Never changes.
+	// ident is the token's identity (or the last refresh's); nil with auth
+	// off, when every connection shares openIdentity.
+	ident     atomic.Pointer[auth.Identity]
+	asked     bool        // told to reconnect elsewhere; guarded by q's lock
 	moveTimer *time.Timer // closes the connection if a reconnect request is ignored; guarded by q's lock
 	expTimer  *time.Timer // closes the connection 4001 when its token expires; guarded by q's lock
 }
 
-// timers returns c's rareState for setting a timer, making it if c has
+// timers returns c's rareState for a move or a timer, making it if c has
 // none. Called with q's lock held (the only place rare is set after the
 // upgrade).
 func (c *Conn) timers() *rareState {
@@ -103,7 +102,13 @@ func (c *Conn) Since() time.Time { return outbound.ClockTime(c.since) }
 // after that. It reports false, doing nothing, when the client was asked
 // already. Does not block.
 func (c *Conn) Move(reason string, code int, after time.Duration) bool {
-	if !c.asked.CompareAndSwap(false, true) {
+	first := false
+	c.q.Locked(func(bool) {
+		if r := c.timers(); !r.asked {
+			r.asked, first = true, true
+		}
+	})
+	if !first {
 		return false
 	}
 	c.Send(wire.Encode(&wire.Frame{Op: wire.OpReconnect, Reason: reason, AfterMS: wire.Int(int(after / time.Millisecond))}))

@@ -294,11 +294,12 @@ func (u *Upgrader) Upgrade(w http.ResponseWriter, r *http.Request) *Conn {
 	// The id is copied: the one parsed from the query is a slice of the
 	// request line, which it would keep alive for the connection's life.
 	c := &Conn{u: u, id: strings.Clone(id), nc: nc, since: outbound.Clock()}
-	if ident.Token {
-		c.ident.Store(ident)
-	}
-	if session != "" {
-		c.rare.Store(&rareState{session: strings.Clone(session)})
+	if ident.Token || session != "" {
+		r := &rareState{session: strings.Clone(session)}
+		if ident.Token {
+			r.ident.Store(ident)
+		}
+		c.rare.Store(r)
 	}
 	if n := rw.Reader.Buffered(); n > 0 {
 		b, _ := rw.Reader.Peek(n)
