@@ -36,9 +36,9 @@ const (
 // outState is a connection's outbound accounting beyond its queue, guarded
 // by Queue.mu.
 type outState struct {
-	inflight   int       // payload bytes taken from the queue and not yet written
-	inflightAt int64     // Clock() when the first frame in flight was queued; 0 = none
-	cut        time.Time // write deadline of a shed connection; zero = none
+	inflight   int   // payload bytes taken from the queue and not yet written
+	inflightAt int64 // Clock() when the first frame in flight was queued; 0 = none
+	cut        int64 // Clock() of a shed connection's write deadline; 0 = none
 }
 
 // collectors are the budget's gauges.
@@ -258,8 +258,8 @@ func (p *Pool) shedLocked(s Sink, q *Queue, reason string) bool {
 	p.release(q.queued)
 	clear(q.frames)
 	q.frames, q.queued = q.frames[:0], 0
-	q.out.cut = time.Now().Add(p.cfg.CloseGrace)
-	s.Conn().SetWriteDeadline(q.out.cut)
+	q.out.cut = Clock() + int64(p.cfg.CloseGrace)
+	s.Conn().SetWriteDeadline(ClockTime(q.out.cut))
 	p.queueClose(s, q, wire.CloseSlowConsumer, p.slowReason(reason))
 	return true
 }

@@ -340,8 +340,8 @@ func (p *Pool) setWriteDeadline(q *Queue, nc net.Conn) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	dl := time.Now().Add(p.cfg.WriteTimeout)
-	if !q.out.cut.IsZero() && q.out.cut.Before(dl) {
-		dl = q.out.cut
+	if q.out.cut != 0 && ClockTime(q.out.cut).Before(dl) {
+		dl = ClockTime(q.out.cut)
 	}
 	nc.SetWriteDeadline(dl)
 }
@@ -351,7 +351,7 @@ func (p *Pool) setWriteDeadline(q *Queue, nc net.Conn) {
 func clearWriteDeadline(q *Queue, nc net.Conn) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	if q.out.cut.IsZero() {
+	if q.out.cut == 0 {
 		nc.SetWriteDeadline(time.Time{})
 	}
 }
