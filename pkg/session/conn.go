@@ -40,10 +40,7 @@ type Conn struct {
 	rb         *[]byte
 	rpos, rend int32
 
-	// Waiting while idle: the context Start was given, and c's place on a
-	// poller (pkg/park; none = goroutines).
-	ctx  context.Context
-	spot park.Spot
+	spot park.Spot // c's place on a poller while idle (pkg/park; none = goroutines)
 
 	q outbound.Queue // frames for the client; its lock guards rare's timers too
 	// rare is what few connections have: a token, a session, a move, an
@@ -61,6 +58,9 @@ type Conn struct {
 // rareState is the part of a Conn that most connections never need.
 type rareState struct {
 	session string // the session query parameter; "" = none. Never changes.
+	// ctx is the context Start was given, unless it is Background; set
+	// before Start's goroutine, then never changed.
+	ctx context.Context
 	// ident is the token's identity (or the last refresh's); nil with auth
 	// off, when every connection shares openIdentity.
 	ident     atomic.Pointer[auth.Identity]
@@ -132,7 +132,7 @@ func (c *Conn) Close(code int, reason string) { c.u.out.Close((*socket)(c), code
 func (c *Conn) kick() {
 	if park.Kick((*socket)(c)) {
 		c.u.deps.WG.Add(1)
-		go c.park(c.ctx)
+		go c.park(c.context())
 	}
 }
 
@@ -150,14 +150,14 @@ func (s *socket) Kick()                  { (*Conn)(s).kick() }
 func (s *socket) Readable() {
 	c := (*Conn)(s)
 	c.u.deps.WG.Add(1)
-	go c.woken(c.ctx)
+	go c.woken(c.context())
 }
 
 // Late ends a connection whose deadline passed while it was parked.
 func (s *socket) Late() {
 	c := (*Conn)(s)
 	c.u.deps.WG.Add(1)
-	go c.expire(c.ctx)
+	go c.expire(c.context())
 }
 
 // reader adapts the connection's read method to io.Reader for the frame
@@ -246,9 +246,26 @@ func peekReady(fd uintptr) bool {
 // Start serves the connection on its own goroutines, counted in Deps.WG,
 // and returns at once. Call it once, after Upgrade.
 func (c *Conn) Start(ctx context.Context) {
-	c.ctx = ctx
+	if ctx != context.Background() {
+		// Nothing else uses c yet: rare is not shared.
+		r := c.rare.Load()
+		if r == nil {
+			r = &rareState{}
+			c.rare.Store(r)
+		}
+		r.ctx = ctx
+	}
 	c.u.deps.WG.Add(1)
 	go c.serve(ctx)
+}
+
+// context is the context Start was given, for the goroutines a poller or
+// a kick starts.
+func (c *Conn) context() context.Context {
+	if r := c.rare.Load(); r != nil && r.ctx != nil {
+		return r.ctx
+	}
+	return context.Background()
 }
 
 // serve sets the connection up: welcome, then announce it to the hub. The
