@@ -56,8 +56,17 @@ type Ring struct {
 	members []string // sorted, unique
 	owners  []int32  // partition → index into members
 
-	mu      sync.Mutex
-	reduced map[string]*Ring // excluded-member bitset → ring without them
+	mu       sync.Mutex
+	reduced  map[string]*Ring    // excluded-member bitset → ring without them
+	building map[string]*pending // excluded-member bitset → its ring being built
+	builds   int                 // reduced rings built so far
+}
+
+// pending is a reduced ring one caller builds while others wait for it.
+type pending struct {
+	done chan struct{} // closed once ring or err is set
+	ring *Ring
+	err  error
 }
 
 // New builds the ring of the given member ids (order-independent, duplicates
@@ -89,7 +98,8 @@ func (r *Ring) Owner(key string) string {
 // were not in the ring: the same as New(members minus excluded).Owner(key).
 // Ids that are not members are ignored. It returns ErrNoNodes if every member
 // is excluded. The first call for a set of excluded members builds its ring
-// (as costly as New); later calls reuse it from a bounded cache.
+// (as costly as New) while concurrent calls for the same set wait for that
+// build; later calls reuse it from a bounded cache.
 func (r *Ring) OwnerExcluding(key string, excluded ...string) (string, error) {
 	var set []byte
 	n := 0
@@ -120,37 +130,55 @@ func (r *Ring) OwnerExcluding(key string, excluded ...string) (string, error) {
 }
 
 // without returns the ring of the members not in set, from the cache if it
-// holds it.
+// holds it. One caller builds a missing ring; the others asking for the
+// same set meanwhile wait for it: a node's failure sends all of its clients
+// to this fallback at once, and as many identical builds sharing the CPU
+// would finish together, each as late as all of them.
 func (r *Ring) without(set []byte) (*Ring, error) {
+	key := string(set)
 	r.mu.Lock()
-	sub, ok := r.reduced[string(set)]
-	r.mu.Unlock()
-	if ok {
+	if sub, ok := r.reduced[key]; ok {
+		r.mu.Unlock()
 		return sub, nil
 	}
+	if p, ok := r.building[key]; ok {
+		r.mu.Unlock()
+		<-p.done
+		return p.ring, p.err
+	}
+	p := &pending{done: make(chan struct{})}
+	if r.building == nil {
+		r.building = make(map[string]*pending)
+	}
+	r.building[key] = p
+	r.builds++
+	r.mu.Unlock()
+
 	kept := make([]string, 0, len(r.members))
 	for i, id := range r.members {
 		if set[i/8]&(1<<(i%8)) == 0 {
 			kept = append(kept, id)
 		}
 	}
-	sub, err := New(kept)
-	if err != nil {
-		return nil, err
-	}
+	p.ring, p.err = New(kept)
+
 	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.reduced == nil {
-		r.reduced = make(map[string]*Ring)
-	}
-	if len(r.reduced) >= reducedCacheSize {
-		for k := range r.reduced {
-			delete(r.reduced, k)
-			break
+	delete(r.building, key)
+	if p.err == nil {
+		if r.reduced == nil {
+			r.reduced = make(map[string]*Ring)
 		}
+		if len(r.reduced) >= reducedCacheSize {
+			for k := range r.reduced {
+				delete(r.reduced, k)
+				break
+			}
+		}
+		r.reduced[key] = p.ring
 	}
-	r.reduced[string(set)] = sub
-	return sub, nil
+	r.mu.Unlock()
+	close(p.done)
+	return p.ring, p.err
 }
 
 // Members returns the member ids, sorted.

@@ -212,6 +212,30 @@ func TestOwnerExcludingConcurrent(t *testing.T) {
 	}
 }
 
+// Concurrent callers that miss the cache for the same set share one build:
+// a dead node's clients all arrive at the fallback at once.
+func TestOwnerExcludingBuildsOnce(t *testing.T) {
+	r := mustNew(t, "n1", "n2", "n3")
+	start := make(chan struct{})
+	var wg sync.WaitGroup
+	for i := range 32 {
+		wg.Go(func() {
+			<-start
+			if _, err := r.OwnerExcluding(fmt.Sprintf("c%d", i), "n3"); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	close(start)
+	wg.Wait()
+	r.mu.Lock()
+	builds := r.builds
+	r.mu.Unlock()
+	if builds != 1 {
+		t.Errorf("reduced rings built for 32 concurrent callers = %d, want 1", builds)
+	}
+}
+
 func TestZeroRing(t *testing.T) {
 	var r Ring
 	if got := r.Owner("k"); got != "" {
