@@ -275,11 +275,12 @@ func TestFailover(t *testing.T) {
 	refused, _ := testkit.Scrape(ctx, c.HTTP()+"/metrics", "ringcast_balancer_connections_refused_total")
 	t.Logf("upgrades the balancer refused: %v", refused)
 	// From the SIGKILL to the resubscribe on the new owner. The 1 s target
-	// is the figure logged above (0.05-0.55 s on a quiet machine); the
-	// bound asserted here is 3 s, because a cold-cache make test run at
-	// high load once measured 1.11 s, and a timing bound must not fail CI.
-	if p99 > 3*time.Second {
-		t.Errorf("failover p99 = %v, want at most 3 s (target 1 s)", p99)
+	// is the figure logged above. The bound asserted is 2 s: with the race
+	// detector at load 8-14 the p99 was 87-586 ms in 10 runs (3.1-7.5 s
+	// in 6 of 7 runs while every upgrade built the fallback ring itself),
+	// and a timing bound must not fail CI at high load.
+	if p99 > 2*time.Second {
+		t.Errorf("failover p99 = %v, want at most 2 s (target 1 s)", p99)
 	}
 
 	// The next publish reaches everyone.
