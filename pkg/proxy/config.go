@@ -1,8 +1,10 @@
 package proxy
 
 import (
+	"context"
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"time"
 
@@ -149,4 +151,14 @@ func (c Config) withDefaults() (Config, error) {
 		c.ConnRatePerIP = 0
 	}
 	return c, nil
+}
+
+// Listen opens the TCP listener for client connections. Accepted sockets
+// get no TCP keep-alive (Go's listener sets four socket options on each
+// by default): a relayed client that vanished is found by the node's
+// heartbeat, which crosses the relay, and an upgrade that never finishes
+// by the server's header timeout.
+func Listen(ctx context.Context, addr string) (net.Listener, error) {
+	lc := net.ListenConfig{KeepAlive: -1}
+	return lc.Listen(ctx, "tcp", addr)
 }

@@ -75,7 +75,7 @@ func runRelay(ctx context.Context, args []string) error {
 		mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
 	}
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, IdleTimeout: 60 * time.Second}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	ln, err := proxy.Listen(ctx, "127.0.0.1:0") // as the balancer listens
 	if err != nil {
 		return err
 	}
