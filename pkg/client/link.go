@@ -2,6 +2,7 @@ package client
 
 import (
 	"context"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -41,11 +42,34 @@ type link struct {
 
 // send writes one message frame; a failed write closes the connection.
 func (l *link) send(op ws.OpCode, p []byte) error {
+	b := appendFrame(make([]byte, 0, maxHeader+len(p)), op, p)
+	return l.write(b)
+}
+
+func (l *link) sendFrame(f *wire.Frame) error { return l.send(ws.OpText, wire.Encode(f)) }
+
+// sendFrames writes text frames in one write: a reconnect's resubscribes
+// cost the client one syscall and the server one read, not two of each
+// per channel.
+func (l *link) sendFrames(fs []*wire.Frame) error {
+	var b []byte
+	for _, f := range fs {
+		b = appendFrame(b, ws.OpText, wire.Encode(f))
+	}
+	return l.write(b)
+}
+
+// write writes b, whole frames, under the write deadline; a failed write
+// closes the connection.
+func (l *link) write(b []byte) error {
+	if len(b) == 0 {
+		return nil
+	}
 	l.wmu.Lock()
 	defer l.wmu.Unlock()
 	err := l.conn.SetWriteDeadline(time.Now().Add(l.writeTimeout))
 	if err == nil {
-		err = wsutil.WriteClientMessage(l.conn, op, p)
+		_, err = l.conn.Write(b)
 	}
 	if err != nil {
 		l.conn.Close()
@@ -53,7 +77,33 @@ func (l *link) send(op ws.OpCode, p []byte) error {
 	return err
 }
 
-func (l *link) sendFrame(f *wire.Frame) error { return l.send(ws.OpText, wire.Encode(f)) }
+// maxHeader is the longest header of a masked frame.
+const maxHeader = 14
+
+// appendFrame appends one final, masked client frame of op carrying p to
+// b: header and payload together, so the frame goes out in one write
+// (wsutil.WriteClientMessage writes the header and the payload apart: two
+// syscalls per frame, and often two segments for the server to read).
+func appendFrame(b []byte, op ws.OpCode, p []byte) []byte {
+	mask := ws.NewMask()
+	b = append(b, 0x80|byte(op), 0) // FIN, opcode; MASK bit and length below
+	lenAt := len(b) - 1
+	switch n := len(p); {
+	case n < 126:
+		b[lenAt] = 0x80 | byte(n)
+	case n <= 0xffff:
+		b[lenAt] = 0x80 | 126
+		b = binary.BigEndian.AppendUint16(b, uint16(n))
+	default:
+		b[lenAt] = 0x80 | 127
+		b = binary.BigEndian.AppendUint64(b, uint64(n))
+	}
+	b = append(b, mask[:]...)
+	start := len(b)
+	b = append(b, p...)
+	ws.Cipher(b[start:], mask, 0)
+	return b
+}
 
 // Write writes p as one chunk; readLoop's control frame replies go through it.
 func (l *link) Write(p []byte) (int, error) {
@@ -286,11 +336,11 @@ func (c *Client) attach(l *link, welcome *wire.Frame) {
 	c.mu.Lock()
 	c.link, c.node, c.state = l, welcome.Node, StateConnected
 	c.welcomes++
+	frames := make([]*wire.Frame, 0, len(c.subs))
 	for _, s := range c.subs {
-		if l.sendFrame(s.subscribeFrame()) != nil {
-			break // the link is gone; the next welcome resubscribes
-		}
+		frames = append(frames, s.subscribeFrame())
 	}
+	_ = l.sendFrames(frames) // a failed write closes the link; the next welcome resubscribes
 	c.mu.Unlock()
 	c.log.Debug("connected", zap.String("node", welcome.Node))
 	if c.cfg.OnWelcome != nil {
