@@ -40,15 +40,6 @@ const (
 
 var errWriteTimeout = fmt.Errorf("write: %w", os.ErrDeadlineExceeded)
 
-// shardCount is the number of shards: one per P but one, at least one.
-// While a shard blocks in epoll_wait, the runtime leaves its P alone as long
-// as another P is idle; with none idle, it takes the P after 20 µs and wakes
-// a thread to look for work each time a shard falls idle (with a shard per P
-// on 2 cores, under benchproxy's echo load: a thread woken some 4,000 times a
-// second, 18 % of the relay's CPU). The spare P runs handshakes and the rest
-// of the program.
-func shardCount() int { return max(1, runtime.GOMAXPROCS(0)-1) }
-
 // poller is the set of shards. It starts with the first polled link and is
 // stopped by Relay.Close once no link is left.
 type poller struct {
@@ -59,7 +50,7 @@ type poller struct {
 
 func newPoller(r *Relay) (*poller, error) {
 	pl := &poller{}
-	for range shardCount() {
+	for range r.cfg.Shards {
 		s, err := newShard(r)
 		if err != nil {
 			pl.stop()

@@ -2,12 +2,15 @@ package relay
 
 import (
 	"errors"
+	"fmt"
 	"net"
 	"os"
 	"runtime"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/ringcast/ringcast/pkg/testkit"
 )
@@ -49,6 +52,28 @@ func TestFDsPerConnection(t *testing.T) {
 	t.Logf("fds: before %d, after %d, relay's per connection %.2f", before, after, perConn)
 	if perConn > 2.05 {
 		t.Errorf("relay uses %.2f fds per connection, want at most 2", perConn)
+	}
+}
+
+// TestShards relays over more shards than the default and refuses a
+// negative count.
+func TestShards(t *testing.T) {
+	if _, err := New(Config{Shards: -1}, nil, prometheus.NewCounter(prometheus.CounterOpts{Name: "b"}),
+		prometheus.NewCounter(prometheus.CounterOpts{Name: "a"})); err == nil {
+		t.Error("New(Config{Shards: -1}) = nil error, want one")
+	}
+	b := startBackend(t, false)
+	f := startFront(t, Config{Shards: 3}, b.Addr())
+	conns := make([]*conn, 7) // more than one link per shard
+	for i := range conns {
+		conns[i] = mustDial(t, f.addr())
+	}
+	for round := range 3 {
+		for i, c := range conns {
+			if err := c.echo([]byte(fmt.Sprintf("round %d client %d", round, i))); err != nil {
+				t.Fatalf("round %d, client %d: %v", round, i, err)
+			}
+		}
 	}
 }
 
