@@ -3,8 +3,6 @@
 package ring
 
 import (
-	"cmp"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"math"
@@ -13,6 +11,7 @@ import (
 	"strconv"
 	"sync"
 
+	"github.com/buraksezer/consistent"
 	"github.com/cespare/xxhash/v2"
 )
 
@@ -29,11 +28,9 @@ import (
 // The library defaults (271, 20, 1.25) give 1.64 × 1/N, 4.6 % and 1.27 at N=10.
 // With 1000 virtual nodes and 16k partitions some ids already get shares past
 // 1.1/N; a tighter load bound spills more partitions to neighbours, and spills
-// move whenever N changes the cap (1.03: 0.6 % collateral). New places keys as
-// github.com/buraksezer/consistent v0.10.0 does with these parameters (see
-// distribute) for a third to a tenth of its CPU: 3.9, 7.0 and 37 ms for 3, 10
-// and 50 members against the library's 12, 31 and 415 ms (CPU time; go test
-// ./pkg/ring -run '^$' -bench New compares them on a quiet machine).
+// move whenever N changes the cap (1.03: 0.6 % collateral). New takes ~14 ms for 10 members and
+// grows with members² (the library re-sorts its ring per member): ~210 ms for
+// 50 (go test ./pkg/ring -run '^$' -bench New).
 const (
 	// partitionCount is the number of slots keys hash into (a prime). Fewer
 	// make shares coarser; each costs ~0.3 µs in New.
@@ -196,72 +193,55 @@ func (r *Ring) Has(id string) bool {
 	return ok
 }
 
-// distribute returns the owner of every partition, as indexes into ids
-// (sorted, unique): the placement of github.com/buraksezer/consistent v0.10.0
-// with this package's parameters, computed the way the library does it
-// but without its maps and per-partition allocations, at a quarter of its
-// CPU (a fallback ring is built while a dead node's clients wait for it).
-// TestDistributeMatchesLibrary holds the two to the same output.
-//
-// The library names member i's virtual node r "<name><r>", where name is
-// the id length-prefixed (otherwise replica 10 of "n1" would be replica 0
-// of "n11"), hashes it with xxhash onto the ring (on equal hashes the member
-// added last wins), and gives partition p, hashed from its 8 little-endian
-// bytes, to the first virtual node at or after it whose member holds fewer
-// than ⌈⌊partitionCount/n⌋ × loadFactor⌉ partitions, walking on (and
-// around) past full members.
-func distribute(ids []string) ([]int32, error) {
+// member is a ring member as the library sees it. The library names virtual
+// nodes name+index, so the name is length-prefixed: otherwise replica 10 of
+// "n1" would be replica 0 of "n11".
+type member struct {
+	name string
+	idx  int32
+}
+
+func (m member) String() string { return m.name }
+
+type hasher struct{}
+
+func (hasher) Sum64(b []byte) uint64 { return xxhash.Sum64(b) }
+
+// newConsistent builds the library's ring of sorted, unique ids. It panics
+// when the ids do not fit (see distribute).
+func newConsistent(ids []string) *consistent.Consistent {
+	ms := make([]consistent.Member, len(ids))
+	for i, id := range ids {
+		ms[i] = member{name: strconv.Itoa(len(id)) + ":" + id, idx: int32(i)}
+	}
+	return consistent.New(ms, consistent.Config{
+		Hasher:            hasher{},
+		PartitionCount:    partitionCount,
+		ReplicationFactor: replicationFactor,
+		Load:              loadFactor,
+	})
+}
+
+// distribute returns the owner of every partition, as indexes into ids.
+func distribute(ids []string) (owners []int32, err error) {
 	n := len(ids)
-	capacity := math.Ceil(float64(partitionCount/n) * loadFactor)
-	if float64(n)*capacity < partitionCount {
+	// The library panics unless the members' load caps cover every partition.
+	if c := math.Ceil(float64(partitionCount/n) * loadFactor); float64(n)*c < partitionCount {
 		return nil, fmt.Errorf("ring: %d members exceed the %d partitions' capacity", n, partitionCount)
 	}
-	type vnode struct {
-		h uint64
-		m int32
-	}
-	vs := make([]vnode, 0, n*replicationFactor)
-	var name []byte
-	for i, id := range ids {
-		name = append(strconv.AppendInt(name[:0], int64(len(id)), 10), ':')
-		name = append(name, id...)
-		k := len(name)
-		for r := range replicationFactor {
-			vs = append(vs, vnode{h: xxhash.Sum64(strconv.AppendInt(name[:k], int64(r), 10)), m: int32(i)})
+	defer func() {
+		if v := recover(); v != nil {
+			err = fmt.Errorf("ring: distribute partitions over %d members: %v", n, v)
 		}
-	}
-	slices.SortFunc(vs, func(a, b vnode) int { return cmp.Or(cmp.Compare(a.h, b.h), cmp.Compare(a.m, b.m)) })
-	hashes := make([]uint64, len(vs))
-	holder := make([]int32, len(vs))
-	for j := len(vs) - 1; j >= 0; j-- {
-		hashes[j], holder[j] = vs[j].h, vs[j].m
-		if j+1 < len(vs) && vs[j+1].h == vs[j].h {
-			holder[j] = holder[j+1] // the library's ring map keeps the last member's
-		}
-	}
-	limit := int(capacity)
-	loads := make([]int, n)
-	owners := make([]int32, partitionCount)
-	var key [8]byte
+	}()
+	c := newConsistent(ids)
+	owners = make([]int32, partitionCount)
 	for p := range owners {
-		binary.LittleEndian.PutUint64(key[:], uint64(p))
-		i, _ := slices.BinarySearch(hashes, xxhash.Sum64(key[:]))
-		for tries := 1; ; tries++ {
-			if tries >= len(hashes) {
-				// The library panics here; the capacity check above
-				// rules it out.
-				return nil, fmt.Errorf("ring: no room for partition %d over %d members", p, n)
-			}
-			if i >= len(hashes) {
-				i = 0
-			}
-			if m := holder[i]; loads[m] < limit {
-				owners[p] = m
-				loads[m]++
-				break
-			}
-			i++
+		m, ok := c.GetPartitionOwner(p).(member)
+		if !ok {
+			return nil, fmt.Errorf("ring: partition %d has no owner", p)
 		}
+		owners[p] = m.idx
 	}
 	return owners, nil
 }
