@@ -47,6 +47,7 @@ func run(ctx context.Context, args []string, env func(string) string, stderr io.
 	fs.Float64Var(&cfg.Proxy.ConnRatePerIP, "conn-rate-per-ip", d.Proxy.ConnRatePerIP, "new connections per second per source address, burst 2x; more get HTTP 429 with Retry-After (-1 = no limit)")
 	fs.IntVar(&cfg.Proxy.MaxSources, "max-sources", d.Proxy.MaxSources, "source addresses the per-IP limits track at once (about 200 bytes each); a new one past it, after idle ones are forgotten, gets HTTP 503 with Retry-After: 1")
 	fs.IntVar(&cfg.Proxy.MaxPending, "max-pending", d.Proxy.MaxPending, "upgrades being set up at once; more wait -pending-wait for a slot (up to 4 × max-pending waiting), then get HTTP 503 with Retry-After: 1 (admission control for reconnect bursts; -1 = no limit)")
+	fs.IntVar(&cfg.Proxy.RelayShards, "relay-shards", d.Proxy.RelayShards, "epoll shards relaying links (default: cores minus one, at least one: the least CPU per message below saturation; one per core uses every core once the relay alone saturates them)")
 	fs.DurationVar(&cfg.Proxy.PendingWait, "pending-wait", d.Proxy.PendingWait, "how long an upgrade past -max-pending waits for a slot before HTTP 503 (negative: refused at once)")
 	fs.StringVar(&cfg.TLSCert, "tls-cert", "", "PEM certificate (chain) file: serve HTTPS and wss:// on -addr; re-read when it changes")
 	fs.StringVar(&cfg.TLSKey, "tls-key", "", "PEM private key file of -tls-cert")

@@ -38,6 +38,10 @@ type Config struct {
 	// BufferSize is the relay buffer in bytes: relay.Config.BufferSize, with
 	// its default (16 KiB) and trade-off.
 	BufferSize int
+	// RelayShards is the number of epoll shards relaying links:
+	// relay.Config.Shards, with its default (GOMAXPROCS minus one, at
+	// least one) and trade-off.
+	RelayShards int
 	// IdleTimeout closes a relayed connection that moved no bytes in either
 	// direction for this long (relay.Config.IdleTimeout). Default 0 = never:
 	// the node enforces the WebSocket heartbeat.
@@ -101,6 +105,7 @@ func DefaultConfig() Config {
 		MaxAttempts:      3,
 		DownFor:          3 * time.Second,
 		BufferSize:       r.BufferSize,
+		RelayShards:      r.Shards,
 		IdleTimeout:      r.IdleTimeout,
 		WriteTimeout:     r.WriteTimeout,
 		MaxConnsPerIP:    2048,
@@ -122,6 +127,7 @@ func (c Config) withDefaults() (Config, error) {
 		defaults.Set("WriteTimeout", &c.WriteTimeout, d.WriteTimeout),
 		defaults.Set("MaxAttempts", &c.MaxAttempts, d.MaxAttempts),
 		defaults.Set("BufferSize", &c.BufferSize, d.BufferSize),
+		defaults.Set("RelayShards", &c.RelayShards, d.RelayShards),
 		defaults.Set("MaxSources", &c.MaxSources, d.MaxSources),
 	); err != nil {
 		return c, fmt.Errorf("proxy config: %w", err)

@@ -125,7 +125,7 @@ func New(cfg Config, pick Picker, log *zap.Logger, reg prometheus.Registerer) (*
 	}
 	p.pending = gate.New(cfg.MaxPending, cfg.PendingWait)
 	p.heads.New = func() any { b := make([]byte, 0, 1024); return &b }
-	rcfg := relay.Config{BufferSize: cfg.BufferSize, IdleTimeout: cfg.IdleTimeout, WriteTimeout: cfg.WriteTimeout}
+	rcfg := relay.Config{BufferSize: cfg.BufferSize, IdleTimeout: cfg.IdleTimeout, WriteTimeout: cfg.WriteTimeout, Shards: cfg.RelayShards}
 	p.relay, err = relay.New(rcfg, p.log, bytesTotal.WithLabelValues("to_node"), bytesTotal.WithLabelValues("to_client"))
 	if err != nil {
 		return nil, err

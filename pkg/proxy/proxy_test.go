@@ -31,7 +31,7 @@ import (
 func TestConfigDefaults(t *testing.T) {
 	custom := Config{DialTimeout: time.Millisecond, HandshakeTimeout: time.Second, MaxAttempts: 1,
 		DownFor: time.Minute, BufferSize: 512, IdleTimeout: time.Hour, WriteTimeout: time.Second,
-		MaxConnsPerIP: 7, ConnRatePerIP: 0.5, MaxSources: 9, MaxPending: 9, PendingWait: 3 * time.Second}
+		MaxConnsPerIP: 7, ConnRatePerIP: 0.5, MaxSources: 9, MaxPending: 9, PendingWait: 3 * time.Second, RelayShards: 3}
 	tests := []struct {
 		name    string
 		cfg     Config
@@ -45,6 +45,7 @@ func TestConfigDefaults(t *testing.T) {
 		{"negative buffer", Config{BufferSize: -1}, Config{}, true},
 		{"negative idle timeout", Config{IdleTimeout: -time.Second}, Config{}, true},
 		{"negative sources", Config{MaxSources: -1}, Config{}, true},
+		{"negative shards", Config{RelayShards: -1}, Config{}, true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
