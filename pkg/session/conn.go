@@ -43,10 +43,11 @@ type Conn struct {
 	spot park.Spot // c's place on a poller while idle (pkg/park; none = goroutines)
 
 	q outbound.Queue // frames for the client; its lock guards rare's timers too
-	// rare is what few connections have: a token, a session, a move, an
-	// expiring token. Nil until one of them comes; set once (at the upgrade
-	// with a token or session, else under q's lock by the first move or
-	// timer), so an idle connection without them pays one pointer.
+	// rare is what few connections have: a token, a session, a context of
+	// their own, a move, a timer. Nil until one of them comes; set once (by
+	// the upgrade or Start, before anything else sees c, else under q's
+	// lock by the first move or timer), so an idle connection without them
+	// pays one pointer: it is 192 bytes.
 	rare atomic.Pointer[rareState]
 
 	// The request rate's theoretical arrival time, unix nanoseconds
@@ -70,8 +71,8 @@ type rareState struct {
 }
 
 // timers returns c's rareState for a move or a timer, making it if c has
-// none. Called with q's lock held (the only place rare is set after the
-// upgrade).
+// none. Called with q's lock held (the only place rare is set once c is
+// started).
 func (c *Conn) timers() *rareState {
 	if r := c.rare.Load(); r != nil {
 		return r
