@@ -58,7 +58,7 @@ func run(ctx context.Context, args []string, env func(string) string, stderr io.
 	fs.IntVar(&cfg.SendBuffer, "send-buffer", sd.SendBuffer, "kernel send buffer (SO_SNDBUF) of client connections in bytes, so a slow link's backlog shows as lag (negative: kernel autotuning)")
 	fs.DurationVar(&cfg.DrainWindow, "drain", d.DrainWindow, "on SIGTERM, clients are asked to reconnect spread over this window")
 	fs.IntVar(&cfg.MaxPending, "max-pending", d.MaxPending, "connections set up at once; more wait -pending-wait for a slot (up to 4 × max-pending waiting), then get HTTP 503 and retry (admission control)")
-	fs.DurationVar(&cfg.PendingWait, "pending-wait", d.PendingWait, "how long a connection set-up past -max-pending waits for a slot before HTTP 503 (negative: refused at once)")
+	fs.DurationVar(&cfg.PendingWait, "pending-wait", d.PendingWait, "how long a connection set-up past -max-pending waits for a slot before HTTP 503; keep it well below the balancers' -dial-timeout, past which they take the node for stalled (negative: refused at once)")
 	fs.IntVar(&cfg.RebalanceRate, "rebalance-rate", d.RebalanceRate, "clients per second asked to move after a ring change")
 	fs.IntVar(&cfg.MaxConnsPerClient, "max-conns-per-client", d.MaxConnsPerClient, "connections one client id may hold on a node; more get HTTP 429")
 	fs.DurationVar(&cfg.MoveFloor, "move-floor", d.MoveFloor, "least delay of a rebalance reconnect request: time for every balancer to see the ring change")

@@ -68,7 +68,7 @@ type Config struct {
 	RebalanceRate     int           // clients per second asked to move after a ring change; default 500
 	RebalanceSpread   time.Duration // reconnect after_ms is jittered over this; default 1s
 	MaxPending        int           // connections being set up at once; more wait PendingWait for a slot, then get HTTP 503 and retry; default 512
-	PendingWait       time.Duration // how long a set-up past MaxPending waits for a slot (up to gate.QueueFactor × MaxPending wait); default 1s, negative = refused at once
+	PendingWait       time.Duration // how long a set-up past MaxPending waits for a slot (up to gate.QueueFactor × MaxPending wait); default 250ms, well below a balancer's DialTimeout (1s), which takes a node that has not begun to answer by then for stalled; negative = refused at once
 	MaxConnsPerClient int           // connections one client id holds here (tabs, devices); one more gets HTTP 429; default 16
 	IdleWait          string        // how idle connections wait: session.IdleEpoll or session.IdleGoroutine; "" = session default
 	Auth              auth.Config   // client tokens and the API key; the same on every balancer and node
@@ -133,7 +133,7 @@ func DefaultConfig() Config {
 		RebalanceRate:   500,
 		RebalanceSpread: time.Second,
 		MaxPending:      512,
-		PendingWait:     time.Second,
+		PendingWait:     250 * time.Millisecond,
 
 		MoveFloor:         300 * time.Millisecond,
 		SweepAge:          3 * time.Second,

@@ -34,7 +34,7 @@ type config struct {
 	sharedCores                     int
 	nodePending, balancerPending    int
 	retryAfter, minBackoff, maxBack time.Duration
-	pendingWait                     time.Duration // how long a set-up may wait for a slot before its 503
+	pendingWait, nodePendingWait    time.Duration // how long a set-up may wait for a slot before its 503
 	detect, detectJitter, rtt       time.Duration
 	channels                        int
 	historyReads                    float64 // Redis reads per second; 0 = no history
@@ -58,7 +58,8 @@ func main() {
 	fs.IntVar(&c.sharedCores, "shared-cores", 0, "if > 0, every process (and the clients) shares this many cores, as on one test machine")
 	fs.IntVar(&c.nodePending, "node-max-pending", 512, "node -max-pending")
 	fs.IntVar(&c.balancerPending, "balancer-max-pending", 1024, "balancer -max-pending")
-	fs.DurationVar(&c.pendingWait, "pending-wait", time.Second, "-pending-wait of nodes and balancers: a set-up past -max-pending waits this long for a slot (up to 4 × max-pending waiting) before its 503; 0 = refused at once")
+	fs.DurationVar(&c.pendingWait, "pending-wait", time.Second, "balancer -pending-wait: a set-up past -max-pending waits this long for a slot (up to 4 × max-pending waiting) before its 503; 0 = refused at once")
+	fs.DurationVar(&c.nodePendingWait, "node-pending-wait", 250*time.Millisecond, "node -pending-wait, as -pending-wait")
 	fs.DurationVar(&c.retryAfter, "retry-after", time.Second, "Retry-After of a 503")
 	fs.DurationVar(&c.minBackoff, "min-backoff", 100*time.Millisecond, "client MinBackoff")
 	fs.DurationVar(&c.maxBack, "max-backoff", 20*time.Second, "client MaxBackoff")
@@ -209,7 +210,7 @@ func simulate(c config) result {
 	nodeGate := make([]*gate, c.survivors)
 	for i := range nodes {
 		nodes[i] = mk(c.nodeCores)
-		nodeGate[i] = &gate{max: c.nodePending, wait: c.pendingWait}
+		nodeGate[i] = &gate{max: c.nodePending, wait: c.nodePendingWait}
 	}
 	bals := make([]*pool, c.balancers)
 	balGate := make([]*gate, c.balancers)
@@ -296,8 +297,8 @@ func (r result) print(c config) {
 		fmt.Printf("model: %d clients, %d survivors × %d cores, %d balancers × %d cores; set-up cpu node %v, balancer %v\n",
 			c.clients, c.survivors, c.nodeCores, c.balancers, c.balancerCores, c.nodeSetup, c.balancerSetup)
 	}
-	fmt.Printf("admission: node -max-pending %d, balancer -max-pending %d, Retry-After %v; client backoff %v..%v; link end seen at %v + up to %v\n",
-		c.nodePending, c.balancerPending, c.retryAfter, c.minBackoff, c.maxBack, c.detect, c.detectJitter)
+	fmt.Printf("admission: node -max-pending %d -pending-wait %v, balancer -max-pending %d -pending-wait %v, Retry-After %v; client backoff %v..%v; link end seen at %v + up to %v\n",
+		c.nodePending, c.nodePendingWait, c.balancerPending, c.pendingWait, c.retryAfter, c.minBackoff, c.maxBack, c.detect, c.detectJitter)
 	fmt.Printf("back (kill → set up on the new owner): p50 %v  p99 %v  max %v  (%d of %d)\n",
 		q(0.50).Round(time.Millisecond), q(0.99).Round(time.Millisecond), r.back[len(r.back)-1].Round(time.Millisecond), len(r.back), c.clients)
 	fmt.Printf("dials %d (%.2f per client); refused 503 by nodes %d, by balancers %d; peak set-ups in flight: node %d, balancer %d\n",
