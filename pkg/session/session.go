@@ -268,11 +268,6 @@ func (u *Upgrader) Upgrade(w http.ResponseWriter, r *http.Request) *Conn {
 			return nil
 		}
 	}
-	if n := u.conns(id, session); n >= u.cfg.MaxConnsPerClient {
-		w.Header().Set("Retry-After", "5")
-		httpapi.WriteError(w, wire.CodeTooManyConns, fmt.Sprintf("client %s holds %d connections on this node, the limit is %d", id, n, u.cfg.MaxConnsPerClient))
-		return nil
-	}
 	if len(u.cfg.Origins) > 0 {
 		if o := r.Header.Get("Origin"); o != "" && !slices.Contains(u.cfg.Origins, o) {
 			http.Error(w, "origin not allowed", http.StatusForbidden)
@@ -280,6 +275,14 @@ func (u *Upgrader) Upgrade(w http.ResponseWriter, r *http.Request) *Conn {
 		}
 	}
 	if u.deps.Admit != nil && !u.deps.Admit(w, r) {
+		return nil
+	}
+	// Counted once admitted: Admit may wait for a slot, and upgrades of
+	// one id that waited together must not all pass a count taken before.
+	if n := u.conns(id, session); n >= u.cfg.MaxConnsPerClient {
+		u.release()
+		w.Header().Set("Retry-After", "5")
+		httpapi.WriteError(w, wire.CodeTooManyConns, fmt.Sprintf("client %s holds %d connections on this node, the limit is %d", id, n, u.cfg.MaxConnsPerClient))
 		return nil
 	}
 	nc, rw, _, err := ws.HTTPUpgrader{Timeout: u.cfg.HandshakeTimeout}.Upgrade(r, w)
