@@ -57,7 +57,6 @@ func dialTCP(ctx context.Context, addr string, ap netip.AddrPort, deadline time.
 		return nil, err
 	}
 	stop := context.AfterFunc(ctx, func() { c.SetDeadline(time.Now()) })
-	defer stop()
 	var cerr error
 	werr := rc.Write(func(s uintptr) bool {
 		// A connect on a socket whose connect is under way tells its
@@ -73,12 +72,17 @@ func dialTCP(ctx context.Context, addr string, ap netip.AddrPort, deadline time.
 		}
 		return true
 	})
+	cut := !stop() // ctx ended: the callback has set, or is setting, a past deadline
 	if err := errors.Join(werr, cerr); err != nil {
 		c.Close()
 		if werr != nil {
 			err = &net.OpError{Op: "dial", Net: "tcp", Addr: raddr, Err: werr}
 		}
 		return nil, err
+	}
+	if cut {
+		c.Close()
+		return nil, ctx.Err()
 	}
 	return c, nil
 }

@@ -374,9 +374,13 @@ func (p *Proxy) await(ctx context.Context, c net.Conn, br *nodeReader, deadline 
 // awaitSet is await under the deadline c has already.
 func (p *Proxy) awaitSet(ctx context.Context, c net.Conn, br *nodeReader) error {
 	stop := context.AfterFunc(ctx, func() { c.SetDeadline(time.Now()) })
-	defer stop()
-	if _, err := br.Peek(1); err != nil {
+	_, err := br.Peek(1)
+	cut := !stop() // ctx ended: the callback has set, or is setting, a past deadline
+	if err != nil {
 		return fmt.Errorf("no answer to the upgrade: %w", err)
+	}
+	if cut {
+		return fmt.Errorf("no answer to the upgrade: %w", ctx.Err())
 	}
 	return nil
 }
