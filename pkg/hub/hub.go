@@ -471,6 +471,10 @@ func (h *Hub) leave(ch *channel, m *member) {
 	ch.members[m.idx], moved.idx = moved, m.idx
 	ch.members[last] = nil
 	ch.members = ch.members[:last]
+	if c := cap(ch.members); c >= 64 && len(ch.members) < c/4 {
+		// A channel that shrank gives its peak-size array back.
+		ch.members = append(make([]*member, 0, 2*len(ch.members)), ch.members...)
+	}
 	ch.fanout.Store(nil)
 	if len(ch.members) == 0 {
 		if h.channels[ch.name] == ch {

@@ -786,3 +786,32 @@ func BenchmarkDeliver(b *testing.B) {
 	}
 	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*subs), "ns/delivery")
 }
+
+// TestShrunkChannelGivesBackItsArray: a channel that lost most of its
+// members keeps an array sized for the ones left, and still delivers to
+// each of them once.
+func TestShrunkChannelGivesBackItsArray(t *testing.T) {
+	h, _ := newHub(t, Config{})
+	sinks := make([]*sink, 1000)
+	for i := range sinks {
+		sinks[i] = &sink{id: fmt.Sprintf("s%d", i)}
+		attach(t, h, sinks[i])
+		subscribe(t, h, sinks[i], "room")
+	}
+	for _, s := range sinks[10:] {
+		h.Detach(s)
+	}
+	h.mu.RLock()
+	ch := h.channels["room"]
+	n, c := len(ch.members), cap(ch.members)
+	h.mu.RUnlock()
+	if n != 10 || c > 64 {
+		t.Fatalf("after 990 of 1000 left: %d members in an array of %d, want 10 in at most 64", n, c)
+	}
+	publish(t, h, "room", `1`)
+	for _, s := range sinks[:10] {
+		if got := s.messages(); !slices.Equal(got, []string{"1"}) {
+			t.Errorf("%s got %q, want one message", s.id, got)
+		}
+	}
+}
