@@ -38,7 +38,7 @@ func scenario(ctx context.Context, cfg config, out io.Writer) (*report, error) {
 		return nil, err
 	}
 	opts := clustertest.Options{Nodes: cfg.Nodes, Balancers: cfg.Balancers, HistorySize: cfg.History, LogDir: logs,
-		BalancerArgs: clustertest.NoAdmissionLimits}
+		BalancerArgs: append(slices.Clone(clustertest.NoAdmissionLimits), cfg.BalancerArgs...)}
 	bridge, host := "mesh", "127.0.0.1"
 	var nw *clustertest.Net
 	if cfg.Net {

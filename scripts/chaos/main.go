@@ -28,24 +28,25 @@ func main() {
 
 // config is a scenario, from the command line.
 type config struct {
-	Nodes      int           `json:"nodes"`
-	Balancers  int           `json:"balancers"`
-	Clients    int           `json:"clients"`
-	Channels   int           `json:"channels"`
-	Rate       float64       `json:"rate"`
-	Duration   time.Duration `json:"-"`
-	FaultEvery time.Duration `json:"-"`
-	Faults     []string      `json:"faults"`
-	Bridge     string        `json:"bridge"`
-	History    int           `json:"history"`
-	Seed       uint64        `json:"seed"`
-	MinAlive   int           `json:"min_alive"`
-	Settle     time.Duration `json:"-"`
-	Report     string        `json:"-"`
-	Logs       string        `json:"-"`
-	Verbose    bool          `json:"-"`
-	Net        bool          `json:"net"`
-	Args       []string      `json:"args"` // the scenario's flags, seed included
+	Nodes        int           `json:"nodes"`
+	Balancers    int           `json:"balancers"`
+	Clients      int           `json:"clients"`
+	Channels     int           `json:"channels"`
+	Rate         float64       `json:"rate"`
+	Duration     time.Duration `json:"-"`
+	FaultEvery   time.Duration `json:"-"`
+	Faults       []string      `json:"faults"`
+	Bridge       string        `json:"bridge"`
+	History      int           `json:"history"`
+	Seed         uint64        `json:"seed"`
+	MinAlive     int           `json:"min_alive"`
+	Settle       time.Duration `json:"-"`
+	Report       string        `json:"-"`
+	Logs         string        `json:"-"`
+	Verbose      bool          `json:"-"`
+	Net          bool          `json:"net"`
+	BalancerArgs []string      `json:"balancer_args,omitempty"`
+	Args         []string      `json:"args"` // the scenario's flags, seed included
 }
 
 func parseFlags(args []string, out io.Writer) (config, error) {
@@ -68,6 +69,7 @@ func parseFlags(args []string, out io.Writer) (config, error) {
 	fs.StringVar(&c.Report, "report", "", "write the JSON report to this file")
 	fs.StringVar(&c.Logs, "logs", "", "directory for process logs (default: a new temp dir)")
 	fs.BoolVar(&c.Verbose, "v", false, "print the schedule and a cluster sample every second")
+	balancerArgs := fs.String("balancer-args", "", "extra balancer flags, space-separated (e.g. \"-relay-shards 2\")")
 	fs.BoolVar(&c.Net, "net", false, "run each process in a network namespace and add the faults partition,cut-balancer (root, nftables)")
 	if err := fs.Parse(args); err != nil {
 		return c, err
@@ -78,6 +80,7 @@ func parseFlags(args []string, out io.Writer) (config, error) {
 	if *faults != "" {
 		c.Faults = strings.Split(*faults, ",")
 	}
+	c.BalancerArgs = strings.Fields(*balancerArgs)
 	explicit := false
 	fs.Visit(func(f *flag.Flag) { explicit = explicit || f.Name == "faults" })
 	if c.Net && !explicit {
