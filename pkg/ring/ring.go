@@ -13,6 +13,7 @@ import (
 
 	"github.com/buraksezer/consistent"
 	"github.com/cespare/xxhash/v2"
+	"golang.org/x/sync/singleflight"
 )
 
 // Ring parameters, shared by every process: changing any of them (or the
@@ -56,17 +57,10 @@ type Ring struct {
 	members []string // sorted, unique
 	owners  []int32  // partition → index into members
 
-	mu       sync.Mutex
-	reduced  map[string]*Ring    // excluded-member bitset → ring without them
-	building map[string]*pending // excluded-member bitset → its ring being built
-	builds   int                 // reduced rings built so far
-}
-
-// pending is a reduced ring one caller builds while others wait for it.
-type pending struct {
-	done chan struct{} // closed once ring or err is set
-	ring *Ring
-	err  error
+	mu      sync.Mutex
+	reduced map[string]*Ring   // excluded-member bitset → ring without them
+	builds  int                // reduced rings built so far
+	flight  singleflight.Group // one build per excluded set at a time
 }
 
 // New builds the ring of the given member ids (order-independent, duplicates
@@ -136,35 +130,26 @@ func (r *Ring) OwnerExcluding(key string, excluded ...string) (string, error) {
 // would finish together, each as late as all of them.
 func (r *Ring) without(set []byte) (*Ring, error) {
 	key := string(set)
-	r.mu.Lock()
-	if sub, ok := r.reduced[key]; ok {
-		r.mu.Unlock()
+	if sub := r.cached(key); sub != nil {
 		return sub, nil
 	}
-	if p, ok := r.building[key]; ok {
-		r.mu.Unlock()
-		<-p.done
-		return p.ring, p.err
-	}
-	p := &pending{done: make(chan struct{})}
-	if r.building == nil {
-		r.building = make(map[string]*pending)
-	}
-	r.building[key] = p
-	r.builds++
-	r.mu.Unlock()
-
-	kept := make([]string, 0, len(r.members))
-	for i, id := range r.members {
-		if set[i/8]&(1<<(i%8)) == 0 {
-			kept = append(kept, id)
+	v, err, _ := r.flight.Do(key, func() (any, error) {
+		if sub := r.cached(key); sub != nil {
+			return sub, nil // built by a flight that ended after our look
 		}
-	}
-	p.ring, p.err = New(kept)
-
-	r.mu.Lock()
-	delete(r.building, key)
-	if p.err == nil {
+		kept := make([]string, 0, len(r.members))
+		for i, id := range r.members {
+			if set[i/8]&(1<<(i%8)) == 0 {
+				kept = append(kept, id)
+			}
+		}
+		sub, err := New(kept)
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		r.builds++
+		if err != nil {
+			return nil, err
+		}
 		if r.reduced == nil {
 			r.reduced = make(map[string]*Ring)
 		}
@@ -174,11 +159,20 @@ func (r *Ring) without(set []byte) (*Ring, error) {
 				break
 			}
 		}
-		r.reduced[key] = p.ring
+		r.reduced[key] = sub
+		return sub, nil
+	})
+	if err != nil {
+		return nil, err
 	}
-	r.mu.Unlock()
-	close(p.done)
-	return p.ring, p.err
+	return v.(*Ring), nil
+}
+
+// cached returns the reduced ring for key from the cache, or nil.
+func (r *Ring) cached(key string) *Ring {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.reduced[key]
 }
 
 // Members returns the member ids, sorted.
