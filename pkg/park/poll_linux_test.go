@@ -9,6 +9,8 @@ import (
 
 	"go.uber.org/goleak"
 	"go.uber.org/zap"
+
+	"github.com/ringcast/ringcast/pkg/testkit"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -35,17 +37,9 @@ func pair(t *testing.T, set *Set) (*conn, net.Conn) {
 		t.Fatal(err)
 	}
 	defer ln.Close()
-	client, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	nc, err := ln.Accept()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { client.Close(); nc.Close() })
+	client, nc := testkit.TCPPair(t, ln)
 	c := &conn{nc: nc, woken: make(chan string, 1)}
-	if c.raw, err = nc.(*net.TCPConn).SyscallConn(); err != nil {
+	if c.raw, err = nc.SyscallConn(); err != nil {
 		t.Fatal(err)
 	}
 	set.Assign(&c.spot)

@@ -2,9 +2,10 @@ package proxy
 
 import (
 	"context"
-	"net"
 	"syscall"
 	"testing"
+
+	"github.com/ringcast/ringcast/pkg/testkit"
 )
 
 // TestListenNoKeepAlive: accepted client sockets carry no TCP keep-alive
@@ -15,17 +16,8 @@ func TestListenNoKeepAlive(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer ln.Close()
-	c, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	s, err := ln.Accept()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
-	raw, err := s.(*net.TCPConn).SyscallConn()
+	_, s := testkit.TCPPair(t, ln)
+	raw, err := s.SyscallConn()
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 	"weak"
+
+	"github.com/ringcast/ringcast/pkg/testkit"
 )
 
 // TestForgetAddrs checks that forgetAddrs applies to this Go's net (it
@@ -18,16 +20,7 @@ func TestForgetAddrs(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer ln.Close()
-	client, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer client.Close()
-	server, err := ln.Accept()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer server.Close()
+	client, server := testkit.TCPPair(t, ln)
 	raddr := weak.Make(server.RemoteAddr().(*net.TCPAddr))
 	if !forgetAddrs(server) {
 		t.Fatal("forgetAddrs does not apply to this Go's *net.TCPConn: its netFD has no laddr/raddr net.Addr fields")

@@ -118,3 +118,21 @@ func EchoOnce(c net.Conn, r io.Reader, msg []byte) error {
 	}
 	return nil
 }
+
+// TCPPair dials ln once and accepts that connection: the two ends of one
+// loopback TCP connection, both closed at the test's cleanup. ln is left
+// open.
+func TCPPair(tb testing.TB, ln net.Listener) (client, server *net.TCPConn) {
+	tb.Helper()
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { c.Close() })
+	s, err := ln.Accept()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { s.Close() })
+	return c.(*net.TCPConn), s.(*net.TCPConn)
+}
