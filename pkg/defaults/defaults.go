@@ -18,3 +18,15 @@ func Set[T Number](name string, v *T, def T) error {
 	}
 	return nil
 }
+
+// SetOrOff replaces *v with def when *v is zero and with zero (off, as
+// the field documents it) when *v is negative: for limits where "-1 = no
+// limit" is a value a user sets.
+func SetOrOff[T Number](v *T, def T) {
+	switch {
+	case *v < 0:
+		*v = 0
+	case *v == 0:
+		*v = def
+	}
+}

@@ -24,3 +24,13 @@ func TestSet(t *testing.T) {
 		t.Errorf("negative float: %v", err)
 	}
 }
+
+func TestSetOrOff(t *testing.T) {
+	zero, set, neg := time.Duration(0), 2*time.Second, -time.Second
+	SetOrOff(&zero, time.Minute)
+	SetOrOff(&set, time.Minute)
+	SetOrOff(&neg, time.Minute)
+	if zero != time.Minute || set != 2*time.Second || neg != 0 {
+		t.Errorf("SetOrOff: zero → %v, 2s → %v, -1s → %v; want 1m0s, 2s, 0", zero, set, neg)
+	}
+}

@@ -185,12 +185,7 @@ func (c *Config) validate() error {
 	); err != nil {
 		return fmt.Errorf("node: %w", err)
 	}
-	switch {
-	case c.PendingWait == 0:
-		c.PendingWait = d.PendingWait
-	case c.PendingWait < 0:
-		c.PendingWait = 0
-	}
+	defaults.SetOrOff(&c.PendingWait, d.PendingWait)
 	if err := bridges.Check(c.Bridge, c.HistorySize); err != nil {
 		return fmt.Errorf("node: %w", err)
 	}

@@ -132,30 +132,10 @@ func (c Config) withDefaults() (Config, error) {
 	); err != nil {
 		return c, fmt.Errorf("proxy config: %w", err)
 	}
-	switch {
-	case c.MaxConnsPerIP == 0:
-		c.MaxConnsPerIP = d.MaxConnsPerIP
-	case c.MaxConnsPerIP < 0:
-		c.MaxConnsPerIP = 0
-	}
-	switch {
-	case c.MaxPending == 0:
-		c.MaxPending = d.MaxPending
-	case c.MaxPending < 0:
-		c.MaxPending = 0
-	}
-	switch {
-	case c.PendingWait == 0:
-		c.PendingWait = d.PendingWait
-	case c.PendingWait < 0:
-		c.PendingWait = 0
-	}
-	switch {
-	case c.ConnRatePerIP == 0:
-		c.ConnRatePerIP = d.ConnRatePerIP
-	case c.ConnRatePerIP < 0:
-		c.ConnRatePerIP = 0
-	}
+	defaults.SetOrOff(&c.MaxConnsPerIP, d.MaxConnsPerIP)
+	defaults.SetOrOff(&c.MaxPending, d.MaxPending)
+	defaults.SetOrOff(&c.PendingWait, d.PendingWait)
+	defaults.SetOrOff(&c.ConnRatePerIP, d.ConnRatePerIP)
 	return c, nil
 }
 
