@@ -121,12 +121,17 @@ func run(ctx context.Context, args []string) error {
 			procs[i].stop()
 		}
 	}()
-	echo, err := startChild(ctx, "echo", self, echoMode, "-n", fmt.Sprint(cfg.backends))
-	if err != nil {
-		return err
+	// start runs a child, stopped at return, and reads the address it prints.
+	start := func(name, bin string, args ...string) (*child, string, error) {
+		c, err := startChild(ctx, name, bin, args...)
+		if err != nil {
+			return nil, "", err
+		}
+		procs = append(procs, c)
+		line, err := c.line(ctx, 10*time.Second)
+		return c, line, err
 	}
-	procs = append(procs, echo)
-	line, err := echo.line(ctx, 10*time.Second)
+	_, line, err := start("echo", self, echoMode, "-n", fmt.Sprint(cfg.backends))
 	if err != nil {
 		return err
 	}
@@ -161,35 +166,20 @@ func run(ctx context.Context, args []string) error {
 	if cfg.cpuprofile != "" {
 		relayArgs = append(relayArgs, "-pprof")
 	}
-	relay, err := startChild(ctx, "relay", self, relayArgs...)
-	if err != nil {
-		return err
-	}
-	procs = append(procs, relay)
-	relayAddr, err := relay.line(ctx, 10*time.Second)
+	relay, relayAddr, err := start("relay", self, relayArgs...)
 	if err != nil {
 		return err
 	}
 	paths = append(paths, hop{name: "ringcast relay", urls: wsURLs([]string{relayAddr}), proc: relay, pprof: cfg.cpuprofile != ""})
 	if cfg.baseline != "" {
-		base, err := startChild(ctx, "baseline relay", cfg.baseline, relayMode, "-backends", strings.Join(backends, ","))
-		if err != nil {
-			return err
-		}
-		procs = append(procs, base)
-		addr, err := base.line(ctx, 10*time.Second)
+		base, addr, err := start("baseline relay", cfg.baseline, relayMode, "-backends", strings.Join(backends, ","))
 		if err != nil {
 			return err
 		}
 		paths = append(paths, hop{name: "relay baseline", urls: wsURLs([]string{addr}), proc: base})
 	}
 	if cfg.tls {
-		tlsRelay, err := startChild(ctx, "relay", self, relayMode, "-backends", strings.Join(backends, ","), "-tls")
-		if err != nil {
-			return err
-		}
-		procs = append(procs, tlsRelay)
-		addr, err := tlsRelay.line(ctx, 10*time.Second)
+		tlsRelay, addr, err := start("relay", self, relayMode, "-backends", strings.Join(backends, ","), "-tls")
 		if err != nil {
 			return err
 		}
