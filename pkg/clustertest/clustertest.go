@@ -541,6 +541,19 @@ func (p *Proc) Signal(sig syscall.Signal) error {
 	return cmd.Process.Signal(sig)
 }
 
+// Freeze SIGSTOPs the process and returns once every thread of it has
+// stopped (testkit.Freeze); SIGCONT resumes it.
+func (p *Proc) Freeze() error {
+	pid := p.Pid()
+	if pid == 0 {
+		return fmt.Errorf("%s is not running", p.Name)
+	}
+	if err := testkit.Freeze(pid); err != nil {
+		return fmt.Errorf("%s: %w", p.Name, err)
+	}
+	return nil
+}
+
 // Kill SIGKILLs the process and waits until it is reaped.
 func (p *Proc) Kill() {
 	p.mu.Lock()

@@ -467,7 +467,7 @@ func TestPausedNode(t *testing.T) {
 	c := startCluster(t, clustertest.Options{Nodes: 3})
 	f := newFleet(t, c, "p", 45, "room")
 	victim := c.Node(f.Clients[0].Node())
-	if err := victim.Signal(syscall.SIGSTOP); err != nil {
+	if err := victim.Freeze(); err != nil {
 		t.Fatal(err)
 	}
 	// The fault itself: a pause of 2.5 s, well past the ~1 s detection.
@@ -529,7 +529,7 @@ func TestStalledNode(t *testing.T) {
 	if len(ids) < 2 {
 		t.Fatalf("no two client ids owned by %s", victim.Name)
 	}
-	if err := victim.Signal(syscall.SIGSTOP); err != nil {
+	if err := victim.Freeze(); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { victim.Signal(syscall.SIGCONT) })

@@ -251,7 +251,7 @@ func (n *nemesis) episode(ctx context.Context, p planned) {
 	case faultKill, faultBalancer:
 		pr.Kill()
 	case faultPause:
-		err = pr.Signal(syscall.SIGSTOP)
+		err = pr.Freeze()
 	case faultTerm:
 		err = pr.Term(termExit)
 	}

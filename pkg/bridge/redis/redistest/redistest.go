@@ -14,6 +14,8 @@ import (
 	"strconv"
 	"syscall"
 	"time"
+
+	"github.com/ringcast/ringcast/pkg/testkit"
 )
 
 // TB is the part of testing.TB the package uses, so that a program can run
@@ -121,9 +123,17 @@ func (s *Server) Restart() {
 	}
 }
 
-// Freeze stops the server with SIGSTOP: connections stay open, nothing is
-// answered. Thaw resumes it.
-func (s *Server) Freeze() { s.signal(syscall.SIGSTOP) }
+// Freeze stops the server with SIGSTOP and returns once it has stopped:
+// connections stay open, nothing is answered. Thaw resumes it.
+func (s *Server) Freeze() {
+	s.tb.Helper()
+	if s.cmd == nil {
+		s.tb.Fatal("redistest: server is not running")
+	}
+	if err := testkit.Freeze(s.cmd.Process.Pid); err != nil {
+		s.tb.Fatalf("redistest: %v", err)
+	}
+}
 
 // Thaw resumes a frozen server with SIGCONT.
 func (s *Server) Thaw() { s.signal(syscall.SIGCONT) }
