@@ -148,7 +148,9 @@ type failover struct {
 	WelcomeP99MS float64 `json:"welcome_p99_ms"`  // the next session was welcomed
 	// Outage counts, by outcome, the publishes that overlapped a Redis
 	// fault until the nodes were ready again.
-	Outage   map[string]int `json:"outage_publishes,omitempty"`
+	Outage map[string]int `json:"outage_publishes,omitempty"`
+	// CPU is what the recovery cost the machine (one fault, not a kind).
+	CPU      *recoveryCPU `json:"cpu,omitempty"`
 	took     []time.Duration
 	ended    []time.Duration
 	welcomed []time.Duration

@@ -100,6 +100,8 @@ func scenario(ctx context.Context, cfg config, out io.Writer) (*report, error) {
 		tl.out = out
 	}
 	bg.Go(func() { tl.run(bgctx) })
+	cm := &cpuMeter{cl: cl, clk: clk}
+	bg.Go(func() { cm.run(bgctx) })
 	if err := testkit.Wait(ctx, 10*time.Second, func() error {
 		if _, ok := pubw.current(); !ok {
 			return errors.New("publishing client not connected")
@@ -178,7 +180,12 @@ func scenario(ctx context.Context, cfg config, out io.Writer) (*report, error) {
 	for _, m := range fl.members {
 		h.Clients = append(h.Clients, m.snapshot())
 	}
-	return newReport(cfg, logs, h, check(h), fin, tl.snapshot()), nil
+	res := check(h)
+	for j, f := range h.Faults {
+		fo := res.PerFault[j]
+		fo.CPU = cm.recovery(f.Start, time.Duration(fo.MaxMS*float64(time.Millisecond)), fo.Affected-fo.Never)
+	}
+	return newReport(cfg, logs, h, res, fin, tl.snapshot()), nil
 }
 
 // probe publishes one message per channel once everything has settled and

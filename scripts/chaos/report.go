@@ -111,6 +111,11 @@ func (r *report) print(w io.Writer) {
 		}
 	}
 	tw.Flush()
+	for _, f := range r.Faults {
+		if f.failover != nil && f.CPU != nil {
+			fmt.Fprintf(w, "recovery CPU, %.1fs %s %s: %s\n", f.StartS, f.Kind, f.Target, f.CPU)
+		}
+	}
 
 	fmt.Fprintf(w, "\npublishes %s; direct sends %s\n", outcomeLine(r.Publishes), outcomeLine(r.Sends))
 	fmt.Fprintln(w, "\ndeliveries (acknowledged message × subscribed client)")
