@@ -544,11 +544,13 @@ func (p *Proc) Signal(sig syscall.Signal) error {
 // Freeze SIGSTOPs the process and returns once every thread of it has
 // stopped (testkit.Freeze); SIGCONT resumes it.
 func (p *Proc) Freeze() error {
-	pid := p.Pid()
-	if pid == 0 {
+	p.mu.Lock()
+	cmd := p.cmd
+	p.mu.Unlock()
+	if cmd == nil {
 		return fmt.Errorf("%s is not running", p.Name)
 	}
-	if err := testkit.Freeze(pid); err != nil {
+	if err := testkit.Freeze(cmd.Process); err != nil {
 		return fmt.Errorf("%s: %w", p.Name, err)
 	}
 	return nil

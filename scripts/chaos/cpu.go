@@ -16,7 +16,7 @@ import (
 // recovery of a second or two into its own window.
 const cpuTick = 50 * time.Millisecond
 
-// clockTick is the unit of /proc's CPU times (USER_HZ, 100 on Linux).
+// clockTick is the unit of /proc/stat's times (USER_HZ, 100 on Linux).
 const clockTick = 10 * time.Millisecond
 
 // cpuBaseline is how long before a fault its background CPU is taken:
@@ -53,12 +53,28 @@ type cpuSample struct {
 
 // recoveryCPU is the CPU a recovery took: over the window from the fault to
 // its last affected client resubscribed, above the rate of the
-// cpuBaseline before the fault, per affected client.
+// cpuBaseline before the fault, per resubscribed client.
 type recoveryCPU struct {
-	WindowMS      float64            `json:"window_ms"`
-	PerClientMS   map[string]float64 `json:"per_client_ms"` // by role, and "all"
-	MachineBusyPc float64            `json:"machine_busy_pct"`
-	BaselineBusy  float64            `json:"baseline_busy_pct"`
+	WindowMS       float64            `json:"window_ms"`
+	PerClientMS    map[string]float64 `json:"per_client_ms"` // by role, and "all"
+	MachineBusyPc  float64            `json:"machine_busy_pct"`
+	BaselineBusyPc float64            `json:"baseline_busy_pct"`
+}
+
+// overlaps reports whether a fault other than faults[j] was on (from its
+// start until quietAfter past its heal) at some time in [from, to]: the
+// CPU of that window is not faults[j]'s alone.
+func overlaps(faults []fault, j int, from, to time.Duration) bool {
+	for i, g := range faults {
+		end := open
+		if g.End != open {
+			end = g.End + quietAfter
+		}
+		if i != j && g.Start <= to && end >= from {
+			return true
+		}
+	}
+	return false
 }
 
 func (m *cpuMeter) run(ctx context.Context) {
@@ -89,10 +105,12 @@ func (m *cpuMeter) sample() {
 		if pid == 0 {
 			return
 		}
-		cpu, err := procCPU(pid)
-		if err != nil {
-			return
+		cpu := clustertest.CPUTime(pid)
+		if cpu == 0 {
+			return // gone, or not yet scheduled: nothing to add
 		}
+		// A process that died since the last sample loses what it used
+		// after it (under cpuTick); a restarted one counts from zero.
 		last := m.seen[name]
 		if last.pid != pid {
 			last = procTime{pid: pid} // restarted: a new process from zero
@@ -117,7 +135,8 @@ func (m *cpuMeter) sample() {
 	m.samples = append(m.samples, s)
 }
 
-// at returns the last sample taken at or before t, and whether there is one.
+// at returns the last sample taken at or before t, and whether there is
+// one. m.mu held.
 func (m *cpuMeter) at(t time.Duration) (cpuSample, bool) {
 	var found cpuSample
 	ok := false
@@ -130,7 +149,8 @@ func (m *cpuMeter) at(t time.Duration) (cpuSample, bool) {
 	return found, ok
 }
 
-// after returns the first sample taken at or after t, and whether there is one.
+// after returns the first sample taken at or after t, and whether there is
+// one. m.mu held.
 func (m *cpuMeter) after(t time.Duration) (cpuSample, bool) {
 	for _, s := range m.samples {
 		if s.at >= t {
@@ -161,46 +181,23 @@ func (m *cpuMeter) recovery(start, took time.Duration, affected int) *recoveryCP
 	var all float64
 	for _, role := range []string{"balancers", "nodes", "harness"} {
 		used := float64(s1.role[role]-s0.role[role]) - scale*float64(s0.role[role]-b0.role[role])
-		perClient := max(0, used) / float64(affected) / float64(time.Millisecond)
-		r.PerClientMS[role] = round3(perClient)
+		perClient := used / float64(affected) / float64(time.Millisecond)
+		r.PerClientMS[role] = round3(max(0, perClient))
 		all += perClient
 	}
-	r.PerClientMS["all"] = round3(all)
+	r.PerClientMS["all"] = round3(max(0, all))
 	if d := s1.all - s0.all; d > 0 {
 		r.MachineBusyPc = round3(100 * float64(s1.busy-s0.busy) / float64(d))
 	}
 	if d := s0.all - b0.all; d > 0 {
-		r.BaselineBusy = round3(100 * float64(s0.busy-b0.busy) / float64(d))
+		r.BaselineBusyPc = round3(100 * float64(s0.busy-b0.busy) / float64(d))
 	}
 	return r
 }
 
 func (r *recoveryCPU) String() string {
-	return fmt.Sprintf("%.2f ms per client above the baseline (balancers %.2f, nodes %.2f, this harness's clients %.2f) over %.0f ms; machine busy %.0f%% (%.0f%% before)",
-		r.PerClientMS["all"], r.PerClientMS["balancers"], r.PerClientMS["nodes"], r.PerClientMS["harness"], r.WindowMS, r.MachineBusyPc, r.BaselineBusy)
-}
-
-// procCPU returns the user and system CPU time process pid has used.
-func procCPU(pid int) (time.Duration, error) {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
-	if err != nil {
-		return 0, err
-	}
-	i := bytes.LastIndexByte(b, ')') // comm may hold spaces
-	if i < 0 {
-		return 0, fmt.Errorf("/proc/%d/stat: unexpected %q", pid, b)
-	}
-	f := bytes.Fields(b[i+1:])
-	if len(f) < 13 {
-		return 0, fmt.Errorf("/proc/%d/stat: %d fields", pid, len(f))
-	}
-	// After comm: state, ppid, …, utime (14th field of the line), stime.
-	utime, err1 := strconv.ParseInt(string(f[11]), 10, 64)
-	stime, err2 := strconv.ParseInt(string(f[12]), 10, 64)
-	if err1 != nil || err2 != nil {
-		return 0, fmt.Errorf("/proc/%d/stat: bad utime/stime", pid)
-	}
-	return time.Duration(utime+stime) * clockTick, nil
+	return fmt.Sprintf("%.2f ms per resubscribed client above the baseline (balancers %.2f, nodes %.2f, this harness process with its clients %.2f) over %.0f ms; machine busy %.0f%% (%.0f%% before)",
+		r.PerClientMS["all"], r.PerClientMS["balancers"], r.PerClientMS["nodes"], r.PerClientMS["harness"], r.WindowMS, r.MachineBusyPc, r.BaselineBusyPc)
 }
 
 // machineTime returns the busy and the total CPU time of the machine, over

@@ -4,6 +4,8 @@ import (
 	"os"
 	"testing"
 	"time"
+
+	"github.com/ringcast/ringcast/pkg/clustertest"
 )
 
 // recovery takes the window's CPU above the baseline rate, per client.
@@ -32,8 +34,8 @@ func TestRecoveryCPU(t *testing.T) {
 			t.Errorf("%s: %v ms per client, want %v", k, r.PerClientMS[k], v)
 		}
 	}
-	if r.WindowMS != 1000 || r.MachineBusyPc != 95 || r.BaselineBusy != 25 {
-		t.Errorf("window %v ms, busy %v%%, baseline %v%%; want 1000, 95, 25", r.WindowMS, r.MachineBusyPc, r.BaselineBusy)
+	if r.WindowMS != 1000 || r.MachineBusyPc != 95 || r.BaselineBusyPc != 25 {
+		t.Errorf("window %v ms, busy %v%%, baseline %v%%; want 1000, 95, 25", r.WindowMS, r.MachineBusyPc, r.BaselineBusyPc)
 	}
 	if m.recovery(9*sec, 500*ms, 100) != nil {
 		t.Error("a fault whose baseline the samples do not cover has a recovery CPU")
@@ -43,24 +45,46 @@ func TestRecoveryCPU(t *testing.T) {
 	}
 }
 
-// procCPU and machineTime read this process's and the machine's CPU time,
-// which grow as this test spins.
-func TestProcCPU(t *testing.T) {
-	p0, err := procCPU(os.Getpid())
-	if err != nil {
-		t.Fatal(err)
-	}
+// machineTime reads the machine's CPU time, which grows as this test
+// spins (as does the process's, clustertest.CPUTime).
+func TestMachineTime(t *testing.T) {
+	p0 := clustertest.CPUTime(os.Getpid())
 	b0, a0, err := machineTime()
 	if err != nil {
 		t.Fatal(err)
 	}
 	x := 0
-	for start := time.Now(); time.Since(start) < 100*time.Millisecond; {
-		x++
+	for start := time.Now(); time.Since(start) < 5*time.Second && clustertest.CPUTime(os.Getpid())-p0 < 30*time.Millisecond; {
+		for range 100000 {
+			x++
+		}
 	}
-	p1, _ := procCPU(os.Getpid())
+	p1 := clustertest.CPUTime(os.Getpid())
 	b1, a1, _ := machineTime()
-	if p1-p0 < 50*time.Millisecond || b1 <= b0 || a1-a0 < b1-b0 {
-		t.Errorf("after spinning 100 ms (%d turns): process CPU +%v, machine busy +%v of +%v", x, p1-p0, b1-b0, a1-a0)
+	if p1-p0 < 30*time.Millisecond || b1-b0 < p1-p0-20*time.Millisecond || a1-a0 < b1-b0 {
+		t.Errorf("after spinning (%d turns): process CPU +%v, machine busy +%v of +%v", x, p1-p0, b1-b0, a1-a0)
+	}
+}
+
+// A fault's CPU window is its own only when no other fault was on in it
+// (up to quietAfter past that fault's heal).
+func TestOverlaps(t *testing.T) {
+	sec := time.Second
+	faults := []fault{{Start: 10 * sec, End: 12 * sec}, {Start: 20 * sec, End: 21 * sec}, {Start: 40 * sec, End: open}}
+	for _, tc := range []struct {
+		j        int
+		from, to time.Duration
+		want     bool
+	}{
+		{1, 18 * sec, 22 * sec, false}, // fault 0 healed at 12 s: on until 17 s
+		{1, 17 * sec, 22 * sec, true},  // … the window's start
+		{0, 8 * sec, 11 * sec, false},   // alone
+		{1, 19 * sec, 39 * sec, false},  // fault 2 starts at 40 s
+		{1, 19 * sec, 40 * sec, true},   // … at the window's end
+		{2, 45 * sec, 46 * sec, false},  // never healed, but the others are long over
+	} {
+		if got := overlaps(faults, tc.j, tc.from, tc.to); got != tc.want {
+			t.Errorf("overlaps(fault %d, %v, %v) = %v, want %v", tc.j, tc.from, tc.to, got, tc.want)
+		}
 	}
 }

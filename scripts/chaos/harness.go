@@ -183,7 +183,10 @@ func scenario(ctx context.Context, cfg config, out io.Writer) (*report, error) {
 	res := check(h)
 	for j, f := range h.Faults {
 		fo := res.PerFault[j]
-		fo.CPU = cm.recovery(f.Start, time.Duration(fo.MaxMS*float64(time.Millisecond)), fo.Affected-fo.Never)
+		took := time.Duration(fo.MaxMS * float64(time.Millisecond))
+		if !overlaps(h.Faults, j, f.Start-cpuBaseline, f.Start+took) {
+			fo.CPU = cm.recovery(f.Start, took, fo.Affected-fo.Never)
+		}
 	}
 	return newReport(cfg, logs, h, res, fin, tl.snapshot()), nil
 }

@@ -130,7 +130,7 @@ func (s *Server) Freeze() {
 	if s.cmd == nil {
 		s.tb.Fatal("redistest: server is not running")
 	}
-	if err := testkit.Freeze(s.cmd.Process.Pid); err != nil {
+	if err := testkit.Freeze(s.cmd.Process); err != nil {
 		s.tb.Fatalf("redistest: %v", err)
 	}
 }
