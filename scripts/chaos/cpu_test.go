@@ -78,10 +78,10 @@ func TestOverlaps(t *testing.T) {
 	}{
 		{1, 18 * sec, 22 * sec, false}, // fault 0 healed at 12 s: on until 17 s
 		{1, 17 * sec, 22 * sec, true},  // … the window's start
-		{0, 8 * sec, 11 * sec, false},   // alone
-		{1, 19 * sec, 39 * sec, false},  // fault 2 starts at 40 s
-		{1, 19 * sec, 40 * sec, true},   // … at the window's end
-		{2, 45 * sec, 46 * sec, false},  // never healed, but the others are long over
+		{0, 8 * sec, 11 * sec, false},  // alone
+		{1, 19 * sec, 39 * sec, false}, // fault 2 starts at 40 s
+		{1, 19 * sec, 40 * sec, true},  // … at the window's end
+		{2, 45 * sec, 46 * sec, false}, // never healed, but the others are long over
 	} {
 		if got := overlaps(faults, tc.j, tc.from, tc.to); got != tc.want {
 			t.Errorf("overlaps(fault %d, %v, %v) = %v, want %v", tc.j, tc.from, tc.to, got, tc.want)
