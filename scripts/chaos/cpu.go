@@ -101,37 +101,28 @@ func (m *cpuMeter) sample() {
 	if m.seen == nil {
 		m.seen, m.total = map[string]procTime{}, map[string]time.Duration{}
 	}
-	add := func(name string, pid int) {
-		if pid == 0 {
-			return
+	// add reads the CPU of the process called name and returns its total
+	// over every pid it had. A process that died since the last sample
+	// loses what it used after it (under cpuTick); a restarted one counts
+	// from zero.
+	add := func(name string, pid int) time.Duration {
+		if cpu := clustertest.CPUTime(pid); pid != 0 && cpu != 0 { // 0: gone, or not yet scheduled
+			last := m.seen[name]
+			if last.pid != pid {
+				last = procTime{pid: pid}
+			}
+			m.total[name] += max(0, cpu-last.cpu)
+			m.seen[name] = procTime{pid: pid, cpu: cpu}
 		}
-		cpu := clustertest.CPUTime(pid)
-		if cpu == 0 {
-			return // gone, or not yet scheduled: nothing to add
-		}
-		// A process that died since the last sample loses what it used
-		// after it (under cpuTick); a restarted one counts from zero.
-		last := m.seen[name]
-		if last.pid != pid {
-			last = procTime{pid: pid} // restarted: a new process from zero
-		}
-		m.total[name] += max(0, cpu-last.cpu)
-		m.seen[name] = procTime{pid: pid, cpu: cpu}
+		return m.total[name]
 	}
 	for _, p := range m.cl.Balancers {
-		add(p.Name, p.Pid())
+		s.role["balancers"] += add(p.Name, p.Pid())
 	}
 	for _, p := range m.cl.Nodes {
-		add(p.Name, p.Pid())
+		s.role["nodes"] += add(p.Name, p.Pid())
 	}
-	add("harness", os.Getpid())
-	for _, p := range m.cl.Balancers {
-		s.role["balancers"] += m.total[p.Name]
-	}
-	for _, p := range m.cl.Nodes {
-		s.role["nodes"] += m.total[p.Name]
-	}
-	s.role["harness"] = m.total["harness"]
+	s.role["harness"] = add("harness", os.Getpid())
 	m.samples = append(m.samples, s)
 }
 
